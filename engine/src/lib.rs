@@ -1,0 +1,4 @@
+//! Tandem: durable workflows whose state lives in your own PostgreSQL database.
+
+#[cfg(feature = "testing")]
+pub mod testing;
