@@ -1,0 +1,189 @@
+//! Errors: the engine's typed [`Error`] and the [`WorkflowError`] that
+//! workflow bodies return.
+
+use std::fmt;
+
+use crate::storage::{ErrorKind, StorageError};
+
+/// Everything that can go wrong when using the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No workflow with this name is registered on this engine.
+    #[error("unknown workflow {name:?}: register it on the engine before starting it")]
+    UnknownWorkflow {
+        /// The name that was asked for.
+        name: String,
+    },
+    /// A workflow ID already names a run of a different workflow.
+    #[error("workflow ID {id:?} already belongs to workflow {existing:?}, not {requested:?}")]
+    WorkflowConflict {
+        /// The workflow ID.
+        id: String,
+        /// The name of the workflow that owns the ID.
+        existing: String,
+        /// The name that was asked for.
+        requested: String,
+    },
+    /// No workflow with this ID exists.
+    #[error("no workflow with ID {id:?}")]
+    WorkflowNotFound {
+        /// The workflow ID.
+        id: String,
+    },
+    /// A workflow ID is empty or longer than `WORKFLOW_ID_MAX_BYTES`.
+    #[error("invalid workflow ID {id:?}: it must be 1 to 256 bytes long")]
+    InvalidWorkflowId {
+        /// The rejected ID.
+        id: String,
+    },
+    /// An input, output or step payload exceeds the configured limit.
+    #[error("{what} is {size} bytes, over the limit of {max} bytes")]
+    PayloadTooLarge {
+        /// Which payload (for example `workflow input`).
+        what: String,
+        /// Its size once encoded as JSON.
+        size: usize,
+        /// The engine's `payload_max_bytes`.
+        max: usize,
+    },
+    /// A payload could not be encoded as JSON.
+    #[error("cannot encode {what} as JSON: {source}")]
+    Encode {
+        /// Which payload.
+        what: String,
+        /// The serde error.
+        source: serde_json::Error,
+    },
+    /// A recorded payload does not decode into the type the code expects.
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        /// Which payload.
+        what: String,
+        /// The serde error.
+        source: serde_json::Error,
+    },
+    /// Replay reached a step whose name differs from the recorded one.
+    #[error(
+        "non-deterministic workflow: step {step_id} was recorded as {recorded:?} but the code now calls {current:?}"
+    )]
+    NonDeterminism {
+        /// The step's position in the workflow (0-based).
+        step_id: i32,
+        /// The name in the recorded history.
+        recorded: String,
+        /// The name the code asked for on replay.
+        current: String,
+    },
+    /// A step failed (after its retries); the failure is recorded and
+    /// replayed like an output.
+    #[error("step {step_id} ({name:?}) failed: {message}")]
+    StepFailed {
+        /// The step's position in the workflow.
+        step_id: i32,
+        /// The step's name.
+        name: String,
+        /// The recorded error message.
+        message: String,
+    },
+    /// The workflow finished with an error; the message is the recorded one.
+    #[error("workflow {id:?} failed: {message}")]
+    WorkflowFailed {
+        /// The workflow ID.
+        id: String,
+        /// The recorded error message.
+        message: String,
+    },
+    /// Another executor owns the workflow now; this execution stopped.
+    #[error("workflow {workflow_id:?} is owned by another execution (fenced)")]
+    Fenced {
+        /// The workflow ID.
+        workflow_id: String,
+    },
+    /// The engine is shutting down; the workflow stopped at a step boundary
+    /// and resumes on the next start.
+    #[error("the engine is shutting down")]
+    Shutdown,
+    /// The storage failed in a way the engine could not retry around.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl Error {
+    /// The storage-level kind of this error, for retry decisions.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Storage(e) => e.kind(),
+            Error::Fenced { .. } => ErrorKind::Fenced,
+            Error::UnknownWorkflow { .. }
+            | Error::WorkflowConflict { .. }
+            | Error::InvalidWorkflowId { .. }
+            | Error::PayloadTooLarge { .. }
+            | Error::Encode { .. }
+            | Error::Decode { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    /// Whether this error interrupts an execution rather than ending the
+    /// workflow: the engine records nothing for it.
+    pub(crate) fn is_interrupt(&self) -> bool {
+        matches!(self, Error::Fenced { .. } | Error::Shutdown)
+    }
+}
+
+/// The error a workflow body returns: any error, like `anyhow::Error`.
+///
+/// `?` converts every `std::error::Error` into it, including the engine's
+/// own [`Error`] from a step. When a workflow returns it, its message is
+/// recorded as the workflow's error, unless it is an interruption (fencing or
+/// shutdown), which the engine recognizes and never records.
+pub struct WorkflowError {
+    inner: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl WorkflowError {
+    /// An error from a message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self {
+            inner: message.to_string().into(),
+        }
+    }
+
+    /// The engine error inside, if this is one.
+    pub fn as_engine_error(&self) -> Option<&Error> {
+        self.inner.downcast_ref::<Error>()
+    }
+
+    /// The underlying error, for downcasting.
+    pub fn as_dyn(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.inner
+    }
+
+    pub(crate) fn is_interrupt(&self) -> bool {
+        self.as_engine_error().is_some_and(Error::is_interrupt)
+    }
+}
+
+impl<E> From<E> for WorkflowError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn from(error: E) -> Self {
+        Self {
+            inner: Box::new(error),
+        }
+    }
+}
+
+impl fmt::Debug for WorkflowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl fmt::Display for WorkflowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}

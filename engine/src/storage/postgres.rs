@@ -1,0 +1,422 @@
+//! The PostgreSQL backend (sqlx). All of Tandem's SQL lives in this file and
+//! in `migrations/`.
+//!
+//! Every statement runs under READ COMMITTED. Timestamps arrive from the
+//! engine as milliseconds since the epoch (`now_ms`); the database clock is
+//! never read here.
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::{
+    ErrorKind, Status, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError,
+    StorageResult, Transaction, WorkflowComplete, WorkflowInsert, WorkflowInserted, WorkflowRow,
+    WorkflowsRecover,
+};
+
+/// The embedded migrations (`migrations/` at the workspace root).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Where sqlx records which of Tandem's migrations ran. It lives in Tandem's
+/// own schema so it never collides with the application's `_sqlx_migrations`.
+const MIGRATIONS_TABLE: &str = "tandem._sqlx_migrations";
+
+/// Workflow storage in a PostgreSQL database, usually the application's own.
+#[derive(Debug, Clone)]
+pub struct PgStorage {
+    pool: PgPool,
+}
+
+impl PgStorage {
+    /// Connects a pool to `url` with settings suited to the engine: a short
+    /// acquire timeout, so that a database outage surfaces as a retryable
+    /// error instead of a long stall, and no ping before each acquire (a dead
+    /// connection fails its first statement, which the engine retries).
+    pub async fn connect(url: &str) -> StorageResult<Self> {
+        let options = PgConnectOptions::from_str(url).map_err(map_err)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        Ok(Self { pool })
+    }
+
+    /// Uses an existing pool, for example the application's own.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool, for the application's own queries.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// A transaction on [`PgStorage`]; the application sees its connection.
+#[derive(Debug)]
+pub struct PgTx {
+    tx: sqlx::Transaction<'static, Postgres>,
+}
+
+impl Storage for PgStorage {
+    type Tx = PgTx;
+    type Conn = PgConnection;
+
+    async fn begin(&self) -> StorageResult<PgTx> {
+        let tx = self.pool.begin().await.map_err(map_err)?;
+        Ok(PgTx { tx })
+    }
+
+    async fn migrate(&self) -> StorageResult<()> {
+        let mut migrator = sqlx::migrate::Migrator {
+            migrations: MIGRATOR.migrations.clone(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+        migrator.create_schema("tandem");
+        // sqlx takes a session advisory lock before touching anything, so
+        // several processes starting at once apply each migration once.
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| StorageError::new(ErrorKind::Other, e))
+    }
+
+    fn classify(error: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if let Some(sqlx_error) = e.downcast_ref::<sqlx::Error>() {
+                let kind = kind_of(sqlx_error);
+                return matches!(kind, ErrorKind::Conflict | ErrorKind::Unavailable)
+                    .then_some(kind);
+            }
+            current = e.source();
+        }
+        None
+    }
+
+    // The autocommit operations below run one statement on a pooled
+    // connection: one round trip and one commit, instead of BEGIN, statement,
+    // COMMIT.
+
+    async fn workflow_insert(&self, params: WorkflowInsert) -> StorageResult<WorkflowInserted> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        workflow_insert(&mut conn, params).await
+    }
+
+    async fn workflow_get(&self, id: &str) -> StorageResult<Option<WorkflowRow>> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        workflow_get(&mut conn, id).await
+    }
+
+    async fn workflow_complete(&self, params: WorkflowComplete) -> StorageResult<()> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        workflow_complete(&mut conn, params).await
+    }
+
+    async fn workflows_recover(&self, params: WorkflowsRecover) -> StorageResult<Vec<WorkflowRow>> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        workflows_recover(&mut conn, params).await
+    }
+
+    async fn steps_load(&self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        steps_load(&mut conn, workflow_id).await
+    }
+
+    async fn step_record(&self, params: StepRecord) -> StorageResult<StepRecorded> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        step_record(&mut conn, params).await
+    }
+}
+
+impl Transaction for PgTx {
+    type Conn = PgConnection;
+
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    async fn workflow_insert(&mut self, params: WorkflowInsert) -> StorageResult<WorkflowInserted> {
+        workflow_insert(&mut self.tx, params).await
+    }
+
+    async fn workflow_get(&mut self, id: &str) -> StorageResult<Option<WorkflowRow>> {
+        workflow_get(&mut self.tx, id).await
+    }
+
+    async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {
+        workflow_complete(&mut self.tx, params).await
+    }
+
+    async fn workflows_recover(
+        &mut self,
+        params: WorkflowsRecover,
+    ) -> StorageResult<Vec<WorkflowRow>> {
+        workflows_recover(&mut self.tx, params).await
+    }
+
+    async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
+        steps_load(&mut self.tx, workflow_id).await
+    }
+
+    async fn step_record(&mut self, params: StepRecord) -> StorageResult<StepRecorded> {
+        step_record(&mut self.tx, params).await
+    }
+
+    async fn commit(self) -> StorageResult<()> {
+        self.tx.commit().await.map_err(map_err)
+    }
+
+    async fn rollback(self) -> StorageResult<()> {
+        self.tx.rollback().await.map_err(map_err)
+    }
+}
+
+/// The columns `workflow_from_row` reads, in order (a macro so that queries
+/// stay `&'static str` literals).
+macro_rules! workflow_columns {
+    () => {
+        "id, name, status, input::text, output::text, error, executor_id, owner_epoch"
+    };
+}
+
+type WorkflowTuple = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+);
+
+fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
+    let (id, name, status, input, output, error, executor_id, owner_epoch) = row;
+    let status = Status::parse(&status).ok_or_else(|| {
+        StorageError::new(ErrorKind::Other, format!("unknown workflow status {status:?}"))
+    })?;
+    Ok(WorkflowRow {
+        id,
+        name,
+        status,
+        input,
+        output,
+        error,
+        executor_id,
+        owner_epoch,
+    })
+}
+
+async fn workflow_insert(
+    conn: &mut PgConnection,
+    p: WorkflowInsert,
+) -> StorageResult<WorkflowInserted> {
+    // ON CONFLICT DO NOTHING: a concurrent start of the same ID waits for the
+    // first inserter and then inserts nothing, so an ID never gets two runs.
+    let inserted: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO tandem.workflows
+             (id, name, status, input, executor_id, owner_epoch, created_at, updated_at)
+         VALUES ($1, $2, 'RUNNING', $3::jsonb, $4, 1,
+                 to_timestamp($5::float8 / 1000), to_timestamp($5::float8 / 1000))
+         ON CONFLICT (id) DO NOTHING
+         RETURNING owner_epoch",
+    )
+    .bind(&p.id)
+    .bind(&p.name)
+    .bind(&p.input)
+    .bind(&p.executor_id)
+    .bind(p.now_ms)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    if inserted.is_some() {
+        return Ok(WorkflowInserted::Inserted);
+    }
+    // The INSERT's snapshot may predate the conflicting row's commit, so the
+    // existing row is read in a statement of its own (a fresh snapshot).
+    match workflow_get(conn, &p.id).await? {
+        Some(row) => Ok(WorkflowInserted::Existing(row)),
+        None => Err(StorageError::new(
+            ErrorKind::Conflict,
+            format!("workflow {:?} conflicted on insert but is gone", p.id),
+        )),
+    }
+}
+
+async fn workflow_get(conn: &mut PgConnection, id: &str) -> StorageResult<Option<WorkflowRow>> {
+    let row: Option<WorkflowTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        workflow_columns!(),
+        " FROM tandem.workflows WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+    .map_err(map_err)?;
+    row.map(workflow_from_row).transpose()
+}
+
+async fn workflow_complete(conn: &mut PgConnection, p: WorkflowComplete) -> StorageResult<()> {
+    // The fence: only the execution holding the current epoch may finish the
+    // workflow. An UPDATE under READ COMMITTED re-checks the newest row
+    // version after waiting, so a concurrent epoch bump is always seen.
+    let done = sqlx::query(
+        "UPDATE tandem.workflows
+            SET status = $3, output = $4::jsonb, error = $5,
+                updated_at = to_timestamp($6::float8 / 1000),
+                completed_at = to_timestamp($6::float8 / 1000)
+          WHERE id = $1 AND owner_epoch = $2 AND status = 'RUNNING'",
+    )
+    .bind(&p.id)
+    .bind(p.owner_epoch)
+    .bind(p.status.as_str())
+    .bind(&p.output)
+    .bind(&p.error)
+    .bind(p.now_ms)
+    .execute(conn)
+    .await
+    .map_err(map_err)?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(fenced(&p.id))
+    }
+}
+
+async fn workflows_recover(
+    conn: &mut PgConnection,
+    p: WorkflowsRecover,
+) -> StorageResult<Vec<WorkflowRow>> {
+    // Bumping the epoch fences any execution of the previous incarnation of
+    // this executor that might still be running (a zombie).
+    let rows: Vec<WorkflowTuple> = sqlx::query_as(concat!(
+        "UPDATE tandem.workflows
+            SET owner_epoch = owner_epoch + 1, updated_at = to_timestamp($2::float8 / 1000)
+          WHERE executor_id = $1 AND status = 'RUNNING' AND ($3::text IS NULL OR id = $3)
+      RETURNING ",
+        workflow_columns!()
+    ))
+    .bind(&p.executor_id)
+    .bind(p.now_ms)
+    .bind(&p.workflow_id)
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)?;
+    rows.into_iter().map(workflow_from_row).collect()
+}
+
+async fn steps_load(conn: &mut PgConnection, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
+    type StepTuple = (i32, String, String, Option<String>, Option<String>);
+    let rows: Vec<StepTuple> = sqlx::query_as(
+        "SELECT step_id, name, kind, output::text, error
+           FROM tandem.steps WHERE workflow_id = $1 ORDER BY step_id",
+    )
+    .bind(workflow_id)
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)?;
+    rows.into_iter()
+        .map(|(step_id, name, kind, output, error)| {
+            let kind = StepKind::parse(&kind).ok_or_else(|| {
+                StorageError::new(ErrorKind::Other, format!("unknown step kind {kind:?}"))
+            })?;
+            Ok(StepRow {
+                step_id,
+                name,
+                kind,
+                output,
+                error,
+            })
+        })
+        .collect()
+}
+
+async fn step_record(conn: &mut PgConnection, p: StepRecord) -> StorageResult<StepRecorded> {
+    // One statement does the fence check and the checkpoint insert, so a
+    // transactional step costs no extra round trip and no row lock on the
+    // workflow. The fence reads the statement's snapshot; that suffices
+    // because the primary key, not the fence, is what makes a step
+    // exactly-once: two executions can never both commit a checkpoint for the
+    // same step. ON CONFLICT DO NOTHING waits for a concurrent inserter of
+    // the same step and then reports "exists" instead of aborting.
+    let (epoch, status, inserted): (Option<i64>, Option<String>, bool) = sqlx::query_as(
+        "WITH fence AS (
+             SELECT owner_epoch, status FROM tandem.workflows WHERE id = $1
+         ), ins AS (
+             INSERT INTO tandem.steps
+                 (workflow_id, step_id, name, kind, output, error, owner_epoch, attempts,
+                  started_at, completed_at)
+             SELECT $1, $2, $3, $4, $5::jsonb, $6, $7, $8,
+                    to_timestamp($9::float8 / 1000), to_timestamp($10::float8 / 1000)
+               FROM fence
+              WHERE fence.owner_epoch = $7 AND fence.status = 'RUNNING'
+             ON CONFLICT (workflow_id, step_id) DO NOTHING
+             RETURNING 1
+         )
+         SELECT (SELECT owner_epoch FROM fence),
+                (SELECT status FROM fence),
+                EXISTS (SELECT 1 FROM ins)",
+    )
+    .bind(&p.workflow_id)
+    .bind(p.step_id)
+    .bind(&p.name)
+    .bind(p.kind.as_str())
+    .bind(&p.output)
+    .bind(&p.error)
+    .bind(p.owner_epoch)
+    .bind(p.attempts)
+    .bind(p.started_ms)
+    .bind(p.now_ms)
+    .fetch_one(conn)
+    .await
+    .map_err(map_err)?;
+    if inserted {
+        Ok(StepRecorded::Recorded)
+    } else if epoch == Some(p.owner_epoch) && status.as_deref() == Some("RUNNING") {
+        Ok(StepRecorded::Exists)
+    } else {
+        Err(fenced(&p.workflow_id))
+    }
+}
+
+fn fenced(workflow_id: &str) -> StorageError {
+    StorageError::new(
+        ErrorKind::Fenced,
+        format!("workflow {workflow_id:?} is no longer owned by this execution"),
+    )
+}
+
+/// The one place that maps sqlx errors to [`ErrorKind`].
+fn map_err(error: sqlx::Error) -> StorageError {
+    StorageError::new(kind_of(&error), error)
+}
+
+fn kind_of(error: &sqlx::Error) -> ErrorKind {
+    match error {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // serialization_failure, deadlock_detected
+            Some("40001" | "40P01") => ErrorKind::Conflict,
+            // admin_shutdown, crash_shutdown, cannot_connect_now, and the
+            // connection_exception class: the server went away.
+            Some(code) if code.starts_with("57P") || code.starts_with("08") => {
+                ErrorKind::Unavailable
+            }
+            // data_exception, integrity_constraint_violation
+            Some(code) if code.starts_with("22") || code.starts_with("23") => ErrorKind::Invalid,
+            _ => ErrorKind::Other,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
+        _ => ErrorKind::Other,
+    }
+}

@@ -1,0 +1,96 @@
+//! Workflow definitions: the [`Workflow`] trait and the type-erased registry
+//! entry the engine runs from stored JSON.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::WorkflowContext;
+use crate::error::{Error, WorkflowError};
+use crate::storage::Storage;
+
+/// A durable workflow: a deterministic function of its input and of the
+/// recorded outputs of its steps.
+///
+/// The body may be executed more than once (replay after a crash), so
+/// everything it does outside [`WorkflowContext`] steps must be deterministic:
+/// no clocks, no randomness, no I/O. Steps are where effects happen.
+///
+/// ```
+/// use tandem::{PgStorage, Workflow, WorkflowContext, WorkflowError};
+///
+/// struct Greet;
+///
+/// impl Workflow<PgStorage> for Greet {
+///     const NAME: &'static str = "greet";
+///     type Input = String;
+///     type Output = String;
+///
+///     async fn run(
+///         &self,
+///         ctx: &mut WorkflowContext<PgStorage>,
+///         name: String,
+///     ) -> Result<String, WorkflowError> {
+///         let greeting = ctx
+///             .step("compose", || async { Ok::<_, std::io::Error>(format!("hello, {name}")) })
+///             .await?;
+///         Ok(greeting)
+///     }
+/// }
+/// ```
+pub trait Workflow<S: Storage>: Send + Sync + 'static {
+    /// The persisted name. It is stored with every run and used to find the
+    /// code on recovery, so renaming a workflow strands its unfinished runs.
+    const NAME: &'static str;
+    /// The input, stored as JSON.
+    type Input: Serialize + DeserializeOwned + Send + 'static;
+    /// The output, stored as JSON.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The body. Returning `Err` records the error's message as the
+    /// workflow's terminal error.
+    fn run(
+        &self,
+        ctx: &mut WorkflowContext<S>,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, WorkflowError>> + Send;
+}
+
+/// A boxed future borrowing the workflow and its context.
+pub(crate) type RunFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<String, WorkflowError>> + Send + 'a>>;
+
+/// A registered workflow with JSON at both ends.
+pub(crate) trait ErasedWorkflow<S: Storage>: Send + Sync {
+    fn run_json<'a>(&'a self, ctx: &'a mut WorkflowContext<S>, input: &'a str) -> RunFuture<'a>;
+
+    /// Checks that `input` decodes into the workflow's input type.
+    fn check_input(&self, input: &str) -> Result<(), Error>;
+}
+
+fn decode_input<S: Storage, W: Workflow<S>>(input: &str) -> Result<W::Input, Error> {
+    serde_json::from_str(input).map_err(|source| Error::Decode {
+        what: format!("input of workflow {:?}", W::NAME),
+        source,
+    })
+}
+
+impl<S: Storage, W: Workflow<S>> ErasedWorkflow<S> for W {
+    fn run_json<'a>(&'a self, ctx: &'a mut WorkflowContext<S>, input: &'a str) -> RunFuture<'a> {
+        Box::pin(async move {
+            let input = decode_input::<S, W>(input)?;
+            let output = self.run(ctx, input).await?;
+            let json = serde_json::to_string(&output).map_err(|source| Error::Encode {
+                what: format!("output of workflow {:?}", W::NAME),
+                source,
+            })?;
+            Ok(json)
+        })
+    }
+
+    fn check_input(&self, input: &str) -> Result<(), Error> {
+        decode_input::<S, W>(input).map(drop)
+    }
+}
