@@ -146,7 +146,9 @@ impl<S: Storage> WorkflowContext<S> {
             .await?;
         match (recorded, value, outcome) {
             (StepRecorded::Recorded, Some(value), _) => Ok(value),
-            (StepRecorded::Recorded, None, Err(message)) => Err(self.step_failed(step_id, name, message)),
+            (StepRecorded::Recorded, None, Err(message)) => {
+                Err(self.step_failed(step_id, name, message))
+            }
             // Another execution recorded this step first: its outcome wins,
             // so every execution agrees on one history.
             (StepRecorded::Exists, ..) => self.replay_winner(step_id, name).await,
@@ -204,7 +206,9 @@ impl<S: Storage> WorkflowContext<S> {
                     Ok(json) => (value, json),
                     Err(e) => {
                         let _ = tx.rollback().await;
-                        return self.record_failure(step_id, name, attempts, started_ms, e.to_string()).await;
+                        return self
+                            .record_failure(step_id, name, attempts, started_ms, e.to_string())
+                            .await;
                     }
                 },
                 Err(e) => {
@@ -298,13 +302,21 @@ impl<S: Storage> WorkflowContext<S> {
         }
     }
 
-    fn check_and_decode<T: DeserializeOwned>(&self, row: StepRow, name: &str) -> Result<T, WorkflowError> {
+    fn check_and_decode<T: DeserializeOwned>(
+        &self,
+        row: StepRow,
+        name: &str,
+    ) -> Result<T, WorkflowError> {
         check_name(&row, name)?;
         self.decode_recorded(row)
     }
 
     /// Loads and returns the step another execution recorded.
-    async fn replay_winner<T: DeserializeOwned>(&mut self, step_id: i32, name: &str) -> Result<T, WorkflowError> {
+    async fn replay_winner<T: DeserializeOwned>(
+        &mut self,
+        step_id: i32,
+        name: &str,
+    ) -> Result<T, WorkflowError> {
         let storage = self.shared.storage.clone();
         let id = self.workflow_id.clone();
         let steps = self.storage_retry(|| storage.steps_load(&id)).await?;
@@ -340,7 +352,10 @@ impl<S: Storage> WorkflowContext<S> {
             now_ms: self.shared.now_ms(),
         };
         let storage = self.shared.storage.clone();
-        match self.storage_retry(|| storage.step_record(params.clone())).await? {
+        match self
+            .storage_retry(|| storage.step_record(params.clone()))
+            .await?
+        {
             StepRecorded::Recorded => Err(self.step_failed(step_id, name, message)),
             StepRecorded::Exists => self.replay_winner(step_id, name).await,
         }

@@ -233,17 +233,20 @@ impl<S: Storage> Shared<S> {
                 }
             },
         };
-        let mut ctx = WorkflowContext::new(Arc::clone(self), row.id.clone(), row.owner_epoch, history);
+        let mut ctx =
+            WorkflowContext::new(Arc::clone(self), row.id.clone(), row.owner_epoch, history);
         let result = workflow.run_json(&mut ctx, &row.input).await;
         if ctx.was_interrupted() || result.as_ref().is_err_and(|e| e.is_interrupt()) {
             tracing::debug!(workflow_id = %row.id, "execution interrupted");
             return;
         }
         let outcome = match result {
-            Ok(json) => match self.check_size(json, || format!("output of workflow {:?}", row.name)) {
-                Ok(json) => Outcome::Success(json),
-                Err(e) => Outcome::Error(e.to_string()),
-            },
+            Ok(json) => {
+                match self.check_size(json, || format!("output of workflow {:?}", row.name)) {
+                    Ok(json) => Outcome::Success(json),
+                    Err(e) => Outcome::Error(e.to_string()),
+                }
+            }
             Err(e) => Outcome::Error(e.to_string()),
         };
         let (status, output, error) = match &outcome {
@@ -258,7 +261,10 @@ impl<S: Storage> Shared<S> {
             error,
             now_ms: self.now_ms(),
         };
-        match self.retry(|| self.storage.workflow_complete(params.clone())).await {
+        match self
+            .retry(|| self.storage.workflow_complete(params.clone()))
+            .await
+        {
             Ok(()) => {
                 sender.send_replace(Some(outcome));
             }
@@ -272,7 +278,9 @@ impl<S: Storage> Shared<S> {
                     sender.send_replace(Some(outcome));
                 }
             }
-            Err(error) => tracing::warn!(workflow_id = %row.id, %error, "could not complete workflow"),
+            Err(error) => {
+                tracing::warn!(workflow_id = %row.id, %error, "could not complete workflow")
+            }
         }
     }
 
@@ -288,7 +296,9 @@ impl<S: Storage> Shared<S> {
             workflow_id: only.map(str::to_owned),
             now_ms: self.now_ms(),
         };
-        let rows = self.retry(|| self.storage.workflows_recover(params.clone())).await?;
+        let rows = self
+            .retry(|| self.storage.workflows_recover(params.clone()))
+            .await?;
         let mut count = 0;
         for row in rows {
             if self.lock_running().contains_key(&row.id) {
@@ -326,7 +336,8 @@ impl<S: Storage> Shared<S> {
                 }
             }
             if !self.lock_running().contains_key(id) {
-                self.sleep_unless_shutdown(self.config.poll_interval).await?;
+                self.sleep_unless_shutdown(self.config.poll_interval)
+                    .await?;
             }
         }
     }
@@ -371,7 +382,9 @@ pub struct WorkflowHandle<O> {
 
 impl<O> fmt::Debug for WorkflowHandle<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkflowHandle").field("id", &self.id).finish()
+        f.debug_struct("WorkflowHandle")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -390,12 +403,10 @@ impl<O: DeserializeOwned> WorkflowHandle<O> {
     /// [`Error::WorkflowFailed`] with the recorded error message.
     pub async fn result(&self) -> Result<O, Error> {
         match self.source.outcome(&self.id).await? {
-            Outcome::Success(json) => {
-                serde_json::from_str(&json).map_err(|source| Error::Decode {
-                    what: format!("output of workflow {:?}", self.id),
-                    source,
-                })
-            }
+            Outcome::Success(json) => serde_json::from_str(&json).map_err(|source| Error::Decode {
+                what: format!("output of workflow {:?}", self.id),
+                source,
+            }),
             Outcome::Error(message) => Err(Error::WorkflowFailed {
                 id: self.id.clone(),
                 message,
@@ -456,7 +467,11 @@ impl<S: Storage> EngineBuilder<S> {
     /// error: the name is what recovery uses to find the code).
     pub fn register<W: Workflow<S>>(mut self, workflow: W) -> Self {
         let previous = self.registry.insert(W::NAME, Arc::new(workflow));
-        assert!(previous.is_none(), "workflow name {:?} registered twice", W::NAME);
+        assert!(
+            previous.is_none(),
+            "workflow name {:?} registered twice",
+            W::NAME
+        );
         self
     }
 
@@ -577,7 +592,12 @@ impl<S: Storage> Engine<S> {
         Ok(self.handle(id))
     }
 
-    async fn start_json_inner(&self, name: &str, id: String, input: String) -> Result<String, Error> {
+    async fn start_json_inner(
+        &self,
+        name: &str,
+        id: String,
+        input: String,
+    ) -> Result<String, Error> {
         let shared = &self.shared;
         let Some((&name, workflow)) = shared.registry.get_key_value(name) else {
             return Err(Error::UnknownWorkflow {
@@ -595,7 +615,10 @@ impl<S: Storage> Engine<S> {
             executor_id: shared.config.executor_id.clone(),
             now_ms: shared.now_ms(),
         };
-        match shared.retry(|| shared.storage.workflow_insert(params.clone())).await? {
+        match shared
+            .retry(|| shared.storage.workflow_insert(params.clone()))
+            .await?
+        {
             WorkflowInserted::Inserted => {
                 let row = WorkflowRow {
                     id: id.clone(),

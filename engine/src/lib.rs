@@ -18,3 +18,4 @@ pub use retry::RetryPolicy;
 #[cfg(feature = "postgres")]
 pub use storage::postgres::PgStorage;
 pub use storage::{ErrorKind, Status, Storage, StorageError};
+pub use workflow::Workflow;

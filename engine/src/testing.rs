@@ -273,6 +273,8 @@ impl PgCluster {
             // do not depend on who runs the tests.
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
             // C locale: the machine's LANG may name a locale that is not installed.
+            // No sync: the initial files of a throw-away cluster need not
+            // survive a machine crash (the running server still fsyncs).
             .args(["--locale=C", "--no-sync"]);
         run_async(initdb).await?;
 
@@ -413,7 +415,9 @@ pub async fn database() -> Result<(String, Option<PgCluster>), TestingError> {
 }
 
 fn database_url_from_env() -> Option<String> {
-    std::env::var(DATABASE_URL).ok().filter(|url| !url.is_empty())
+    std::env::var(DATABASE_URL)
+        .ok()
+        .filter(|url| !url.is_empty())
 }
 
 /// Retries connecting until the server answers a query.
@@ -464,7 +468,8 @@ fn spawn_watchdog(dir: &Path, ctl: &Ctl) -> Result<Child, TestingError> {
 /// Finds the directory holding `initdb` and `pg_ctl`: `PATH` first, then the
 /// newest `/usr/lib/postgresql/<version>/bin` (Debian does not put them on `PATH`).
 fn find_pg_bin() -> Option<PathBuf> {
-    let has_tools = |dir: &Path| is_executable(&dir.join("initdb")) && is_executable(&dir.join("pg_ctl"));
+    let has_tools =
+        |dir: &Path| is_executable(&dir.join("initdb")) && is_executable(&dir.join("pg_ctl"));
     if let Some(path) = std::env::var_os("PATH")
         && let Some(dir) = std::env::split_paths(&path).find(|dir| has_tools(dir))
     {
@@ -646,11 +651,10 @@ mod tests {
         let cluster = PgCluster::start_owned().await.unwrap();
         assert!(cluster.is_owned());
         let mut connection = connect(cluster.admin_url()).await;
-        let (answer, database): (i32, String) =
-            sqlx::query_as("SELECT 6 * 7, current_database()")
-                .fetch_one(&mut connection)
-                .await
-                .unwrap();
+        let (answer, database): (i32, String) = sqlx::query_as("SELECT 6 * 7, current_database()")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
         assert_eq!((answer, database.as_str()), (42, "postgres"));
         let settings: (String, String, String) = sqlx::query_as(
             "SELECT current_setting('max_connections'), current_setting('deadlock_timeout'), current_setting('fsync')",
@@ -780,7 +784,14 @@ mod tests {
             return;
         }
         let cluster = PgCluster::start_owned().await.unwrap();
-        let dir = cluster.owned.as_ref().unwrap().dir.path().display().to_string();
+        let dir = cluster
+            .owned
+            .as_ref()
+            .unwrap()
+            .dir
+            .path()
+            .display()
+            .to_string();
         println!("HOLDING {} {dir}", cluster.admin_url());
         io::stdout().flush().unwrap();
         loop {
@@ -810,7 +821,10 @@ mod tests {
             .find(|line| line.starts_with("HOLDING "))
             .expect("the child reports its cluster");
         let mut fields = line.split(' ').skip(1);
-        let (url, dir) = (fields.next().unwrap(), PathBuf::from(fields.next().unwrap()));
+        let (url, dir) = (
+            fields.next().unwrap(),
+            PathBuf::from(fields.next().unwrap()),
+        );
         connect(url).await.close().await.unwrap();
 
         child.kill().unwrap(); // SIGKILL: no destructors run.
@@ -824,6 +838,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(gone, "cluster at {url} ({}) outlived its process", dir.display());
+        assert!(
+            gone,
+            "cluster at {url} ({}) outlived its process",
+            dir.display()
+        );
     }
 }

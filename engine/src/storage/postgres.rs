@@ -200,7 +200,10 @@ type WorkflowTuple = (
 fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
     let (id, name, status, input, output, error, executor_id, owner_epoch) = row;
     let status = Status::parse(&status).ok_or_else(|| {
-        StorageError::new(ErrorKind::Other, format!("unknown workflow status {status:?}"))
+        StorageError::new(
+            ErrorKind::Other,
+            format!("unknown workflow status {status:?}"),
+        )
     })?;
     Ok(WorkflowRow {
         id,

@@ -1,0 +1,9 @@
+//! Integration tests of the engine against a real PostgreSQL server (a
+//! throw-away cluster unless `DATABASE_URL` is set).
+
+mod bad_input;
+mod crash;
+mod faults;
+mod pg_restart;
+mod support;
+mod workflows;
