@@ -423,3 +423,104 @@ fn kind_of(error: &sqlx::Error) -> ErrorKind {
         _ => ErrorKind::Other,
     }
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::PgCluster;
+
+    async fn fresh() -> String {
+        let cluster = PgCluster::shared().await.expect("test server");
+        cluster.create_database().await.expect("test database")
+    }
+
+    #[tokio::test]
+    async fn concurrent_migrations_from_several_processes_apply_once() {
+        let url = fresh().await;
+        // Separate pools stand in for separate processes: each migrates on
+        // its own connection, all at once.
+        let mut storages = Vec::new();
+        for _ in 0..4 {
+            storages.push(PgStorage::connect(&url).await.unwrap());
+        }
+        let [a, b, c, d] = &storages[..] else {
+            unreachable!()
+        };
+        let results = tokio::join!(a.migrate(), b.migrate(), c.migrate(), d.migrate());
+        for result in [results.0, results.1, results.2, results.3] {
+            result.unwrap();
+        }
+        let pool = storages[0].pool();
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM tandem._sqlx_migrations")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(applied, MIGRATOR.migrations.len() as i64);
+        // The application's own sqlx migrations table is untouched.
+        let public: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations')::text")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(public, None);
+        // Migrating again is a no-op.
+        storages[0].migrate().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn conflicts_and_outages_are_retryable_and_app_errors_are_not() {
+        let url = fresh().await;
+        let storage = PgStorage::connect(&url).await.unwrap();
+        let pool = storage.pool();
+        sqlx::raw_sql(
+            "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0), (2, 0);",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+
+        // 40001: a REPEATABLE READ transaction updates a row another
+        // transaction changed after its snapshot.
+        let mut a = pool.begin().await.unwrap();
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *a)
+            .await
+            .unwrap();
+        sqlx::query("SELECT v FROM t WHERE id = 1")
+            .execute(&mut *a)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE t SET v = 1 WHERE id = 1")
+            .execute(pool)
+            .await
+            .unwrap();
+        let err = sqlx::query("UPDATE t SET v = 2 WHERE id = 1")
+            .execute(&mut *a)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            PgStorage::classify(&err),
+            Some(ErrorKind::Conflict),
+            "{err}"
+        );
+        // Wrapped in another error, the cause is still found.
+        let wrapped: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(StorageError::new(ErrorKind::Other, err));
+        assert_eq!(PgStorage::classify(&*wrapped), Some(ErrorKind::Conflict));
+        a.rollback().await.unwrap();
+
+        // An application error that is not a conflict is the step's failure.
+        let err = sqlx::query("INSERT INTO t VALUES (1, 0)")
+            .execute(pool)
+            .await
+            .unwrap_err();
+        assert_eq!(PgStorage::classify(&err), None, "{err}");
+        assert_eq!(kind_of(&err), ErrorKind::Invalid);
+
+        // A closed server is unavailable.
+        let err = PgStorage::connect("postgres://postgres@127.0.0.1:1/none")
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    }
+}
