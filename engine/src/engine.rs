@@ -18,9 +18,11 @@ use tracing::Instrument;
 use crate::context::WorkflowContext;
 use crate::env::{Env, TokioEnv, unix_ms};
 use crate::error::Error;
+use crate::queue::{DEFAULT_QUEUE, EnqueueOptions, Queue};
 use crate::storage::{
-    ErrorKind, Status, StepRow, Storage, StorageError, WorkflowComplete, WorkflowInsert,
-    WorkflowInserted, WorkflowRow, WorkflowsRecover,
+    ErrorKind, ExecutorRegister, Listener, Status, StepRow, Storage, StorageError,
+    WorkflowComplete, WorkflowEnqueue, WorkflowInsert, WorkflowInserted, WorkflowRow,
+    WorkflowsClaim, WorkflowsRecover,
 };
 use crate::workflow::{ErasedWorkflow, Workflow};
 
@@ -31,6 +33,11 @@ pub(crate) struct Config {
     pub(crate) payload_max_bytes: usize,
     pub(crate) conflict_attempts_max: u32,
     pub(crate) poll_interval: Duration,
+    pub(crate) queue_poll_interval: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) notify_on_enqueue: bool,
+    /// The queues this executor claims from; always includes `default`.
+    pub(crate) queues: Vec<Queue>,
 }
 
 /// The default `payload_max_bytes`: 1 MiB of JSON.
@@ -61,6 +68,12 @@ impl Outcome {
 type OutcomeReceiver = watch::Receiver<Option<Outcome>>;
 type OutcomeSender = watch::Sender<Option<Outcome>>;
 
+/// A workflow executing in this process.
+struct Running {
+    outcome: OutcomeReceiver,
+    queue: String,
+}
+
 /// State shared by the engine, its running workflows and their handles.
 pub(crate) struct Shared<S: Storage> {
     pub(crate) storage: S,
@@ -68,8 +81,15 @@ pub(crate) struct Shared<S: Storage> {
     pub(crate) config: Config,
     registry: HashMap<&'static str, Arc<dyn ErasedWorkflow<S>>>,
     rng: Mutex<ChaCha8Rng>,
-    /// Workflows executing in this process, with their outcome channels.
-    running: Mutex<HashMap<String, OutcomeReceiver>>,
+    /// Workflows executing in this process, with their outcome channels and
+    /// queues.
+    running: Mutex<HashMap<String, Running>>,
+    /// Wakes the claim loop: a slot freed up or this process enqueued work.
+    wakeup: tokio::sync::Notify,
+    /// Queues whose last claim filled every free slot: more work may be
+    /// waiting, so a finishing workflow wakes the claim loop. Otherwise a
+    /// completion costs no extra claim (no extra commit).
+    saturated: Mutex<std::collections::HashSet<String>>,
     shutdown: watch::Sender<bool>,
     /// The number of spawned tasks still alive; shutdown waits for zero.
     tasks: watch::Sender<usize>,
@@ -200,14 +220,26 @@ impl<S: Storage> Shared<S> {
     /// recorded steps if known (`None`: load them first).
     fn execute(self: &Arc<Self>, row: WorkflowRow, history: Option<Vec<StepRow>>) {
         let (sender, receiver) = watch::channel(None);
-        self.lock_running().insert(row.id.clone(), receiver);
+        self.lock_running().insert(
+            row.id.clone(),
+            Running {
+                outcome: receiver,
+                queue: row.queue.clone(),
+            },
+        );
         let shared = Arc::clone(self);
         let span = tracing::info_span!("workflow", workflow_id = %row.id, name = %row.name, epoch = row.owner_epoch);
         self.spawn(
             async move {
                 let id = row.id.clone();
+                let queue = row.queue.clone();
                 shared.run_to_completion(row, history, &sender).await;
                 shared.lock_running().remove(&id);
+                // A slot is free: if the queue had more work than slots,
+                // claim again now rather than at the next poll.
+                if shared.lock_saturated().contains(&queue) {
+                    shared.wakeup.notify_one();
+                }
             }
             .instrument(span),
         );
@@ -284,8 +316,140 @@ impl<S: Storage> Shared<S> {
         }
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, OutcomeReceiver>> {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_saturated(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.saturated.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn running_in(&self, queue: &str) -> usize {
+        self.lock_running()
+            .values()
+            .filter(|r| r.queue == queue)
+            .count()
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    fn workflow_names(&self) -> Vec<String> {
+        self.registry.keys().map(|n| (*n).to_owned()).collect()
+    }
+
+    /// Claims work from every queue while this executor has free slots,
+    /// re-enqueues the workflows of executors whose lease expired, and
+    /// sleeps until a wake-up (NOTIFY, a freed slot, a local enqueue) or the
+    /// poll interval.
+    async fn claim_loop(self: Arc<Self>) {
+        let mut listener: Option<S::Listener> = None;
+        let mut reclaimed_ms = i64::MIN;
+        let names = self.workflow_names();
+        let mut errors = 0u32;
+        while !self.is_shutting_down() {
+            if listener.is_none() {
+                match self.storage.listen().await {
+                    Ok(l) => listener = Some(l),
+                    Err(error) => tracing::debug!(%error, "cannot listen for wake-ups; polling"),
+                }
+            }
+            let now_ms = self.now_ms();
+            let mut failed = false;
+            if now_ms.saturating_sub(reclaimed_ms) >= self.lease_ms() / 2 {
+                match self.storage.workflows_reclaim(now_ms).await {
+                    Ok(n) => {
+                        reclaimed_ms = now_ms;
+                        if n > 0 {
+                            tracing::info!(
+                                requeued = n,
+                                "re-enqueued workflows of expired executors"
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "reclaim failed");
+                        failed = true;
+                    }
+                }
+            }
+            for queue in &self.config.queues {
+                let free = queue
+                    .worker_concurrency
+                    .saturating_sub(self.running_in(queue.name()));
+                if free == 0 || names.is_empty() {
+                    continue;
+                }
+                let params = WorkflowsClaim {
+                    queue: queue.limits.clone(),
+                    executor_id: self.config.executor_id.clone(),
+                    names: names.clone(),
+                    limit: u32::try_from(free).unwrap_or(u32::MAX),
+                    now_ms: self.now_ms(),
+                };
+                match self.storage.workflows_claim(params).await {
+                    Ok(rows) => {
+                        let mut saturated = self.lock_saturated();
+                        if rows.len() >= free {
+                            saturated.insert(queue.name().to_owned());
+                        } else {
+                            saturated.remove(queue.name());
+                        }
+                        drop(saturated);
+                        for row in rows {
+                            // Epoch 1 after a claim: never ran, so no history
+                            // to read.
+                            let history = (row.owner_epoch == 1).then(Vec::new);
+                            self.execute(row, history);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, queue = queue.name(), "claim failed");
+                        failed = true;
+                    }
+                }
+            }
+            errors = if failed { errors + 1 } else { 0 };
+            let delay = if failed {
+                self.infra_delay(errors).max(Duration::from_millis(50))
+            } else {
+                self.config.queue_poll_interval
+            };
+            let mut shutdown = self.shutdown.subscribe();
+            let woke_by_listener = tokio::select! {
+                received = async {
+                    match listener.as_mut() {
+                        Some(l) => l.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => Some(received),
+                () = self.wakeup.notified() => None,
+                () = self.env.sleep(delay) => None,
+                _ = shutdown.wait_for(|down| *down) => None,
+            };
+            if let Some(Err(error)) = woke_by_listener {
+                tracing::debug!(%error, "wake-up subscription lost; polling until it is back");
+                listener = None;
+            }
+        }
+    }
+
+    /// Renews this executor's lease every third of the lease.
+    async fn heartbeat_loop(self: Arc<Self>) {
+        while self
+            .sleep_unless_shutdown(self.config.lease / 3)
+            .await
+            .is_ok()
+        {
+            let result = self
+                .storage
+                .executor_heartbeat(&self.config.executor_id, self.now_ms(), self.lease_ms())
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "heartbeat failed");
+            }
+        }
     }
 
     /// Bumps the epoch of this executor's unfinished workflows (all, or just
@@ -315,7 +479,7 @@ impl<S: Storage> Shared<S> {
     /// otherwise by polling the storage.
     async fn outcome(&self, id: &str) -> Result<Outcome, Error> {
         loop {
-            let local = self.lock_running().get(id).cloned();
+            let local = self.lock_running().get(id).map(|r| r.outcome.clone());
             // If the execution here ends without an outcome (interrupted),
             // fall through to the stored state.
             if let Some(mut receiver) = local
@@ -452,6 +616,40 @@ impl<S: Storage> EngineBuilder<S> {
         self
     }
 
+    /// How often the claim loop polls its queues when no wake-up arrives.
+    /// Default: 1 s.
+    pub fn queue_poll_interval(mut self, interval: Duration) -> Self {
+        self.config.queue_poll_interval = interval;
+        self
+    }
+
+    /// This executor's lease: it heartbeats every third of it, and once it
+    /// has expired any executor re-enqueues this executor's workflows.
+    /// Longer leases survive longer pauses; shorter ones recover faster. The
+    /// lease must exceed the clock skew between executors. Default: 30 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease.max(Duration::from_millis(30));
+        self
+    }
+
+    /// Whether `tandem.enqueue_workflow` sends `NOTIFY tandem_work`, waking
+    /// executors at once. `NOTIFY` serializes committing transactions on a
+    /// global lock; turn it off for very high enqueue rates and rely on
+    /// polling. Default: on. (A database-wide setting: the last executor to
+    /// launch sets it.)
+    pub fn notify_on_enqueue(mut self, on: bool) -> Self {
+        self.config.notify_on_enqueue = on;
+        self
+    }
+
+    /// Declares a queue this executor claims from (the `default` queue
+    /// always exists; declaring it sets its limits).
+    pub fn queue(mut self, queue: Queue) -> Self {
+        self.config.queues.retain(|q| q.name() != queue.name());
+        self.config.queues.push(queue);
+        self
+    }
+
     /// How many times a transactional step is attempted when it hits
     /// serialization failures or deadlocks before the conflict is recorded as
     /// its failure. Default: 100.
@@ -475,10 +673,32 @@ impl<S: Storage> EngineBuilder<S> {
         self
     }
 
-    /// Applies the schema migrations, then resumes this executor's unfinished
-    /// workflows from their last checkpoints, and returns the running engine.
+    /// Applies the schema migrations, registers this executor (its lease,
+    /// workflow names and queues), resumes its unfinished workflows from their
+    /// last checkpoints, and starts claiming queued work.
     pub async fn launch(self) -> Result<Engine<S>, Error> {
         self.storage.migrate().await?;
+        let mut workflows: Vec<(String, Vec<&'static str>)> = self
+            .registry
+            .iter()
+            .map(|(name, w)| ((*name).to_owned(), w.input_types()))
+            .collect();
+        workflows.sort();
+        let register = ExecutorRegister {
+            executor_id: self.config.executor_id.clone(),
+            workflows,
+            queues: self
+                .config
+                .queues
+                .iter()
+                .map(|q| q.limits.clone())
+                .collect(),
+            payload_max_bytes: self.config.payload_max_bytes,
+            notify_on_enqueue: self.config.notify_on_enqueue,
+            now_ms: crate::env::unix_ms(self.env.now()),
+            lease_ms: i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX),
+        };
+        self.storage.executor_register(register).await?;
         let seed = self.env.seed();
         let (shutdown, _) = watch::channel(false);
         let (tasks, _) = watch::channel(0);
@@ -489,6 +709,8 @@ impl<S: Storage> EngineBuilder<S> {
             registry: self.registry,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
             running: Mutex::new(HashMap::new()),
+            wakeup: tokio::sync::Notify::new(),
+            saturated: Mutex::default(),
             shutdown,
             tasks,
         });
@@ -496,6 +718,8 @@ impl<S: Storage> EngineBuilder<S> {
         if recovered > 0 {
             tracing::info!(recovered, executor_id = %shared.config.executor_id, "resumed unfinished workflows");
         }
+        shared.spawn(Arc::clone(&shared).claim_loop());
+        shared.spawn(Arc::clone(&shared).heartbeat_loop());
         Ok(Engine { shared })
     }
 }
@@ -534,6 +758,10 @@ impl<S: Storage> Engine<S> {
                 payload_max_bytes: PAYLOAD_MAX_BYTES_DEFAULT,
                 conflict_attempts_max: 100,
                 poll_interval: Duration::from_millis(100),
+                queue_poll_interval: Duration::from_secs(1),
+                lease: Duration::from_secs(30),
+                notify_on_enqueue: true,
+                queues: vec![Queue::new(DEFAULT_QUEUE)],
             },
             registry: HashMap::new(),
         }
@@ -629,6 +857,7 @@ impl<S: Storage> Engine<S> {
                     error: None,
                     executor_id: Some(shared.config.executor_id.clone()),
                     owner_epoch: 1,
+                    queue: DEFAULT_QUEUE.to_owned(),
                 };
                 // A brand-new workflow has no history: skip reading it.
                 shared.execute(row, Some(Vec::new()));
@@ -656,6 +885,29 @@ impl<S: Storage> Engine<S> {
         Ok(id)
     }
 
+    /// Enqueues workflow `W` (in its own transaction) for any executor that
+    /// runs it to claim, with the semantics of `tandem.enqueue_workflow`. To
+    /// enqueue atomically with your own writes, use the storage's in-
+    /// transaction enqueue (for PostgreSQL, `PgStorage::enqueue_in`) or the
+    /// SQL function.
+    pub async fn enqueue<W: Workflow<S>>(
+        &self,
+        input: W::Input,
+        options: EnqueueOptions,
+    ) -> Result<WorkflowHandle<W::Output>, Error> {
+        let input = self
+            .shared
+            .encode(&input, || format!("input of workflow {:?}", W::NAME))?;
+        let params = workflow_enqueue_params(W::NAME, input, options);
+        let shared = &self.shared;
+        let id = shared
+            .retry(|| shared.storage.workflow_enqueue(params.clone()))
+            .await?;
+        // Claim it here at once if this executor serves the queue.
+        shared.wakeup.notify_one();
+        Ok(self.handle(id))
+    }
+
     /// A handle on an existing workflow by ID (it may run anywhere).
     pub fn handle<O: DeserializeOwned>(&self, id: impl Into<String>) -> WorkflowHandle<O> {
         WorkflowHandle {
@@ -670,8 +922,42 @@ impl<S: Storage> Engine<S> {
     /// this returns when all have stopped. They resume when an engine with
     /// the same executor ID launches again.
     pub async fn shutdown(&self) {
-        self.shared.shutdown.send_replace(true);
-        let mut tasks = self.shared.tasks.subscribe();
+        let shared = &self.shared;
+        shared.shutdown.send_replace(true);
+        let mut tasks = shared.tasks.subscribe();
         let _ = tasks.wait_for(|n| *n == 0).await;
+        // Hand the stopped workflows back to their queues at once, so that
+        // other executors need not wait for this one's lease to expire.
+        match shared
+            .storage
+            .workflows_release(&shared.config.executor_id, shared.now_ms())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "handed unfinished workflows back"),
+            Err(error) => {
+                tracing::warn!(%error, "could not hand workflows back; they wait for the lease to expire")
+            }
+        }
+    }
+}
+
+/// The storage parameters of an enqueue.
+pub(crate) fn workflow_enqueue_params(
+    name: &str,
+    input: String,
+    options: EnqueueOptions,
+) -> WorkflowEnqueue {
+    WorkflowEnqueue {
+        name: name.to_owned(),
+        input,
+        queue: options.queue,
+        workflow_id: options.workflow_id,
+        priority: options.priority,
+        dedup_key: options.dedup_key,
+        delay_ms: options
+            .delay
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        dedup_error: options.dedup_error,
     }
 }

@@ -78,6 +78,7 @@
 //!   completion and recovery.
 //! - [`workflow`]: the [`Workflow`] trait.
 //! - [`context`]: [`WorkflowContext`], the steps a workflow body runs.
+//! - [`queue`]: [`Queue`] declarations and [`EnqueueOptions`].
 //! - [`retry`]: [`RetryPolicy`] for plain steps.
 //! - [`storage`]: the [`Storage`] seam; [`storage::postgres`] is the
 //!   PostgreSQL backend (the only place with SQL).
@@ -90,6 +91,7 @@ pub mod context;
 pub mod engine;
 pub mod env;
 pub mod error;
+pub mod queue;
 pub mod retry;
 pub mod storage;
 #[cfg(feature = "testing")]
@@ -100,6 +102,7 @@ pub use context::WorkflowContext;
 pub use engine::{Engine, EngineBuilder, WorkflowHandle};
 pub use env::{Env, TokioEnv};
 pub use error::{Error, WorkflowError};
+pub use queue::{EnqueueOptions, Queue};
 pub use retry::RetryPolicy;
 #[cfg(feature = "postgres")]
 pub use storage::postgres::PgStorage;

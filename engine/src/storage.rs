@@ -113,6 +113,8 @@ pub struct WorkflowRow {
     pub executor_id: Option<String>,
     /// The fencing token: bumped each time a new execution takes ownership.
     pub owner_epoch: i64,
+    /// The queue the workflow belongs to (`default` for local starts).
+    pub queue: String,
 }
 
 /// One recorded step (a checkpoint).
@@ -217,6 +219,81 @@ pub struct WorkflowsRecover {
     pub now_ms: i64,
 }
 
+/// A queue as declared in code, with its cross-executor limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// The queue's name.
+    pub name: String,
+    /// At most this many of the queue's workflows run at once, across all
+    /// executors.
+    pub concurrency_global: Option<u32>,
+    /// At most `.0` starts per `.1` milliseconds, across all executors.
+    pub rate_limit: Option<(u32, i64)>,
+}
+
+impl QueueLimits {
+    /// Whether claimers of this queue must be serialized.
+    pub fn is_limited(&self) -> bool {
+        self.concurrency_global.is_some() || self.rate_limit.is_some()
+    }
+}
+
+/// Parameters of [`Transaction::executor_register`].
+#[derive(Debug, Clone)]
+pub struct ExecutorRegister {
+    /// The executor.
+    pub executor_id: String,
+    /// Registered workflow names, each with the JSON types (as
+    /// `jsonb_typeof` names them) its input decodes from.
+    pub workflows: Vec<(String, Vec<&'static str>)>,
+    /// Declared queues.
+    pub queues: Vec<QueueLimits>,
+    /// The engine's payload limit, which the SQL functions enforce too.
+    pub payload_max_bytes: usize,
+    /// Whether enqueues signal waiting executors (`NOTIFY`).
+    pub notify_on_enqueue: bool,
+    /// The engine's clock.
+    pub now_ms: i64,
+    /// The lease granted by this registration.
+    pub lease_ms: i64,
+}
+
+/// Parameters of [`Transaction::workflows_claim`].
+#[derive(Debug, Clone)]
+pub struct WorkflowsClaim {
+    /// The queue and its limits.
+    pub queue: QueueLimits,
+    /// The claiming executor.
+    pub executor_id: String,
+    /// Only workflows with these names (the ones this executor can run).
+    pub names: Vec<String>,
+    /// At most this many.
+    pub limit: u32,
+    /// The engine's clock.
+    pub now_ms: i64,
+}
+
+/// Parameters of [`Transaction::workflow_enqueue`].
+#[derive(Debug, Clone)]
+pub struct WorkflowEnqueue {
+    /// The workflow name.
+    pub name: String,
+    /// The input, JSON text.
+    pub input: String,
+    /// The queue.
+    pub queue: String,
+    /// The workflow ID, or `None` to generate one.
+    pub workflow_id: Option<String>,
+    /// Lower runs first.
+    pub priority: i32,
+    /// At most one unfinished workflow per queue and key.
+    pub dedup_key: Option<String>,
+    /// Start no earlier than this long from now.
+    pub delay_ms: Option<i64>,
+    /// Fail on a deduplication conflict instead of returning the existing ID.
+    pub dedup_error: bool,
+}
+
 /// The kind of a storage failure: the one thing retry logic reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -275,6 +352,12 @@ pub trait Storage: Clone + Send + Sync + 'static {
     /// What a transactional step's closure receives: for PostgreSQL, a real
     /// `sqlx::PgConnection` inside the transaction.
     type Conn: Send;
+
+    /// Wake-ups from other processes that enqueued work.
+    type Listener: Listener;
+
+    /// Subscribes to wake-ups (`NOTIFY` for PostgreSQL).
+    fn listen(&self) -> impl Future<Output = StorageResult<Self::Listener>> + Send;
 
     /// Opens a transaction (READ COMMITTED).
     fn begin(&self) -> impl Future<Output = StorageResult<Self::Tx>> + Send;
@@ -365,6 +448,90 @@ pub trait Storage: Clone + Send + Sync + 'static {
             Ok(recorded)
         }
     }
+
+    /// [`Transaction::executor_register`] in its own commit.
+    fn executor_register(
+        &self,
+        params: ExecutorRegister,
+    ) -> impl Future<Output = StorageResult<()>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            tx.executor_register(params).await?;
+            tx.commit().await
+        }
+    }
+
+    /// [`Transaction::executor_heartbeat`] in its own commit.
+    fn executor_heartbeat(
+        &self,
+        executor_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> impl Future<Output = StorageResult<()>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            tx.executor_heartbeat(executor_id, now_ms, lease_ms).await?;
+            tx.commit().await
+        }
+    }
+
+    /// [`Transaction::workflows_reclaim`] in its own commit.
+    fn workflows_reclaim(&self, now_ms: i64) -> impl Future<Output = StorageResult<u64>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            let n = tx.workflows_reclaim(now_ms).await?;
+            tx.commit().await?;
+            Ok(n)
+        }
+    }
+
+    /// [`Transaction::workflows_claim`] in its own commit.
+    fn workflows_claim(
+        &self,
+        params: WorkflowsClaim,
+    ) -> impl Future<Output = StorageResult<Vec<WorkflowRow>>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            let rows = tx.workflows_claim(params).await?;
+            tx.commit().await?;
+            Ok(rows)
+        }
+    }
+
+    /// [`Transaction::workflows_release`] in its own commit.
+    fn workflows_release(
+        &self,
+        executor_id: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<u64>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            let n = tx.workflows_release(executor_id, now_ms).await?;
+            tx.commit().await?;
+            Ok(n)
+        }
+    }
+
+    /// [`Transaction::workflow_enqueue`] in its own commit.
+    fn workflow_enqueue(
+        &self,
+        params: WorkflowEnqueue,
+    ) -> impl Future<Output = StorageResult<String>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            let id = tx.workflow_enqueue(params).await?;
+            tx.commit().await?;
+            Ok(id)
+        }
+    }
+}
+
+/// Wake-ups: some process enqueued work.
+pub trait Listener: Send {
+    /// Waits for the next wake-up. An error means the subscription broke
+    /// (for example the connection was lost); the engine polls meanwhile and
+    /// subscribes again.
+    fn recv(&mut self) -> impl Future<Output = StorageResult<()>> + Send;
 }
 
 /// An open transaction. Dropping it without [`commit`](Transaction::commit)
@@ -419,6 +586,52 @@ pub trait Transaction: Send + Sized {
         &mut self,
         params: StepRecord,
     ) -> impl Future<Output = StorageResult<StepRecorded>> + Send;
+
+    /// Registers (or refreshes) an executor at launch: its lease, the
+    /// workflow names it runs, its queues, and the settings the SQL functions
+    /// read.
+    fn executor_register(
+        &mut self,
+        params: ExecutorRegister,
+    ) -> impl Future<Output = StorageResult<()>> + Send;
+
+    /// Renews an executor's lease (re-creating its row if a peer had reaped
+    /// it).
+    fn executor_heartbeat(
+        &mut self,
+        executor_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> impl Future<Output = StorageResult<()>> + Send;
+
+    /// Re-enqueues the `RUNNING` workflows of executors whose lease expired
+    /// (bumping each owner epoch, which fences the old execution), and
+    /// removes those executors. Returns how many workflows were re-enqueued.
+    fn workflows_reclaim(&mut self, now_ms: i64)
+    -> impl Future<Output = StorageResult<u64>> + Send;
+
+    /// Claims up to `limit` ready workflows of a queue (`FOR UPDATE SKIP
+    /// LOCKED`), within the queue's global concurrency and rate limits:
+    /// marks them `RUNNING` for the executor with a bumped epoch.
+    fn workflows_claim(
+        &mut self,
+        params: WorkflowsClaim,
+    ) -> impl Future<Output = StorageResult<Vec<WorkflowRow>>> + Send;
+
+    /// Graceful shutdown: hands the executor's `RUNNING` workflows back to
+    /// their queues (bumped epochs) and removes the executor.
+    fn workflows_release(
+        &mut self,
+        executor_id: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<u64>> + Send;
+
+    /// Enqueues a workflow inside this transaction, with the semantics of the
+    /// SQL function `tandem.enqueue_workflow`. Returns the workflow ID.
+    fn workflow_enqueue(
+        &mut self,
+        params: WorkflowEnqueue,
+    ) -> impl Future<Output = StorageResult<String>> + Send;
 
     /// Commits. An [`ErrorKind::Unavailable`] error means the outcome is
     /// unknown: the commit may have happened.

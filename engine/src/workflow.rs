@@ -68,6 +68,33 @@ pub(crate) trait ErasedWorkflow<S: Storage>: Send + Sync {
 
     /// Checks that `input` decodes into the workflow's input type.
     fn check_input(&self, input: &str) -> Result<(), Error>;
+
+    /// The JSON types (as `jsonb_typeof` names them) the input decodes from.
+    fn input_types(&self) -> Vec<&'static str>;
+}
+
+/// Probes which JSON types an input type accepts: a type rejects a JSON
+/// value of the wrong type with serde's "invalid type" error, whereas an
+/// accepted type fails (if at all) only on content (a missing field, a wrong
+/// length). This lets the SQL function reject, say, a string for a workflow
+/// that takes a struct, inside the caller's transaction.
+fn json_types_of<T: DeserializeOwned>() -> Vec<&'static str> {
+    const SAMPLES: [(&str, &str); 6] = [
+        ("object", "{}"),
+        ("array", "[]"),
+        ("string", "\"\""),
+        ("number", "0"),
+        ("boolean", "false"),
+        ("null", "null"),
+    ];
+    SAMPLES
+        .iter()
+        .filter(|(_, sample)| match serde_json::from_str::<T>(sample) {
+            Ok(_) => true,
+            Err(e) => !e.to_string().starts_with("invalid type"),
+        })
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 fn decode_input<S: Storage, W: Workflow<S>>(input: &str) -> Result<W::Input, Error> {
@@ -92,5 +119,31 @@ impl<S: Storage, W: Workflow<S>> ErasedWorkflow<S> for W {
 
     fn check_input(&self, input: &str) -> Result<(), Error> {
         decode_input::<S, W>(input).map(drop)
+    }
+
+    fn input_types(&self) -> Vec<&'static str> {
+        json_types_of::<W::Input>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_types_of;
+
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Order {
+        id: i64,
+    }
+
+    #[test]
+    fn input_json_types_are_probed_from_the_type() {
+        assert_eq!(json_types_of::<Order>(), ["object", "array"]);
+        assert_eq!(json_types_of::<String>(), ["string"]);
+        assert_eq!(json_types_of::<(String, u32)>(), ["array"]);
+        assert_eq!(json_types_of::<i64>(), ["number"]);
+        assert_eq!(json_types_of::<Option<i64>>(), ["number", "null"]);
+        assert_eq!(json_types_of::<()>(), ["null"]);
+        assert_eq!(json_types_of::<serde_json::Value>().len(), 6);
     }
 }

@@ -10,10 +10,15 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::engine::workflow_enqueue_params;
+use crate::error::Error;
+use crate::queue::EnqueueOptions;
+use crate::workflow::Workflow;
+
 use super::{
-    ErrorKind, Status, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError,
-    StorageResult, Transaction, WorkflowComplete, WorkflowInsert, WorkflowInserted, WorkflowRow,
-    WorkflowsRecover,
+    ErrorKind, ExecutorRegister, Listener, Status, StepKind, StepRecord, StepRecorded, StepRow,
+    Storage, StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue,
+    WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
 };
 
 /// The embedded migrations (`migrations/` at the workspace root).
@@ -55,6 +60,26 @@ impl PgStorage {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Enqueues workflow `W` inside the caller's transaction (the Rust side
+    /// of the outbox): it exists if and only if that transaction commits.
+    /// Same validation and deduplication as `tandem.enqueue_workflow`, which
+    /// it calls. Returns the workflow ID.
+    ///
+    /// A validation error aborts the caller's transaction like any failed
+    /// statement; wrap the call in a savepoint to recover from it.
+    pub async fn enqueue_in<W: Workflow<PgStorage>>(
+        conn: &mut PgConnection,
+        input: &W::Input,
+        options: EnqueueOptions,
+    ) -> Result<String, Error> {
+        let input = serde_json::to_string(input).map_err(|source| Error::Encode {
+            what: format!("input of workflow {:?}", W::NAME),
+            source,
+        })?;
+        let params = workflow_enqueue_params(W::NAME, input, options);
+        Ok(workflow_enqueue(conn, params).await?)
+    }
 }
 
 /// A transaction on [`PgStorage`]; the application sees its connection.
@@ -63,9 +88,33 @@ pub struct PgTx {
     tx: sqlx::Transaction<'static, Postgres>,
 }
 
+/// The channel `tandem.enqueue_workflow` notifies (payload: the queue).
+const WORK_CHANNEL: &str = "tandem_work";
+
+/// Wake-ups from `NOTIFY tandem_work` on a dedicated connection.
+#[derive(Debug)]
+pub struct PgWakeups {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl Listener for PgWakeups {
+    async fn recv(&mut self) -> StorageResult<()> {
+        self.listener.recv().await.map(drop).map_err(map_err)
+    }
+}
+
 impl Storage for PgStorage {
     type Tx = PgTx;
     type Conn = PgConnection;
+    type Listener = PgWakeups;
+
+    async fn listen(&self) -> StorageResult<PgWakeups> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(map_err)?;
+        listener.listen(WORK_CHANNEL).await.map_err(map_err)?;
+        Ok(PgWakeups { listener })
+    }
 
     async fn begin(&self) -> StorageResult<PgTx> {
         let tx = self.pool.begin().await.map_err(map_err)?;
@@ -133,6 +182,45 @@ impl Storage for PgStorage {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         step_record(&mut conn, params).await
     }
+
+    async fn executor_heartbeat(
+        &self,
+        executor_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StorageResult<()> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        executor_heartbeat(&mut conn, executor_id, now_ms, lease_ms).await
+    }
+
+    async fn workflows_reclaim(&self, now_ms: i64) -> StorageResult<u64> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        workflows_reclaim(&mut conn, now_ms).await
+    }
+
+    async fn workflows_claim(&self, params: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
+        // A queue without limits claims in one autocommit statement; a
+        // limited one needs a transaction to hold its queue lock.
+        if params.queue.is_limited() {
+            let mut tx = self.begin().await?;
+            let rows = tx.workflows_claim(params).await?;
+            tx.commit().await?;
+            Ok(rows)
+        } else {
+            let mut conn = self.pool.acquire().await.map_err(map_err)?;
+            workflows_claim(&mut conn, params).await
+        }
+    }
+
+    async fn workflows_release(&self, executor_id: &str, now_ms: i64) -> StorageResult<u64> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        workflows_release(&mut conn, executor_id, now_ms).await
+    }
+
+    async fn workflow_enqueue(&self, params: WorkflowEnqueue) -> StorageResult<String> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        workflow_enqueue(&mut conn, params).await
+    }
 }
 
 impl Transaction for PgTx {
@@ -169,6 +257,42 @@ impl Transaction for PgTx {
         step_record(&mut self.tx, params).await
     }
 
+    async fn executor_register(&mut self, params: ExecutorRegister) -> StorageResult<()> {
+        executor_register(&mut self.tx, params).await
+    }
+
+    async fn executor_heartbeat(
+        &mut self,
+        executor_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StorageResult<()> {
+        executor_heartbeat(&mut self.tx, executor_id, now_ms, lease_ms).await
+    }
+
+    async fn workflows_reclaim(&mut self, now_ms: i64) -> StorageResult<u64> {
+        workflows_reclaim(&mut self.tx, now_ms).await
+    }
+
+    async fn workflows_claim(&mut self, params: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
+        if let Some(n) = claim_budget(&mut self.tx, &params).await? {
+            let limit = params.limit.min(n);
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            return workflows_claim(&mut self.tx, WorkflowsClaim { limit, ..params }).await;
+        }
+        workflows_claim(&mut self.tx, params).await
+    }
+
+    async fn workflows_release(&mut self, executor_id: &str, now_ms: i64) -> StorageResult<u64> {
+        workflows_release(&mut self.tx, executor_id, now_ms).await
+    }
+
+    async fn workflow_enqueue(&mut self, params: WorkflowEnqueue) -> StorageResult<String> {
+        workflow_enqueue(&mut self.tx, params).await
+    }
+
     async fn commit(self) -> StorageResult<()> {
         self.tx.commit().await.map_err(map_err)
     }
@@ -182,7 +306,15 @@ impl Transaction for PgTx {
 /// stay `&'static str` literals).
 macro_rules! workflow_columns {
     () => {
-        "id, name, status, input::text, output::text, error, executor_id, owner_epoch"
+        "id, name, status, input::text, output::text, error, executor_id, owner_epoch, queue"
+    };
+}
+
+/// The same columns qualified by the alias `w`, for statements that join.
+macro_rules! prefixed_workflow_columns {
+    () => {
+        "w.id, w.name, w.status, w.input::text, w.output::text, w.error, w.executor_id, \
+         w.owner_epoch, w.queue"
     };
 }
 
@@ -195,10 +327,11 @@ type WorkflowTuple = (
     Option<String>,
     Option<String>,
     i64,
+    String,
 );
 
 fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
-    let (id, name, status, input, output, error, executor_id, owner_epoch) = row;
+    let (id, name, status, input, output, error, executor_id, owner_epoch, queue) = row;
     let status = Status::parse(&status).ok_or_else(|| {
         StorageError::new(
             ErrorKind::Other,
@@ -214,6 +347,7 @@ fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
         error,
         executor_id,
         owner_epoch,
+        queue,
     })
 }
 
@@ -225,8 +359,9 @@ async fn workflow_insert(
     // first inserter and then inserts nothing, so an ID never gets two runs.
     let inserted: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO tandem.workflows
-             (id, name, status, input, executor_id, owner_epoch, created_at, updated_at)
-         VALUES ($1, $2, 'RUNNING', $3::jsonb, $4, 1,
+             (id, name, status, input, executor_id, owner_epoch, created_at, updated_at,
+              started_at)
+         VALUES ($1, $2, 'RUNNING', $3::jsonb, $4, 1, to_timestamp($5::float8 / 1000),
                  to_timestamp($5::float8 / 1000), to_timestamp($5::float8 / 1000))
          ON CONFLICT (id) DO NOTHING
          RETURNING owner_epoch",
@@ -389,6 +524,229 @@ async fn step_record(conn: &mut PgConnection, p: StepRecord) -> StorageResult<St
     }
 }
 
+async fn executor_register(conn: &mut PgConnection, p: ExecutorRegister) -> StorageResult<()> {
+    executor_heartbeat(conn, &p.executor_id, p.now_ms, p.lease_ms).await?;
+    // Upserts in name order, so that executors launching at once lock the
+    // shared rows in the same order and never deadlock.
+    let mut workflows = p.workflows;
+    workflows.sort();
+    for (name, input_types) in workflows {
+        sqlx::query(
+            "INSERT INTO tandem.workflow_names (name, input_types, registered_at)
+             VALUES ($1, $2, to_timestamp($3::float8 / 1000))
+             ON CONFLICT (name) DO UPDATE
+                SET input_types = excluded.input_types, registered_at = excluded.registered_at",
+        )
+        .bind(&name)
+        .bind(&input_types)
+        .bind(p.now_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    }
+    let mut queues = p.queues;
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    for q in queues {
+        sqlx::query(
+            "INSERT INTO tandem.queues (name, concurrency_global, rate_limit_count, rate_limit_period_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE
+                SET concurrency_global = excluded.concurrency_global,
+                    rate_limit_count = excluded.rate_limit_count,
+                    rate_limit_period_ms = excluded.rate_limit_period_ms",
+        )
+        .bind(&q.name)
+        .bind(q.concurrency_global.map(|n| n as i32))
+        .bind(q.rate_limit.map(|(n, _)| n as i32))
+        .bind(q.rate_limit.map(|(_, ms)| ms))
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    }
+    sqlx::query(
+        "INSERT INTO tandem.settings (key, value)
+         VALUES ('notify_on_enqueue', $1), ('payload_max_bytes', $2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(p.notify_on_enqueue.to_string())
+    .bind(p.payload_max_bytes.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+async fn executor_heartbeat(
+    conn: &mut PgConnection,
+    executor_id: &str,
+    now_ms: i64,
+    lease_ms: i64,
+) -> StorageResult<()> {
+    // An upsert: if a peer reaped this executor while it was paused, the
+    // heartbeat brings it back (its old workflows were fenced by the reap).
+    sqlx::query(
+        "INSERT INTO tandem.executors (id, started_at, heartbeat_at, lease_expires_at)
+         VALUES ($1, to_timestamp($2::float8 / 1000), to_timestamp($2::float8 / 1000),
+                 to_timestamp(($2 + $3)::float8 / 1000))
+         ON CONFLICT (id) DO UPDATE
+            SET heartbeat_at = excluded.heartbeat_at, lease_expires_at = excluded.lease_expires_at",
+    )
+    .bind(executor_id)
+    .bind(now_ms)
+    .bind(lease_ms)
+    .execute(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+async fn workflows_reclaim(conn: &mut PgConnection, now_ms: i64) -> StorageResult<u64> {
+    // All CTEs share one snapshot, so the NOT EXISTS below still sees the
+    // executors this statement deletes: `dead` is checked explicitly. The
+    // UPDATE re-checks each row's newest version (a concurrent reaper's
+    // re-enqueue makes the row no longer RUNNING, so it is bumped once).
+    let (count,): (i64,) = sqlx::query_as(
+        "WITH dead AS (
+             DELETE FROM tandem.executors
+              WHERE lease_expires_at < to_timestamp($1::float8 / 1000)
+          RETURNING id
+         ), requeued AS (
+             UPDATE tandem.workflows w
+                SET status = 'ENQUEUED', executor_id = NULL, owner_epoch = w.owner_epoch + 1,
+                    updated_at = to_timestamp($1::float8 / 1000)
+              WHERE w.status = 'RUNNING'
+                AND (w.executor_id IN (SELECT id FROM dead)
+                     OR NOT EXISTS (SELECT 1 FROM tandem.executors e WHERE e.id = w.executor_id))
+          RETURNING 1
+         )
+         SELECT count(*) FROM requeued",
+    )
+    .bind(now_ms)
+    .fetch_one(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(count as u64)
+}
+
+/// For a limited queue: locks the queue's row (serializing its claimers
+/// without stricter isolation: every claimer's next statement sees the claims
+/// committed before it got the lock) and returns how many more workflows may
+/// start now. `None` for an unlimited queue.
+async fn claim_budget(conn: &mut PgConnection, p: &WorkflowsClaim) -> StorageResult<Option<u32>> {
+    if !p.queue.is_limited() {
+        return Ok(None);
+    }
+    sqlx::query("SELECT 1 FROM tandem.queues WHERE name = $1 FOR UPDATE")
+        .bind(&p.queue.name)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let period_ms = p.queue.rate_limit.map_or(0, |(_, ms)| ms);
+    let (running, recent): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'RUNNING'),
+                count(*) FILTER (WHERE started_at > to_timestamp(($2 - $3)::float8 / 1000))
+           FROM tandem.workflows
+          WHERE queue = $1
+            AND (status = 'RUNNING' OR started_at > to_timestamp(($2 - $3)::float8 / 1000))",
+    )
+    .bind(&p.queue.name)
+    .bind(p.now_ms)
+    .bind(period_ms)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let mut budget = i64::from(u32::MAX);
+    if let Some(global) = p.queue.concurrency_global {
+        budget = budget.min(i64::from(global) - running);
+    }
+    if let Some((count, _)) = p.queue.rate_limit {
+        budget = budget.min(i64::from(count) - recent);
+    }
+    Ok(Some(budget.max(0) as u32))
+}
+
+async fn workflows_claim(
+    conn: &mut PgConnection,
+    p: WorkflowsClaim,
+) -> StorageResult<Vec<WorkflowRow>> {
+    // SKIP LOCKED: concurrent claimers take different rows instead of
+    // queueing behind each other. The outer UPDATE re-checks each locked
+    // row's newest version, and the lock taken by the inner SELECT keeps it
+    // from changing in between, so a row is never claimed twice.
+    let rows: Vec<WorkflowTuple> = sqlx::query_as(concat!(
+        "WITH ready AS (
+             SELECT id FROM tandem.workflows
+              WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
+                AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
+              ORDER BY priority, created_at
+              LIMIT $4
+                FOR UPDATE SKIP LOCKED
+         )
+         UPDATE tandem.workflows w
+            SET status = 'RUNNING', executor_id = $5, owner_epoch = w.owner_epoch + 1,
+                started_at = to_timestamp($3::float8 / 1000),
+                updated_at = to_timestamp($3::float8 / 1000)
+           FROM ready
+          WHERE w.id = ready.id
+      RETURNING ",
+        prefixed_workflow_columns!()
+    ))
+    .bind(&p.queue.name)
+    .bind(&p.names)
+    .bind(p.now_ms)
+    .bind(i64::from(p.limit))
+    .bind(&p.executor_id)
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)?;
+    rows.into_iter().map(workflow_from_row).collect()
+}
+
+async fn workflows_release(
+    conn: &mut PgConnection,
+    executor_id: &str,
+    now_ms: i64,
+) -> StorageResult<u64> {
+    let (count,): (i64,) = sqlx::query_as(
+        "WITH released AS (
+             UPDATE tandem.workflows
+                SET status = 'ENQUEUED', executor_id = NULL, owner_epoch = owner_epoch + 1,
+                    updated_at = to_timestamp($2::float8 / 1000)
+              WHERE executor_id = $1 AND status = 'RUNNING'
+          RETURNING 1
+         ), gone AS (
+             DELETE FROM tandem.executors WHERE id = $1
+         )
+         SELECT count(*) FROM released",
+    )
+    .bind(executor_id)
+    .bind(now_ms)
+    .fetch_one(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(count as u64)
+}
+
+async fn workflow_enqueue(conn: &mut PgConnection, p: WorkflowEnqueue) -> StorageResult<String> {
+    // The Rust side of the outbox is the SQL function itself, so both paths
+    // validate and deduplicate identically.
+    sqlx::query_scalar(
+        "SELECT tandem.enqueue_workflow($1, $2::jsonb, $3, $4, $5, $6,
+                                        $7::bigint * interval '1 millisecond', $8)",
+    )
+    .bind(&p.name)
+    .bind(&p.input)
+    .bind(&p.queue)
+    .bind(&p.workflow_id)
+    .bind(p.priority)
+    .bind(&p.dedup_key)
+    .bind(p.delay_ms)
+    .bind(p.dedup_error)
+    .fetch_one(conn)
+    .await
+    .map_err(map_err)
+}
+
 fn fenced(workflow_id: &str) -> StorageError {
     StorageError::new(
         ErrorKind::Fenced,
@@ -411,8 +769,15 @@ fn kind_of(error: &sqlx::Error) -> ErrorKind {
             Some(code) if code.starts_with("57P") || code.starts_with("08") => {
                 ErrorKind::Unavailable
             }
-            // data_exception, integrity_constraint_violation
-            Some(code) if code.starts_with("22") || code.starts_with("23") => ErrorKind::Invalid,
+            // data_exception, integrity_constraint_violation,
+            // program_limit_exceeded (an oversized payload)
+            Some(code)
+                if ["22", "23", "54"]
+                    .iter()
+                    .any(|class| code.starts_with(class)) =>
+            {
+                ErrorKind::Invalid
+            }
             _ => ErrorKind::Other,
         },
         sqlx::Error::Io(_)

@@ -13,8 +13,9 @@ use sqlx::{PgConnection, PgPool};
 use tandem::env::BoxFuture;
 use tandem::storage::postgres::PgTx;
 use tandem::storage::{
-    ErrorKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
-    Transaction, WorkflowComplete, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsRecover,
+    ErrorKind, ExecutorRegister, StepRecord, StepRecorded, StepRow, Storage, StorageError,
+    StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowInsert,
+    WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
 };
 use tandem::testing::PgCluster;
 use tandem::{Env, PgStorage, RetryPolicy, TokioEnv, Workflow, WorkflowContext, WorkflowError};
@@ -279,8 +280,12 @@ pub async fn sleep(d: Duration) {
 /// What [`Probe`] saw and what it should break.
 #[derive(Default)]
 pub struct ProbeState {
-    /// Commits of writing transactions (autocommit writes included).
+    /// Commits a workflow's own execution made: start, steps, completion
+    /// (autocommit writes included).
     pub commits: AtomicUsize,
+    /// Commits of the executor's background work: registration, recovery,
+    /// heartbeats, claims, reaping.
+    pub background: AtomicUsize,
     /// Read-only round trips (history loads, status polls).
     pub reads: AtomicUsize,
     /// Make the next this-many explicit transaction commits succeed on the
@@ -310,6 +315,10 @@ impl Probe {
         self.state.commits.fetch_add(1, Ordering::SeqCst);
     }
 
+    fn background(&self) {
+        self.state.background.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn read(&self) {
         self.state.reads.fetch_add(1, Ordering::SeqCst);
     }
@@ -323,6 +332,11 @@ pub struct ProbeTx {
 impl Storage for Probe {
     type Tx = ProbeTx;
     type Conn = PgConnection;
+    type Listener = <PgStorage as Storage>::Listener;
+
+    async fn listen(&self) -> StorageResult<Self::Listener> {
+        self.inner.listen().await
+    }
 
     async fn begin(&self) -> StorageResult<ProbeTx> {
         Ok(ProbeTx {
@@ -355,8 +369,38 @@ impl Storage for Probe {
     }
 
     async fn workflows_recover(&self, p: WorkflowsRecover) -> StorageResult<Vec<WorkflowRow>> {
-        self.commit();
+        self.background();
         self.inner.workflows_recover(p).await
+    }
+
+    async fn executor_register(&self, p: ExecutorRegister) -> StorageResult<()> {
+        self.background();
+        self.inner.executor_register(p).await
+    }
+
+    async fn executor_heartbeat(&self, id: &str, now_ms: i64, lease_ms: i64) -> StorageResult<()> {
+        self.background();
+        self.inner.executor_heartbeat(id, now_ms, lease_ms).await
+    }
+
+    async fn workflows_reclaim(&self, now_ms: i64) -> StorageResult<u64> {
+        self.background();
+        self.inner.workflows_reclaim(now_ms).await
+    }
+
+    async fn workflows_claim(&self, p: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
+        self.background();
+        self.inner.workflows_claim(p).await
+    }
+
+    async fn workflows_release(&self, id: &str, now_ms: i64) -> StorageResult<u64> {
+        self.background();
+        self.inner.workflows_release(id, now_ms).await
+    }
+
+    async fn workflow_enqueue(&self, p: WorkflowEnqueue) -> StorageResult<String> {
+        self.commit();
+        self.inner.workflow_enqueue(p).await
     }
 
     async fn steps_load(&self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
@@ -416,6 +460,35 @@ impl Transaction for ProbeTx {
             ));
         }
         Ok(())
+    }
+
+    async fn executor_register(&mut self, p: ExecutorRegister) -> StorageResult<()> {
+        self.inner.executor_register(p).await
+    }
+
+    async fn executor_heartbeat(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StorageResult<()> {
+        self.inner.executor_heartbeat(id, now_ms, lease_ms).await
+    }
+
+    async fn workflows_reclaim(&mut self, now_ms: i64) -> StorageResult<u64> {
+        self.inner.workflows_reclaim(now_ms).await
+    }
+
+    async fn workflows_claim(&mut self, p: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
+        self.inner.workflows_claim(p).await
+    }
+
+    async fn workflows_release(&mut self, id: &str, now_ms: i64) -> StorageResult<u64> {
+        self.inner.workflows_release(id, now_ms).await
+    }
+
+    async fn workflow_enqueue(&mut self, p: WorkflowEnqueue) -> StorageResult<String> {
+        self.inner.workflow_enqueue(p).await
     }
 
     async fn rollback(self) -> StorageResult<()> {

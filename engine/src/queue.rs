@@ -1,0 +1,128 @@
+//! Queues and enqueue options: admission control for workflows that wait to
+//! be claimed by any executor.
+
+use std::time::Duration;
+
+use crate::storage::QueueLimits;
+
+/// The queue that always exists; workflows started locally belong to it.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// A named queue as this executor runs it.
+///
+/// `worker_concurrency` bounds how many of the queue's workflows this
+/// executor runs at once; `concurrency_global` and `rate_limit` bound the
+/// queue across all executors (its claimers are then serialized by a row
+/// lock on the queue). Every executor serving a queue should declare the
+/// same global limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    pub(crate) limits: QueueLimits,
+    pub(crate) worker_concurrency: usize,
+}
+
+impl Queue {
+    /// A queue with no global limits and a worker concurrency of 64.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            limits: QueueLimits {
+                name: name.into(),
+                concurrency_global: None,
+                rate_limit: None,
+            },
+            worker_concurrency: 64,
+        }
+    }
+
+    /// At most `n` of this queue's workflows run on this executor at once.
+    pub fn worker_concurrency(mut self, n: usize) -> Self {
+        self.worker_concurrency = n.max(1);
+        self
+    }
+
+    /// At most `n` of this queue's workflows run at once across all
+    /// executors. (Workflows started locally into the default queue bypass
+    /// admission but are counted.)
+    pub fn concurrency_global(mut self, n: u32) -> Self {
+        self.limits.concurrency_global = Some(n.max(1));
+        self
+    }
+
+    /// At most `starts` workflows of this queue start per `period`, across
+    /// all executors.
+    pub fn rate_limit(mut self, starts: u32, period: Duration) -> Self {
+        let period_ms = i64::try_from(period.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.limits.rate_limit = Some((starts.max(1), period_ms));
+        self
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.limits.name
+    }
+}
+
+/// Options of an enqueue (the SQL function's optional arguments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnqueueOptions {
+    pub(crate) queue: String,
+    pub(crate) workflow_id: Option<String>,
+    pub(crate) priority: i32,
+    pub(crate) dedup_key: Option<String>,
+    pub(crate) delay: Option<Duration>,
+    pub(crate) dedup_error: bool,
+}
+
+impl Default for EnqueueOptions {
+    fn default() -> Self {
+        Self {
+            queue: DEFAULT_QUEUE.to_owned(),
+            workflow_id: None,
+            priority: 0,
+            dedup_key: None,
+            delay: None,
+            dedup_error: false,
+        }
+    }
+}
+
+impl EnqueueOptions {
+    /// Enqueue into `queue` (default: `default`).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    /// Use this workflow ID: enqueuing an existing ID returns it and enqueues
+    /// nothing.
+    pub fn workflow_id(mut self, id: impl Into<String>) -> Self {
+        self.workflow_id = Some(id.into());
+        self
+    }
+
+    /// Lower priorities are claimed first (default 0; -1,000,000 to
+    /// 1,000,000).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// At most one unfinished workflow per queue carries this key; enqueuing
+    /// another returns the existing workflow's ID.
+    pub fn dedup_key(mut self, key: impl Into<String>) -> Self {
+        self.dedup_key = Some(key.into());
+        self
+    }
+
+    /// Fail with an error on a deduplication conflict instead.
+    pub fn dedup_error(mut self) -> Self {
+        self.dedup_error = true;
+        self
+    }
+
+    /// Start no earlier than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+}
