@@ -7,8 +7,11 @@
 //! autocommit methods on [`Storage`] run one operation in its own commit; a
 //! backend overrides them when it can do that in fewer round trips.
 //!
-//! Time never comes from the database clock or the backend: every operation
-//! that stores a timestamp receives `now_ms` from the engine's [`Env`].
+//! Time comes from the engine's [`Env`] (`now_ms` parameters), with one
+//! deliberate exception: what executors must agree on (lease expiry, delayed
+//! starts, queue admission and the start/completion stamps it reads) uses the
+//! database's clock, so that drifting executor clocks cannot disagree. A
+//! model backend must therefore model a database clock.
 //!
 //! [`Env`]: crate::Env
 

@@ -1,9 +1,14 @@
 //! The PostgreSQL backend (sqlx). All of Tandem's SQL lives in this file and
 //! in `migrations/`.
 //!
-//! Every statement runs under READ COMMITTED. Timestamps arrive from the
-//! engine as milliseconds since the epoch (`now_ms`); the database clock is
-//! never read here.
+//! Every statement runs under READ COMMITTED. Timestamps that only record
+//! history (`created_at`, `updated_at`) arrive from the engine as
+//! milliseconds since the epoch (`now_ms`). Decisions shared between
+//! executors use the database's clock instead, so that executors whose clocks
+//! drift still agree: lease expiry, delayed starts, and the `started_at` /
+//! `completed_at` stamps that queue admission (rate limits) reads. Those
+//! stamps are taken at statement time (`clock_timestamp()`), which also
+//! orders them consistently with the claims' admission decisions.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -362,7 +367,7 @@ async fn workflow_insert(
              (id, name, status, input, executor_id, owner_epoch, created_at, updated_at,
               started_at)
          VALUES ($1, $2, 'RUNNING', $3::jsonb, $4, 1, to_timestamp($5::float8 / 1000),
-                 to_timestamp($5::float8 / 1000), to_timestamp($5::float8 / 1000))
+                 to_timestamp($5::float8 / 1000), clock_timestamp())
          ON CONFLICT (id) DO NOTHING
          RETURNING owner_epoch",
     )
@@ -409,7 +414,7 @@ async fn workflow_complete(conn: &mut PgConnection, p: WorkflowComplete) -> Stor
         "UPDATE tandem.workflows
             SET status = $3, output = $4::jsonb, error = $5,
                 updated_at = to_timestamp($6::float8 / 1000),
-                completed_at = to_timestamp($6::float8 / 1000)
+                completed_at = clock_timestamp()
           WHERE id = $1 AND owner_epoch = $2 AND status = 'RUNNING'",
     )
     .bind(&p.id)
@@ -587,7 +592,7 @@ async fn executor_heartbeat(
     sqlx::query(
         "INSERT INTO tandem.executors (id, started_at, heartbeat_at, lease_expires_at)
          VALUES ($1, to_timestamp($2::float8 / 1000), to_timestamp($2::float8 / 1000),
-                 to_timestamp(($2 + $3)::float8 / 1000))
+                 clock_timestamp() + $3::bigint * interval '1 millisecond')
          ON CONFLICT (id) DO UPDATE
             SET heartbeat_at = excluded.heartbeat_at, lease_expires_at = excluded.lease_expires_at",
     )
@@ -608,7 +613,7 @@ async fn workflows_reclaim(conn: &mut PgConnection, now_ms: i64) -> StorageResul
     let (count,): (i64,) = sqlx::query_as(
         "WITH dead AS (
              DELETE FROM tandem.executors
-              WHERE lease_expires_at < to_timestamp($1::float8 / 1000)
+              WHERE lease_expires_at < clock_timestamp()
           RETURNING id
          ), requeued AS (
              UPDATE tandem.workflows w
@@ -644,13 +649,13 @@ async fn claim_budget(conn: &mut PgConnection, p: &WorkflowsClaim) -> StorageRes
     let period_ms = p.queue.rate_limit.map_or(0, |(_, ms)| ms);
     let (running, recent): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'RUNNING'),
-                count(*) FILTER (WHERE started_at > to_timestamp(($2 - $3)::float8 / 1000))
+                count(*) FILTER (WHERE started_at > clock_timestamp() - $2 * interval '1 millisecond')
            FROM tandem.workflows
           WHERE queue = $1
-            AND (status = 'RUNNING' OR started_at > to_timestamp(($2 - $3)::float8 / 1000))",
+            AND (status = 'RUNNING'
+                 OR started_at > clock_timestamp() - $2 * interval '1 millisecond')",
     )
     .bind(&p.queue.name)
-    .bind(p.now_ms)
     .bind(period_ms)
     .fetch_one(&mut *conn)
     .await
@@ -677,14 +682,14 @@ async fn workflows_claim(
         "WITH ready AS (
              SELECT id FROM tandem.workflows
               WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
-                AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
+                AND (run_after IS NULL OR run_after <= clock_timestamp())
               ORDER BY priority, created_at
               LIMIT $4
                 FOR UPDATE SKIP LOCKED
          )
          UPDATE tandem.workflows w
             SET status = 'RUNNING', executor_id = $5, owner_epoch = w.owner_epoch + 1,
-                started_at = to_timestamp($3::float8 / 1000),
+                started_at = clock_timestamp(),
                 updated_at = to_timestamp($3::float8 / 1000)
            FROM ready
           WHERE w.id = ready.id

@@ -3,7 +3,9 @@
 
 mod bad_input;
 mod crash;
+mod executors;
 mod faults;
+mod outbox;
 mod pg_restart;
 mod support;
 mod workflows;

@@ -277,6 +277,15 @@ pub async fn sleep(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
+/// Bounds how long a test waits for something that should happen.
+#[allow(clippy::disallowed_methods)] // test code waits on real time
+pub async fn timeout<F: std::future::Future>(
+    d: Duration,
+    f: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::time::timeout(d, f).await
+}
+
 /// What [`Probe`] saw and what it should break.
 #[derive(Default)]
 pub struct ProbeState {
