@@ -8,8 +8,8 @@
 //! backend overrides them when it can do that in fewer round trips.
 //!
 //! Time comes from the engine's [`Env`] (`now_ms` parameters), with one
-//! deliberate exception: what executors must agree on (lease expiry, delayed
-//! starts, queue admission and the start/completion stamps it reads) uses the
+//! deliberate exception: what executors must agree on (lease expiry,
+//! queue admission and the start/completion stamps it reads) uses the
 //! database's clock, so that drifting executor clocks cannot disagree. A
 //! model backend must therefore model a database clock.
 //!

@@ -5,8 +5,10 @@
 //! history (`created_at`, `updated_at`) arrive from the engine as
 //! milliseconds since the epoch (`now_ms`). Decisions shared between
 //! executors use the database's clock instead, so that executors whose clocks
-//! drift still agree: lease expiry, delayed starts, and the `started_at` /
-//! `completed_at` stamps that queue admission (rate limits) reads. Those
+//! drift still agree: lease expiry, and the `started_at` / `completed_at`
+//! stamps that queue admission (rate limits) reads. Delays (`run_after`) are
+//! compared with the engine's clock, like durable sleeps, so that an injected
+//! clock drives them. Those
 //! stamps are taken at statement time (`clock_timestamp()`), which also
 //! orders them consistently with the claims' admission decisions.
 
@@ -682,7 +684,7 @@ async fn workflows_claim(
         "WITH ready AS (
              SELECT id FROM tandem.workflows
               WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
-                AND (run_after IS NULL OR run_after <= clock_timestamp())
+                AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
               ORDER BY priority, created_at
               LIMIT $4
                 FOR UPDATE SKIP LOCKED
