@@ -5,17 +5,20 @@
 //! simulator.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::engine::Shared;
+use crate::engine::{Outcome, Shared};
 use crate::error::{Error, WorkflowError};
 use crate::retry::RetryPolicy;
 use crate::storage::{
     ErrorKind, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, Transaction,
 };
+use crate::workflow::Workflow;
 
 /// The handle a workflow body receives: runs steps and replays recorded ones.
 ///
@@ -26,6 +29,8 @@ pub struct WorkflowContext<S: Storage> {
     shared: Arc<Shared<S>>,
     workflow_id: String,
     owner_epoch: i64,
+    /// Cancel the workflow once the engine's clock passes this.
+    deadline_ms: Option<i64>,
     /// Recorded steps from the last execution, ordered by step ID. Empty on a
     /// first execution, which therefore never reads the checkpoint table.
     history: Vec<StepRow>,
@@ -33,6 +38,36 @@ pub struct WorkflowContext<S: Storage> {
     /// Set once a step was interrupted (fenced or shutting down): whatever
     /// the body returns afterwards, nothing more is recorded.
     interrupted: bool,
+}
+
+/// A started child workflow; await it with
+/// [`WorkflowContext::child_result`].
+#[derive(Debug, Clone)]
+pub struct ChildHandle<O> {
+    id: String,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> ChildHandle<O> {
+    /// The child's workflow ID.
+    pub fn workflow_id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// How a transaction that recorded a step ended.
+enum Finished {
+    Committed,
+    /// Another execution recorded the step first; ours rolled back.
+    Exists,
+    /// Nothing committed, or the outcome is unknown: try again.
+    Retry {
+        maybe_committed: bool,
+    },
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// What a step gets from the recorded history.
@@ -46,12 +81,14 @@ impl<S: Storage> WorkflowContext<S> {
         shared: Arc<Shared<S>>,
         workflow_id: String,
         owner_epoch: i64,
+        deadline_ms: Option<i64>,
         history: Vec<StepRow>,
     ) -> Self {
         Self {
             shared,
             workflow_id,
             owner_epoch,
+            deadline_ms,
             history,
             next_step_id: 0,
             interrupted: false,
@@ -108,6 +145,7 @@ impl<S: Storage> WorkflowContext<S> {
             Replay::Run(step_id) => step_id,
         };
         self.check_shutdown()?;
+        self.check_deadline().await?;
         let started_ms = self.shared.now_ms();
         let mut attempts = 0u32;
         let (value, outcome) = loop {
@@ -124,7 +162,7 @@ impl<S: Storage> WorkflowContext<S> {
                     }
                     let delay = self.shared.with_rng(|rng| policy.delay(attempts, rng));
                     tracing::debug!(workflow_id = %self.workflow_id, step_id, name, attempts, ?delay, error = %message, "step attempt failed, retrying");
-                    self.sleep(delay).await?;
+                    self.pause(delay).await?;
                 }
             }
         };
@@ -177,6 +215,7 @@ impl<S: Storage> WorkflowContext<S> {
             Replay::Recorded(row) => return self.decode_recorded(row),
             Replay::Run(step_id) => step_id,
         };
+        self.check_deadline().await?;
         let started_ms = self.shared.now_ms();
         let mut attempts = 0u32;
         // Set after a COMMIT whose outcome we never learned: the next attempt
@@ -185,10 +224,7 @@ impl<S: Storage> WorkflowContext<S> {
         loop {
             self.check_shutdown()?;
             if maybe_committed {
-                let storage = self.shared.storage.clone();
-                let id = self.workflow_id.clone();
-                let steps = self.storage_retry(|| storage.steps_load(&id)).await?;
-                if let Some(row) = steps.into_iter().find(|s| s.step_id == step_id) {
+                if let Some(row) = self.committed_step(step_id).await? {
                     return self.check_and_decode(row, name);
                 }
                 maybe_committed = false;
@@ -231,7 +267,7 @@ impl<S: Storage> WorkflowContext<S> {
                             .await;
                     }
                     tracing::debug!(workflow_id = %self.workflow_id, step_id, name, attempts, error = %e, "transaction rolled back, retrying");
-                    self.sleep(self.shared.infra_delay(attempts)).await?;
+                    self.pause(self.shared.infra_delay(attempts)).await?;
                     continue;
                 }
             };
@@ -247,26 +283,413 @@ impl<S: Storage> WorkflowContext<S> {
                 started_ms,
                 now_ms: self.shared.now_ms(),
             };
-            match tx.step_record(params).await {
-                Ok(StepRecorded::Recorded) => match tx.commit().await {
-                    Ok(()) => return Ok(value),
-                    Err(e) => {
-                        maybe_committed = e.kind() == ErrorKind::Unavailable;
-                        self.backoff_after(e, attempts).await?;
-                    }
-                },
-                Ok(StepRecorded::Exists) => {
-                    // A concurrent execution committed this step; ours rolls
-                    // back, taking the application's writes with it.
-                    let _ = tx.rollback().await;
-                    return self.replay_winner(step_id, name).await;
+            match self.finish_in_tx(tx, params, attempts).await? {
+                Finished::Committed => return Ok(value),
+                // A concurrent execution committed this step; ours rolled
+                // back, taking the application's writes with it.
+                Finished::Exists => return self.replay_winner(step_id, name).await,
+                Finished::Retry { maybe_committed: m } => maybe_committed = m,
+            }
+        }
+    }
+
+    /// Sleeps durably: the wake-up time is recorded, so a workflow recovered
+    /// mid-sleep waits only for the remainder. A sleep longer than the
+    /// engine's `sleep_suspend_after` hands the workflow back to its queue
+    /// until the wake-up time, holding no executor slot meanwhile.
+    pub async fn sleep(&mut self, duration: Duration) -> Result<(), WorkflowError> {
+        let wake_ms = match self.replay("sleep")? {
+            Replay::Recorded(row) => self.decode_recorded::<i64>(row)?,
+            Replay::Run(step_id) => {
+                self.check_shutdown()?;
+                self.check_deadline().await?;
+                let now_ms = self.shared.now_ms();
+                let wake_ms = now_ms.saturating_add(duration_ms(duration));
+                self.record_simple(step_id, "sleep", StepKind::Sleep, now_ms, &wake_ms)
+                    .await?
+            }
+        };
+        self.wait_until(wake_ms).await?;
+        Ok(())
+    }
+
+    /// Receives the oldest message sent to this workflow on `topic`, waiting
+    /// up to `timeout`; `None` on timeout. The message is consumed in the
+    /// same transaction that records this step: exactly once, and a replay
+    /// returns the same message (or the same timeout).
+    pub async fn recv<T>(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Option<T>, WorkflowError>
+    where
+        T: Serialize + DeserializeOwned + Send,
+    {
+        let name = format!("recv:{topic}");
+        let step_id = match self.replay(&name)? {
+            Replay::Recorded(row) => return self.decode_recorded(row),
+            Replay::Run(step_id) => step_id,
+        };
+        self.check_deadline().await?;
+        let started_ms = self.shared.now_ms();
+        let deadline_ms = started_ms.saturating_add(duration_ms(timeout));
+        let mut attempts = 0u32;
+        let mut maybe_committed = false;
+        loop {
+            self.check_shutdown()?;
+            if maybe_committed {
+                if let Some(row) = self.committed_step(step_id).await? {
+                    return self.check_and_decode(row, &name);
                 }
+                maybe_committed = false;
+            }
+            // Subscribe before looking, so a message sent in between still
+            // wakes this wait.
+            let shared = Arc::clone(&self.shared);
+            let notified = shared.messages.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            attempts += 1;
+            let mut tx = match self.shared.storage.begin().await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    self.backoff_after(e, attempts).await?;
+                    continue;
+                }
+            };
+            let taken = match tx
+                .message_take(&self.workflow_id, topic, self.owner_epoch)
+                .await
+            {
+                Ok(taken) => taken,
                 Err(e) => {
                     let _ = tx.rollback().await;
                     self.backoff_after(e, attempts).await?;
+                    continue;
                 }
+            };
+            let now_ms = self.shared.now_ms();
+            let payload = match taken {
+                Some(payload) => payload,
+                None if now_ms >= deadline_ms => "null".to_owned(),
+                None => {
+                    let _ = tx.rollback().await;
+                    let wait = Duration::from_millis((deadline_ms - now_ms) as u64)
+                        .min(self.shared.config.queue_poll_interval);
+                    tokio::select! {
+                        () = &mut notified => {}
+                        result = shared.sleep_unless_shutdown(wait) => self.note(result)?,
+                    }
+                    self.check_deadline().await?;
+                    continue;
+                }
+            };
+            let params = self.step_params(
+                step_id,
+                &name,
+                StepKind::Recv,
+                started_ms,
+                payload.clone(),
+                attempts,
+            );
+            match self.finish_in_tx(tx, params, attempts).await? {
+                Finished::Committed => {
+                    return serde_json::from_str(&payload).map_err(|source| {
+                        Error::Decode {
+                            what: format!("message on topic {topic:?}"),
+                            source,
+                        }
+                        .into()
+                    });
+                }
+                Finished::Exists => return self.replay_winner(step_id, &name).await,
+                Finished::Retry { maybe_committed: m } => maybe_committed = m,
             }
         }
+    }
+
+    /// Publishes `value` under `key` for `Engine::get_event` readers; the
+    /// event and this step's checkpoint commit together.
+    pub async fn set_event<T: Serialize>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), WorkflowError> {
+        let name = format!("event:{key}");
+        let step_id = match self.replay(&name)? {
+            Replay::Recorded(_) => return Ok(()),
+            Replay::Run(step_id) => step_id,
+        };
+        self.check_deadline().await?;
+        let json = self.shared.encode(value, || format!("event {key:?}"))?;
+        let started_ms = self.shared.now_ms();
+        let mut attempts = 0u32;
+        let mut maybe_committed = false;
+        loop {
+            self.check_shutdown()?;
+            if maybe_committed {
+                if self.committed_step(step_id).await?.is_some() {
+                    return Ok(());
+                }
+                maybe_committed = false;
+            }
+            attempts += 1;
+            let mut tx = match self.shared.storage.begin().await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    self.backoff_after(e, attempts).await?;
+                    continue;
+                }
+            };
+            let now_ms = self.shared.now_ms();
+            if let Err(e) = tx.event_set(&self.workflow_id, key, &json, now_ms).await {
+                let _ = tx.rollback().await;
+                self.backoff_after(e, attempts).await?;
+                continue;
+            }
+            let params = self.step_params(
+                step_id,
+                &name,
+                StepKind::Event,
+                started_ms,
+                "null".to_owned(),
+                attempts,
+            );
+            match self.finish_in_tx(tx, params, attempts).await? {
+                Finished::Committed | Finished::Exists => return Ok(()),
+                Finished::Retry { maybe_committed: m } => maybe_committed = m,
+            }
+        }
+    }
+
+    /// Starts workflow `W` as a child of this one. The start is recorded, so
+    /// a replay attaches to the same child instead of starting another. The
+    /// child inherits this workflow's deadline, and cancelling this workflow
+    /// cancels it.
+    pub async fn start_child<W: Workflow<S>>(
+        &mut self,
+        input: W::Input,
+    ) -> Result<ChildHandle<W::Output>, WorkflowError> {
+        let name = format!("child:{}", W::NAME);
+        let child_id = match self.replay(&name)? {
+            Replay::Recorded(row) => self.decode_recorded::<String>(row)?,
+            Replay::Run(step_id) => {
+                self.check_shutdown()?;
+                self.check_deadline().await?;
+                let started_ms = self.shared.now_ms();
+                // Derived from the parent and the step, so that a retry after
+                // a crash before the record below finds the same child.
+                let child_id = format!("{}-child-{step_id}", self.workflow_id);
+                let json = self
+                    .shared
+                    .encode(&input, || format!("input of workflow {:?}", W::NAME))?;
+                let start = self.shared.start(
+                    W::NAME,
+                    child_id.clone(),
+                    json,
+                    Some(self.workflow_id.clone()),
+                    self.deadline_ms,
+                );
+                let result = start.await;
+                self.note(result)?;
+                self.record_simple(step_id, &name, StepKind::Child, started_ms, &child_id)
+                    .await?
+            }
+        };
+        Ok(ChildHandle {
+            id: child_id,
+            _output: PhantomData,
+        })
+    }
+
+    /// Waits for a child's result. The result is recorded, so a replay
+    /// returns it without waiting; a failed or cancelled child is this
+    /// step's (recorded) failure.
+    pub async fn child_result<O>(&mut self, child: &ChildHandle<O>) -> Result<O, WorkflowError>
+    where
+        O: Serialize + DeserializeOwned + Send,
+    {
+        let name = format!("result:{}", child.id);
+        let step_id = match self.replay(&name)? {
+            Replay::Recorded(row) => return self.decode_recorded(row),
+            Replay::Run(step_id) => step_id,
+        };
+        let started_ms = self.shared.now_ms();
+        let outcome = self.shared.outcome(&child.id).await;
+        let (output, error) = match self.note(outcome)? {
+            Outcome::Success(json) => (Some(json), None),
+            Outcome::Error(message) => (
+                None,
+                Some(format!("child workflow {:?} failed: {message}", child.id)),
+            ),
+            Outcome::Cancelled(reason) => (
+                None,
+                Some(format!(
+                    "child workflow {:?} was cancelled: {reason}",
+                    child.id
+                )),
+            ),
+        };
+        let mut params = self.step_params(
+            step_id,
+            &name,
+            StepKind::ChildResult,
+            started_ms,
+            String::new(),
+            1,
+        );
+        params.output = output;
+        params.error = error;
+        let storage = self.shared.storage.clone();
+        self.storage_retry(|| storage.step_record(params.clone()))
+            .await?;
+        // Recorded or recorded by a concurrent execution: either way, the
+        // recorded outcome is the answer.
+        self.replay_winner(step_id, &name).await
+    }
+
+    /// Records a step whose output is known up front, in its own commit, and
+    /// returns the recorded output (ours, or a concurrent execution's).
+    async fn record_simple<T: Serialize + DeserializeOwned>(
+        &mut self,
+        step_id: i32,
+        name: &str,
+        kind: StepKind,
+        started_ms: i64,
+        value: &T,
+    ) -> Result<T, WorkflowError> {
+        let json = self.encode(value, step_id, name)?;
+        let params = self.step_params(step_id, name, kind, started_ms, json.clone(), 1);
+        let storage = self.shared.storage.clone();
+        match self
+            .storage_retry(|| storage.step_record(params.clone()))
+            .await?
+        {
+            StepRecorded::Recorded => serde_json::from_str(&json).map_err(|source| {
+                Error::Decode {
+                    what: format!("output of step {step_id} ({name:?})"),
+                    source,
+                }
+                .into()
+            }),
+            StepRecorded::Exists => self.replay_winner(step_id, name).await,
+        }
+    }
+
+    /// Waits until the engine's clock reaches `wake_ms`, or hands the
+    /// workflow back to its queue until then if that is far off.
+    async fn wait_until(&mut self, wake_ms: i64) -> Result<(), Error> {
+        loop {
+            self.check_deadline().await?;
+            let now_ms = self.shared.now_ms();
+            if now_ms >= wake_ms {
+                return Ok(());
+            }
+            let remaining = wake_ms - now_ms;
+            if remaining > duration_ms(self.shared.config.sleep_suspend_after) {
+                let storage = self.shared.storage.clone();
+                let (id, epoch) = (self.workflow_id.clone(), self.owner_epoch);
+                self.storage_retry(|| {
+                    let id = id.clone();
+                    storage.autocommit(move |tx| {
+                        Box::pin(
+                            async move { tx.workflow_suspend(&id, epoch, wake_ms, now_ms).await },
+                        )
+                    })
+                })
+                .await?;
+                self.interrupted = true;
+                return Err(Error::Suspended);
+            }
+            let until_deadline = self.deadline_ms.map_or(i64::MAX, |d| d - now_ms).max(1);
+            self.pause(Duration::from_millis(remaining.min(until_deadline) as u64))
+                .await?;
+        }
+    }
+
+    /// Past the deadline: cancels this workflow (and its children) and stops.
+    async fn check_deadline(&mut self) -> Result<(), Error> {
+        let Some(deadline_ms) = self.deadline_ms else {
+            return Ok(());
+        };
+        if self.shared.now_ms() < deadline_ms {
+            return Ok(());
+        }
+        let storage = self.shared.storage.clone();
+        let id = self.workflow_id.clone();
+        let now_ms = self.shared.now_ms();
+        self.storage_retry(|| {
+            let id = id.clone();
+            storage.autocommit(move |tx| {
+                Box::pin(async move { tx.workflows_cancel(&id, "deadline exceeded", now_ms).await })
+            })
+        })
+        .await?;
+        self.interrupted = true;
+        Err(Error::DeadlineExceeded {
+            workflow_id: self.workflow_id.clone(),
+        })
+    }
+
+    fn step_params(
+        &self,
+        step_id: i32,
+        name: &str,
+        kind: StepKind,
+        started_ms: i64,
+        output: String,
+        attempts: u32,
+    ) -> StepRecord {
+        StepRecord {
+            workflow_id: self.workflow_id.clone(),
+            step_id,
+            name: name.to_owned(),
+            kind,
+            output: Some(output),
+            error: None,
+            owner_epoch: self.owner_epoch,
+            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+            started_ms,
+            now_ms: self.shared.now_ms(),
+        }
+    }
+
+    /// Records a step in `tx` and commits it.
+    async fn finish_in_tx(
+        &mut self,
+        mut tx: S::Tx,
+        params: StepRecord,
+        attempts: u32,
+    ) -> Result<Finished, Error> {
+        match tx.step_record(params).await {
+            Ok(StepRecorded::Recorded) => match tx.commit().await {
+                Ok(()) => Ok(Finished::Committed),
+                Err(e) => {
+                    let maybe_committed = e.kind() == ErrorKind::Unavailable;
+                    self.backoff_after(e, attempts).await?;
+                    Ok(Finished::Retry { maybe_committed })
+                }
+            },
+            Ok(StepRecorded::Exists) => {
+                let _ = tx.rollback().await;
+                Ok(Finished::Exists)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                self.backoff_after(e, attempts).await?;
+                Ok(Finished::Retry {
+                    maybe_committed: false,
+                })
+            }
+        }
+    }
+
+    /// After a commit with an unknown outcome: the step, if it committed.
+    async fn committed_step(&mut self, step_id: i32) -> Result<Option<StepRow>, Error> {
+        let storage = self.shared.storage.clone();
+        let id = self.workflow_id.clone();
+        let steps = self.storage_retry(|| storage.steps_load(&id)).await?;
+        Ok(steps.into_iter().find(|s| s.step_id == step_id))
     }
 
     /// Takes the next step ID and returns the recorded step, if any, after
@@ -383,7 +806,7 @@ impl<S: Storage> WorkflowContext<S> {
         Ok(())
     }
 
-    async fn sleep(&mut self, delay: std::time::Duration) -> Result<(), Error> {
+    async fn pause(&mut self, delay: Duration) -> Result<(), Error> {
         let result = self.shared.sleep_unless_shutdown(delay).await;
         self.note(result)
     }

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::admin::Admin;
 use crate::context::WorkflowContext;
 use crate::env::{Env, TokioEnv, unix_ms};
 use crate::error::Error;
@@ -38,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) notify_on_enqueue: bool,
     /// The queues this executor claims from; always includes `default`.
     pub(crate) queues: Vec<Queue>,
+    pub(crate) sleep_suspend_after: Duration,
 }
 
 /// The default `payload_max_bytes`: 1 MiB of JSON.
@@ -48,9 +50,10 @@ pub const WORKFLOW_ID_MAX_BYTES: usize = 256;
 
 /// How a finished workflow ended, as stored.
 #[derive(Debug, Clone, PartialEq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Success(String),
     Error(String),
+    Cancelled(String),
 }
 
 impl Outcome {
@@ -60,6 +63,9 @@ impl Outcome {
                 row.output.clone().unwrap_or_else(|| "null".to_owned()),
             )),
             Status::Error => Some(Outcome::Error(row.error.clone().unwrap_or_default())),
+            Status::Cancelled => Some(Outcome::Cancelled(
+                row.error.clone().unwrap_or_else(|| "cancelled".to_owned()),
+            )),
             _ => None,
         }
     }
@@ -71,6 +77,9 @@ type OutcomeSender = watch::Sender<Option<Outcome>>;
 /// A workflow executing in this process.
 struct Running {
     outcome: OutcomeReceiver,
+    /// Lets a local cancel settle waiting handles at once, while the
+    /// execution itself stops only at its next step boundary.
+    settle: Arc<OutcomeSender>,
     queue: String,
 }
 
@@ -90,6 +99,8 @@ pub(crate) struct Shared<S: Storage> {
     /// waiting, so a finishing workflow wakes the claim loop. Otherwise a
     /// completion costs no extra claim (no extra commit).
     saturated: Mutex<std::collections::HashSet<String>>,
+    /// Wakes workflows waiting in `recv`: a message may have arrived.
+    pub(crate) messages: tokio::sync::Notify,
     shutdown: watch::Sender<bool>,
     /// The number of spawned tasks still alive; shutdown waits for zero.
     tasks: watch::Sender<usize>,
@@ -220,10 +231,12 @@ impl<S: Storage> Shared<S> {
     /// recorded steps if known (`None`: load them first).
     fn execute(self: &Arc<Self>, row: WorkflowRow, history: Option<Vec<StepRow>>) {
         let (sender, receiver) = watch::channel(None);
+        let sender = Arc::new(sender);
         self.lock_running().insert(
             row.id.clone(),
             Running {
                 outcome: receiver,
+                settle: Arc::clone(&sender),
                 queue: row.queue.clone(),
             },
         );
@@ -265,8 +278,13 @@ impl<S: Storage> Shared<S> {
                 }
             },
         };
-        let mut ctx =
-            WorkflowContext::new(Arc::clone(self), row.id.clone(), row.owner_epoch, history);
+        let mut ctx = WorkflowContext::new(
+            Arc::clone(self),
+            row.id.clone(),
+            row.owner_epoch,
+            row.deadline_ms,
+            history,
+        );
         let result = workflow.run_json(&mut ctx, &row.input).await;
         if ctx.was_interrupted() || result.as_ref().is_err_and(|e| e.is_interrupt()) {
             tracing::debug!(workflow_id = %row.id, "execution interrupted");
@@ -283,7 +301,9 @@ impl<S: Storage> Shared<S> {
         };
         let (status, output, error) = match &outcome {
             Outcome::Success(json) => (Status::Success, Some(json.clone()), None),
-            Outcome::Error(message) => (Status::Error, None, Some(message.clone())),
+            Outcome::Error(message) | Outcome::Cancelled(message) => {
+                (Status::Error, None, Some(message.clone()))
+            }
         };
         let params = WorkflowComplete {
             id: row.id.clone(),
@@ -428,9 +448,14 @@ impl<S: Storage> Shared<S> {
                 () = self.env.sleep(delay) => None,
                 _ = shutdown.wait_for(|down| *down) => None,
             };
-            if let Some(Err(error)) = woke_by_listener {
-                tracing::debug!(%error, "wake-up subscription lost; polling until it is back");
-                listener = None;
+            match woke_by_listener {
+                // Any notification may be a message for a waiting `recv`.
+                Some(Ok(())) => self.messages.notify_waiters(),
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "wake-up subscription lost; polling until it is back");
+                    listener = None;
+                }
+                None => {}
             }
         }
     }
@@ -475,9 +500,81 @@ impl<S: Storage> Shared<S> {
         Ok(count)
     }
 
+    /// Inserts a workflow as `RUNNING` here and runs it, or attaches to the
+    /// existing run with this ID. Returns the ID.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        name: &str,
+        id: String,
+        input: String,
+        parent_id: Option<String>,
+        deadline_ms: Option<i64>,
+    ) -> Result<String, Error> {
+        let Some((&name, workflow)) = self.registry.get_key_value(name) else {
+            return Err(Error::UnknownWorkflow {
+                name: name.to_owned(),
+            });
+        };
+        if id.is_empty() || id.len() > WORKFLOW_ID_MAX_BYTES {
+            return Err(Error::InvalidWorkflowId { id });
+        }
+        workflow.check_input(&input)?;
+        let params = WorkflowInsert {
+            id: id.clone(),
+            name: name.to_owned(),
+            input: input.clone(),
+            executor_id: self.config.executor_id.clone(),
+            parent_id: parent_id.clone(),
+            deadline_ms,
+            now_ms: self.now_ms(),
+        };
+        match self
+            .retry(|| self.storage.workflow_insert(params.clone()))
+            .await?
+        {
+            WorkflowInserted::Inserted => {
+                let row = WorkflowRow {
+                    id: id.clone(),
+                    name: name.to_owned(),
+                    status: Status::Running,
+                    input,
+                    output: None,
+                    error: None,
+                    executor_id: Some(self.config.executor_id.clone()),
+                    owner_epoch: 1,
+                    queue: DEFAULT_QUEUE.to_owned(),
+                    parent_id,
+                    deadline_ms,
+                };
+                // A brand-new workflow has no history: skip reading it.
+                self.execute(row, Some(Vec::new()));
+            }
+            WorkflowInserted::Existing(row) if row.name != name => {
+                return Err(Error::WorkflowConflict {
+                    id,
+                    existing: row.name,
+                    requested: name.to_owned(),
+                });
+            }
+            WorkflowInserted::Existing(row) => {
+                // Ours but not running here: our insert's acknowledgement was
+                // lost and the retry found our own row, or an earlier
+                // incarnation of this executor left it. Either way take it
+                // over (the epoch bump fences any older execution).
+                if row.status == Status::Running
+                    && row.executor_id.as_deref() == Some(self.config.executor_id.as_str())
+                    && !self.lock_running().contains_key(&id)
+                {
+                    self.recover(Some(&id)).await?;
+                }
+            }
+        }
+        Ok(id)
+    }
+
     /// Waits for a workflow's outcome: from this process if it runs here,
     /// otherwise by polling the storage.
-    async fn outcome(&self, id: &str) -> Result<Outcome, Error> {
+    pub(crate) async fn outcome(&self, id: &str) -> Result<Outcome, Error> {
         loop {
             let local = self.lock_running().get(id).map(|r| r.outcome.clone());
             // If the execution here ends without an outcome (interrupted),
@@ -575,6 +672,10 @@ impl<O: DeserializeOwned> WorkflowHandle<O> {
                 id: self.id.clone(),
                 message,
             }),
+            Outcome::Cancelled(reason) => Err(Error::WorkflowCancelled {
+                id: self.id.clone(),
+                reason,
+            }),
         }
     }
 }
@@ -639,6 +740,13 @@ impl<S: Storage> EngineBuilder<S> {
     /// launch sets it.)
     pub fn notify_on_enqueue(mut self, on: bool) -> Self {
         self.config.notify_on_enqueue = on;
+        self
+    }
+
+    /// Sleeps longer than this hand the workflow back to its queue until the
+    /// wake-up time instead of holding an executor slot. Default: 10 s.
+    pub fn sleep_suspend_after(mut self, after: Duration) -> Self {
+        self.config.sleep_suspend_after = after;
         self
     }
 
@@ -711,6 +819,7 @@ impl<S: Storage> EngineBuilder<S> {
             running: Mutex::new(HashMap::new()),
             wakeup: tokio::sync::Notify::new(),
             saturated: Mutex::default(),
+            messages: tokio::sync::Notify::new(),
             shutdown,
             tasks,
         });
@@ -762,6 +871,7 @@ impl<S: Storage> Engine<S> {
                 lease: Duration::from_secs(30),
                 notify_on_enqueue: true,
                 queues: vec![Queue::new(DEFAULT_QUEUE)],
+                sleep_suspend_after: Duration::from_secs(10),
             },
             registry: HashMap::new(),
         }
@@ -802,6 +912,66 @@ impl<S: Storage> Engine<S> {
         Ok(self.handle(id))
     }
 
+    /// Starts workflow `W` with a deadline: once the engine's clock passes
+    /// `timeout` from now, the workflow (and its children) is cancelled at
+    /// its next step boundary. `id`: `None` generates one.
+    pub async fn start_with_timeout<W: Workflow<S>>(
+        &self,
+        id: Option<String>,
+        timeout: Duration,
+        input: W::Input,
+    ) -> Result<WorkflowHandle<W::Output>, Error> {
+        let json = self
+            .shared
+            .encode(&input, || format!("input of workflow {:?}", W::NAME))?;
+        let id = id.unwrap_or_else(|| self.shared.generate_id());
+        let deadline_ms = self
+            .shared
+            .now_ms()
+            .saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+        let id = self
+            .shared
+            .start(W::NAME, id, json, None, Some(deadline_ms))
+            .await?;
+        Ok(self.handle(id))
+    }
+
+    /// Management: list, inspect, cancel, resume and fork workflows, send
+    /// messages and read events.
+    pub fn admin(&self) -> Admin<S> {
+        Admin::with_env(self.shared.storage.clone(), Arc::clone(&self.shared.env))
+    }
+
+    /// Cancels a workflow and its unfinished children (see
+    /// [`Admin::cancel`]); executions in this process stop at their next
+    /// step boundary.
+    pub async fn cancel(&self, id: &str) -> Result<Vec<String>, Error> {
+        let cancelled = self.admin().cancel(id).await?;
+        // Handles waiting here learn the outcome now, and waiting receives
+        // wake up to find themselves fenced.
+        for id in &cancelled {
+            if let Some(running) = self.shared.lock_running().get(id) {
+                running
+                    .settle
+                    .send_replace(Some(Outcome::Cancelled("cancelled".to_owned())));
+            }
+        }
+        self.shared.messages.notify_waiters();
+        Ok(cancelled)
+    }
+
+    /// Sends a message to a workflow (see [`Admin::send`]).
+    pub async fn send<T: Serialize>(
+        &self,
+        id: &str,
+        topic: &str,
+        message: &T,
+    ) -> Result<(), Error> {
+        self.admin().send(id, topic, message).await?;
+        self.shared.messages.notify_waiters();
+        Ok(())
+    }
+
     /// Starts a workflow by name with a JSON input, as a program that does not
     /// link the workflow's types would (a CLI, another service). The input
     /// is checked against the workflow's input type before anything is
@@ -826,63 +996,7 @@ impl<S: Storage> Engine<S> {
         id: String,
         input: String,
     ) -> Result<String, Error> {
-        let shared = &self.shared;
-        let Some((&name, workflow)) = shared.registry.get_key_value(name) else {
-            return Err(Error::UnknownWorkflow {
-                name: name.to_owned(),
-            });
-        };
-        if id.is_empty() || id.len() > WORKFLOW_ID_MAX_BYTES {
-            return Err(Error::InvalidWorkflowId { id });
-        }
-        workflow.check_input(&input)?;
-        let params = WorkflowInsert {
-            id: id.clone(),
-            name: name.to_owned(),
-            input: input.clone(),
-            executor_id: shared.config.executor_id.clone(),
-            now_ms: shared.now_ms(),
-        };
-        match shared
-            .retry(|| shared.storage.workflow_insert(params.clone()))
-            .await?
-        {
-            WorkflowInserted::Inserted => {
-                let row = WorkflowRow {
-                    id: id.clone(),
-                    name: name.to_owned(),
-                    status: Status::Running,
-                    input,
-                    output: None,
-                    error: None,
-                    executor_id: Some(shared.config.executor_id.clone()),
-                    owner_epoch: 1,
-                    queue: DEFAULT_QUEUE.to_owned(),
-                };
-                // A brand-new workflow has no history: skip reading it.
-                shared.execute(row, Some(Vec::new()));
-            }
-            WorkflowInserted::Existing(row) if row.name != name => {
-                return Err(Error::WorkflowConflict {
-                    id,
-                    existing: row.name,
-                    requested: name.to_owned(),
-                });
-            }
-            WorkflowInserted::Existing(row) => {
-                // Ours but not running here: our insert's acknowledgement was
-                // lost and the retry found our own row, or an earlier
-                // incarnation of this executor left it. Either way take it
-                // over (the epoch bump fences any older execution).
-                if row.status == Status::Running
-                    && row.executor_id.as_deref() == Some(shared.config.executor_id.as_str())
-                    && !shared.lock_running().contains_key(&id)
-                {
-                    shared.recover(Some(&id)).await?;
-                }
-            }
-        }
-        Ok(id)
+        self.shared.start(name, id, input, None, None).await
     }
 
     /// Enqueues workflow `W` (in its own transaction) for any executor that

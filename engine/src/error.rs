@@ -104,6 +104,35 @@ pub enum Error {
     /// and resumes on the next start.
     #[error("the engine is shutting down")]
     Shutdown,
+    /// The workflow handed itself back to its queue for a long sleep; it
+    /// continues on whichever executor claims it after the wake-up time.
+    #[error("the workflow is suspended until its sleep ends")]
+    Suspended,
+    /// The workflow passed its deadline and was cancelled (with its
+    /// children).
+    #[error("workflow {workflow_id:?} passed its deadline and was cancelled")]
+    DeadlineExceeded {
+        /// The workflow ID.
+        workflow_id: String,
+    },
+    /// The workflow was cancelled; the reason is the recorded one.
+    #[error("workflow {id:?} was cancelled: {reason}")]
+    WorkflowCancelled {
+        /// The workflow ID.
+        id: String,
+        /// Why (`cancelled`, `deadline exceeded`, ...).
+        reason: String,
+    },
+    /// A management action does not apply to the workflow's status.
+    #[error("cannot {action} workflow {id:?}: its status is {status}")]
+    InvalidTransition {
+        /// The workflow ID.
+        id: String,
+        /// Its current status.
+        status: String,
+        /// What was asked (`resume`, ...).
+        action: &'static str,
+    },
     /// The storage failed in a way the engine could not retry around.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -118,6 +147,7 @@ impl Error {
             Error::UnknownWorkflow { .. }
             | Error::WorkflowConflict { .. }
             | Error::InvalidWorkflowId { .. }
+            | Error::InvalidTransition { .. }
             | Error::PayloadTooLarge { .. }
             | Error::Encode { .. }
             | Error::Decode { .. } => ErrorKind::Invalid,
@@ -128,7 +158,13 @@ impl Error {
     /// Whether this error interrupts an execution rather than ending the
     /// workflow: the engine records nothing for it.
     pub(crate) fn is_interrupt(&self) -> bool {
-        matches!(self, Error::Fenced { .. } | Error::Shutdown)
+        matches!(
+            self,
+            Error::Fenced { .. }
+                | Error::Shutdown
+                | Error::Suspended
+                | Error::DeadlineExceeded { .. }
+        )
     }
 }
 

@@ -77,6 +77,8 @@
 //! - [`engine`]: [`Engine`], its builder, starting workflows, execution,
 //!   completion and recovery.
 //! - [`workflow`]: the [`Workflow`] trait.
+//! - [`admin`]: [`Admin`]: list, inspect, cancel, resume and fork workflows,
+//!   send messages, read events.
 //! - [`context`]: [`WorkflowContext`], the steps a workflow body runs.
 //! - [`queue`]: [`Queue`] declarations and [`EnqueueOptions`].
 //! - [`retry`]: [`RetryPolicy`] for plain steps.
@@ -87,6 +89,7 @@
 //! - `testing` (feature `testing`): throw-away PostgreSQL clusters for tests
 //!   and examples.
 
+pub mod admin;
 pub mod context;
 pub mod engine;
 pub mod env;
@@ -98,7 +101,8 @@ pub mod storage;
 pub mod testing;
 pub mod workflow;
 
-pub use context::WorkflowContext;
+pub use admin::{Admin, WorkflowDetail};
+pub use context::{ChildHandle, WorkflowContext};
 pub use engine::{Engine, EngineBuilder, WorkflowHandle};
 pub use env::{Env, TokioEnv};
 pub use error::{Error, WorkflowError};

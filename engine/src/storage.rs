@@ -33,6 +33,8 @@ pub enum Status {
     Success,
     /// Finished with an error.
     Error,
+    /// Stopped by `cancel` (or its deadline); `resume` enqueues it again.
+    Cancelled,
 }
 
 impl Status {
@@ -43,6 +45,7 @@ impl Status {
             Status::Running => "RUNNING",
             Status::Success => "SUCCESS",
             Status::Error => "ERROR",
+            Status::Cancelled => "CANCELLED",
         }
     }
 
@@ -53,13 +56,14 @@ impl Status {
             "RUNNING" => Status::Running,
             "SUCCESS" => Status::Success,
             "ERROR" => Status::Error,
+            "CANCELLED" => Status::Cancelled,
             _ => return None,
         })
     }
 
-    /// Whether the workflow has finished for good.
+    /// Whether the workflow has stopped (cancelled ones may be resumed).
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Success | Status::Error)
+        matches!(self, Status::Success | Status::Error | Status::Cancelled)
     }
 }
 
@@ -76,6 +80,16 @@ pub enum StepKind {
     Plain,
     /// A transactional step: runs in the checkpoint's transaction.
     Transaction,
+    /// A durable sleep; the output is the wake-up time (ms since the epoch).
+    Sleep,
+    /// A message receive; the output is the message or `null` (timeout).
+    Recv,
+    /// An event publication.
+    Event,
+    /// A child workflow start; the output is the child's ID.
+    Child,
+    /// A child workflow's result, awaited.
+    ChildResult,
 }
 
 impl StepKind {
@@ -84,6 +98,11 @@ impl StepKind {
         match self {
             StepKind::Plain => "step",
             StepKind::Transaction => "transaction",
+            StepKind::Sleep => "sleep",
+            StepKind::Recv => "recv",
+            StepKind::Event => "event",
+            StepKind::Child => "child",
+            StepKind::ChildResult => "child_result",
         }
     }
 
@@ -92,6 +111,11 @@ impl StepKind {
         match s {
             "step" => Some(StepKind::Plain),
             "transaction" => Some(StepKind::Transaction),
+            "sleep" => Some(StepKind::Sleep),
+            "recv" => Some(StepKind::Recv),
+            "event" => Some(StepKind::Event),
+            "child" => Some(StepKind::Child),
+            "child_result" => Some(StepKind::ChildResult),
             _ => None,
         }
     }
@@ -118,6 +142,74 @@ pub struct WorkflowRow {
     pub owner_epoch: i64,
     /// The queue the workflow belongs to (`default` for local starts).
     pub queue: String,
+    /// The workflow that started this one, for a child.
+    pub parent_id: Option<String>,
+    /// Cancel the workflow once the engine's clock passes this.
+    pub deadline_ms: Option<i64>,
+}
+
+/// A workflow row with what management tools show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowInfo {
+    /// The row.
+    pub row: WorkflowRow,
+    /// Claim priority.
+    pub priority: i32,
+    /// When it was created (ms since the epoch).
+    pub created_ms: i64,
+    /// Last change.
+    pub updated_ms: i64,
+    /// When its current execution started.
+    pub started_ms: Option<i64>,
+    /// When it finished.
+    pub completed_ms: Option<i64>,
+}
+
+/// A step row with its execution details.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepInfo {
+    /// The checkpoint.
+    pub row: StepRow,
+    /// Attempts it took.
+    pub attempts: i32,
+    /// The epoch of the execution that recorded it.
+    pub owner_epoch: i64,
+    /// When its first attempt started (ms since the epoch).
+    pub started_ms: i64,
+    /// When it was recorded.
+    pub completed_ms: i64,
+}
+
+/// Which workflows [`Transaction::workflows_list`] returns, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkflowFilter {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this workflow name.
+    pub name: Option<String>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Created at or after (ms since the epoch).
+    pub created_from_ms: Option<i64>,
+    /// Created before.
+    pub created_until_ms: Option<i64>,
+    /// Page size.
+    pub limit: u32,
+    /// Rows to skip.
+    pub offset: u64,
+}
+
+/// Parameters of [`Transaction::workflow_fork`].
+#[derive(Debug, Clone)]
+pub struct WorkflowFork {
+    /// The workflow to copy.
+    pub source_id: String,
+    /// The new workflow's ID.
+    pub new_id: String,
+    /// Steps before this one are copied (replayed, not re-run).
+    pub from_step: i32,
+    /// The engine's clock.
+    pub now_ms: i64,
 }
 
 /// One recorded step (a checkpoint).
@@ -146,6 +238,10 @@ pub struct WorkflowInsert {
     pub input: String,
     /// The executor that will run it (inserted as `RUNNING`, epoch 1).
     pub executor_id: String,
+    /// The parent, for a child workflow.
+    pub parent_id: Option<String>,
+    /// The deadline (ms since the epoch), if any.
+    pub deadline_ms: Option<i64>,
     /// The engine's clock.
     pub now_ms: i64,
 }
@@ -156,7 +252,7 @@ pub enum WorkflowInserted {
     /// The row is new; its owner epoch is 1.
     Inserted,
     /// A row with this ID already existed; here it is, untouched.
-    Existing(WorkflowRow),
+    Existing(Box<WorkflowRow>),
 }
 
 /// Parameters of [`Transaction::step_record`].
@@ -375,6 +471,20 @@ pub trait Storage: Clone + Send + Sync + 'static {
     /// error, the step failed.
     fn classify(error: &(dyn std::error::Error + 'static)) -> Option<ErrorKind>;
 
+    /// Runs `op` in a transaction of its own and commits it.
+    fn autocommit<R, F>(&self, op: F) -> impl Future<Output = StorageResult<R>> + Send
+    where
+        R: Send,
+        F: for<'t> FnOnce(&'t mut Self::Tx) -> TxFuture<'t, R> + Send,
+    {
+        async move {
+            let mut tx = self.begin().await?;
+            let r = op(&mut tx).await?;
+            tx.commit().await?;
+            Ok(r)
+        }
+    }
+
     /// [`Transaction::workflow_insert`] in its own commit.
     fn workflow_insert(
         &self,
@@ -529,6 +639,9 @@ pub trait Storage: Clone + Send + Sync + 'static {
     }
 }
 
+/// A boxed storage future borrowing a transaction.
+pub type TxFuture<'t, R> = std::pin::Pin<Box<dyn Future<Output = StorageResult<R>> + Send + 't>>;
+
 /// Wake-ups: some process enqueued work.
 pub trait Listener: Send {
     /// Waits for the next wake-up. An error means the subscription broke
@@ -635,6 +748,97 @@ pub trait Transaction: Send + Sized {
         &mut self,
         params: WorkflowEnqueue,
     ) -> impl Future<Output = StorageResult<String>> + Send;
+
+    /// Hands a workflow back to its queue until `run_after_ms` (a durable
+    /// sleep that should not hold an executor slot), fenced like a
+    /// completion.
+    fn workflow_suspend(
+        &mut self,
+        id: &str,
+        owner_epoch: i64,
+        run_after_ms: i64,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<()>> + Send;
+
+    /// Sends a message (semantics of the SQL function `tandem.send`).
+    fn message_send(
+        &mut self,
+        workflow_id: &str,
+        topic: &str,
+        payload: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<()>> + Send;
+
+    /// Takes (deletes and returns) the oldest message for a workflow and
+    /// topic, skipping messages another transaction is taking. Fenced like a
+    /// checkpoint: fails with [`ErrorKind::Fenced`] unless the workflow is
+    /// `RUNNING` under `owner_epoch`, so a cancelled receiver stops waiting.
+    fn message_take(
+        &mut self,
+        workflow_id: &str,
+        topic: &str,
+        owner_epoch: i64,
+    ) -> impl Future<Output = StorageResult<Option<String>>> + Send;
+
+    /// Sets an event's value.
+    fn event_set(
+        &mut self,
+        workflow_id: &str,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<()>> + Send;
+
+    /// Reads an event's value.
+    fn event_get(
+        &mut self,
+        workflow_id: &str,
+        key: &str,
+    ) -> impl Future<Output = StorageResult<Option<String>>> + Send;
+
+    /// Cancels a workflow and its unfinished descendants: `CANCELLED` with
+    /// `reason` as error, epoch bumped (fencing running executions). Returns
+    /// the IDs cancelled; finished workflows are left alone.
+    fn workflows_cancel(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<Vec<String>>> + Send;
+
+    /// Enqueues a cancelled workflow again (epoch bumped, deadline cleared).
+    /// Returns whether it was cancelled.
+    fn workflow_resume(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<bool>> + Send;
+
+    /// Creates a new enqueued workflow with the source's name, input and
+    /// queue, and copies its steps before `from_step`. Returns whether the
+    /// source exists.
+    fn workflow_fork(
+        &mut self,
+        params: WorkflowFork,
+    ) -> impl Future<Output = StorageResult<bool>> + Send;
+
+    /// Lists workflows, newest first.
+    fn workflows_list(
+        &mut self,
+        filter: WorkflowFilter,
+    ) -> impl Future<Output = StorageResult<Vec<WorkflowInfo>>> + Send;
+
+    /// One workflow with its management details.
+    fn workflow_info(
+        &mut self,
+        id: &str,
+    ) -> impl Future<Output = StorageResult<Option<WorkflowInfo>>> + Send;
+
+    /// A workflow's steps with their execution details.
+    fn steps_info(
+        &mut self,
+        workflow_id: &str,
+    ) -> impl Future<Output = StorageResult<Vec<StepInfo>>> + Send;
 
     /// Commits. An [`ErrorKind::Unavailable`] error means the outcome is
     /// unknown: the commit may have happened.

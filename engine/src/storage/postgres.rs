@@ -23,9 +23,10 @@ use crate::queue::EnqueueOptions;
 use crate::workflow::Workflow;
 
 use super::{
-    ErrorKind, ExecutorRegister, Listener, Status, StepKind, StepRecord, StepRecorded, StepRow,
-    Storage, StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue,
-    WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    ErrorKind, ExecutorRegister, Listener, Status, StepInfo, StepKind, StepRecord, StepRecorded,
+    StepRow, Storage, StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue,
+    WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow,
+    WorkflowsClaim, WorkflowsRecover,
 };
 
 /// The embedded migrations (`migrations/` at the workspace root).
@@ -34,6 +35,36 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Where sqlx records which of Tandem's migrations ran. It lives in Tandem's
 /// own schema so it never collides with the application's `_sqlx_migrations`.
 const MIGRATIONS_TABLE: &str = "tandem._sqlx_migrations";
+
+/// The columns `workflow_from_row` reads, in order (a macro so that queries
+/// stay `&'static str` literals).
+macro_rules! workflow_columns {
+    () => {
+        "id, name, status, input::text, output::text, error, executor_id, owner_epoch, queue, \
+         parent_id, (extract(epoch FROM deadline_at) * 1000)::bigint"
+    };
+}
+
+/// The same columns qualified by the alias `w`, for statements that join.
+macro_rules! prefixed_workflow_columns {
+    () => {
+        "w.id, w.name, w.status, w.input::text, w.output::text, w.error, w.executor_id, \
+         w.owner_epoch, w.queue, w.parent_id, (extract(epoch FROM w.deadline_at) * 1000)::bigint"
+    };
+}
+
+/// The management columns after the workflow columns.
+macro_rules! info_columns {
+    () => {
+        concat!(
+            workflow_columns!(),
+            ", priority, (extract(epoch FROM created_at) * 1000)::bigint, \
+             (extract(epoch FROM updated_at) * 1000)::bigint, \
+             (extract(epoch FROM started_at) * 1000)::bigint, \
+             (extract(epoch FROM completed_at) * 1000)::bigint"
+        )
+    };
+}
 
 /// Workflow storage in a PostgreSQL database, usually the application's own.
 #[derive(Debug, Clone)]
@@ -86,6 +117,22 @@ impl PgStorage {
         })?;
         let params = workflow_enqueue_params(W::NAME, input, options);
         Ok(workflow_enqueue(conn, params).await?)
+    }
+
+    /// Sends a message to a workflow inside the caller's transaction: it is
+    /// delivered if and only if that transaction commits (the SQL function
+    /// `tandem.send`).
+    pub async fn send_in<T: serde::Serialize>(
+        conn: &mut PgConnection,
+        workflow_id: &str,
+        topic: &str,
+        message: &T,
+    ) -> Result<(), Error> {
+        let payload = serde_json::to_string(message).map_err(|source| Error::Encode {
+            what: format!("message on topic {topic:?}"),
+            source,
+        })?;
+        Ok(message_send(conn, workflow_id, topic, &payload).await?)
     }
 }
 
@@ -300,6 +347,285 @@ impl Transaction for PgTx {
         workflow_enqueue(&mut self.tx, params).await
     }
 
+    async fn workflow_suspend(
+        &mut self,
+        id: &str,
+        owner_epoch: i64,
+        run_after_ms: i64,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        let done = sqlx::query(
+            "UPDATE tandem.workflows
+                SET status = 'ENQUEUED', executor_id = NULL,
+                    run_after = to_timestamp($3::float8 / 1000),
+                    updated_at = to_timestamp($4::float8 / 1000)
+              WHERE id = $1 AND owner_epoch = $2 AND status = 'RUNNING'",
+        )
+        .bind(id)
+        .bind(owner_epoch)
+        .bind(run_after_ms)
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(fenced(id))
+        }
+    }
+
+    async fn message_send(
+        &mut self,
+        workflow_id: &str,
+        topic: &str,
+        payload: &str,
+        _now_ms: i64,
+    ) -> StorageResult<()> {
+        message_send(&mut self.tx, workflow_id, topic, payload).await
+    }
+
+    async fn message_take(
+        &mut self,
+        workflow_id: &str,
+        topic: &str,
+        owner_epoch: i64,
+    ) -> StorageResult<Option<String>> {
+        // SKIP LOCKED: a concurrent execution of the same workflow taking the
+        // same message must not make this one wait; the step's checkpoint
+        // (primary key) decides which of them commits. The fence makes a
+        // waiting receiver of a cancelled workflow stop.
+        let (owned, payload): (bool, Option<String>) = sqlx::query_as(
+            "WITH fence AS (
+                 SELECT 1 FROM tandem.workflows
+                  WHERE id = $1 AND owner_epoch = $3 AND status = 'RUNNING'
+             ), taken AS (
+                 DELETE FROM tandem.messages
+                  WHERE id = (SELECT id FROM tandem.messages
+                               WHERE workflow_id = $1 AND topic = $2
+                               ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                    AND EXISTS (SELECT 1 FROM fence)
+              RETURNING payload::text
+             )
+             SELECT EXISTS (SELECT 1 FROM fence), (SELECT payload FROM taken)",
+        )
+        .bind(workflow_id)
+        .bind(topic)
+        .bind(owner_epoch)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        if owned {
+            Ok(payload)
+        } else {
+            Err(fenced(workflow_id))
+        }
+    }
+
+    async fn event_set(
+        &mut self,
+        workflow_id: &str,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        sqlx::query(
+            "INSERT INTO tandem.events (workflow_id, key, value, updated_at)
+             VALUES ($1, $2, $3::jsonb, to_timestamp($4::float8 / 1000))
+             ON CONFLICT (workflow_id, key) DO UPDATE
+                SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(workflow_id)
+        .bind(key)
+        .bind(value)
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn event_get(&mut self, workflow_id: &str, key: &str) -> StorageResult<Option<String>> {
+        sqlx::query_scalar(
+            "SELECT value::text FROM tandem.events WHERE workflow_id = $1 AND key = $2",
+        )
+        .bind(workflow_id)
+        .bind(key)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn workflows_cancel(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> StorageResult<Vec<String>> {
+        // The whole subtree of children, then every unfinished one of them.
+        sqlx::query_scalar(
+            "WITH RECURSIVE tree AS (
+                 SELECT id FROM tandem.workflows WHERE id = $1
+                 UNION
+                 SELECT w.id FROM tandem.workflows w JOIN tree ON w.parent_id = tree.id
+             )
+             UPDATE tandem.workflows w
+                SET status = 'CANCELLED', error = $2, executor_id = NULL,
+                    owner_epoch = w.owner_epoch + 1,
+                    updated_at = to_timestamp($3::float8 / 1000),
+                    completed_at = clock_timestamp()
+               FROM tree
+              WHERE w.id = tree.id AND w.status IN ('ENQUEUED', 'RUNNING')
+          RETURNING w.id",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(now_ms)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
+        let done = sqlx::query(
+            "UPDATE tandem.workflows
+                SET status = 'ENQUEUED', error = NULL, executor_id = NULL, run_after = NULL,
+                    deadline_at = NULL, completed_at = NULL, owner_epoch = owner_epoch + 1,
+                    updated_at = to_timestamp($2::float8 / 1000)
+              WHERE id = $1 AND status = 'CANCELLED'",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn workflow_fork(&mut self, p: WorkflowFork) -> StorageResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO tandem.workflows
+                 (id, name, status, input, queue, priority, owner_epoch, created_at, updated_at)
+             SELECT $2, name, 'ENQUEUED', input, queue, priority, 1,
+                    to_timestamp($4::float8 / 1000), to_timestamp($4::float8 / 1000)
+               FROM tandem.workflows WHERE id = $1",
+        )
+        .bind(&p.source_id)
+        .bind(&p.new_id)
+        .bind(p.from_step)
+        .bind(p.now_ms)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        // Copied checkpoints carry epoch 0: recorded before any execution of
+        // the fork, they replay for every one of them. The fork itself starts
+        // at epoch 1, not 0: epoch 0 promises a claimer that there is no
+        // history to read.
+        sqlx::query(
+            "INSERT INTO tandem.steps
+                 (workflow_id, step_id, name, kind, output, error, owner_epoch, attempts,
+                  started_at, completed_at)
+             SELECT $2, step_id, name, kind, output, error, 0, attempts, started_at, completed_at
+               FROM tandem.steps WHERE workflow_id = $1 AND step_id < $3",
+        )
+        .bind(&p.source_id)
+        .bind(&p.new_id)
+        .bind(p.from_step)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
+        let rows: Vec<InfoTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            info_columns!(),
+            " FROM tandem.workflows
+             WHERE ($1::text IS NULL OR status = $1)
+               AND ($2::text IS NULL OR name = $2)
+               AND ($3::text IS NULL OR queue = $3)
+               AND ($4::bigint IS NULL OR created_at >= to_timestamp($4::float8 / 1000))
+               AND ($5::bigint IS NULL OR created_at < to_timestamp($5::float8 / 1000))
+             ORDER BY created_at DESC, id
+             LIMIT $6 OFFSET $7"
+        ))
+        .bind(f.status.map(Status::as_str))
+        .bind(&f.name)
+        .bind(&f.queue)
+        .bind(f.created_from_ms)
+        .bind(f.created_until_ms)
+        .bind(i64::from(f.limit))
+        .bind(i64::try_from(f.offset).unwrap_or(i64::MAX))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter().map(info_from_row).collect()
+    }
+
+    async fn workflow_info(&mut self, id: &str) -> StorageResult<Option<WorkflowInfo>> {
+        let row: Option<InfoTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            info_columns!(),
+            " FROM tandem.workflows WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        row.map(info_from_row).transpose()
+    }
+
+    async fn steps_info(&mut self, workflow_id: &str) -> StorageResult<Vec<StepInfo>> {
+        type Tuple = (
+            i32,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            i32,
+            i64,
+            i64,
+            i64,
+        );
+        let rows: Vec<Tuple> = sqlx::query_as(
+            "SELECT step_id, name, kind, output::text, error, attempts, owner_epoch,
+                    (extract(epoch FROM started_at) * 1000)::bigint,
+                    (extract(epoch FROM completed_at) * 1000)::bigint
+               FROM tandem.steps WHERE workflow_id = $1 ORDER BY step_id",
+        )
+        .bind(workflow_id)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter()
+            .map(
+                |(
+                    step_id,
+                    name,
+                    kind,
+                    output,
+                    error,
+                    attempts,
+                    owner_epoch,
+                    started_ms,
+                    completed_ms,
+                )| {
+                    Ok(StepInfo {
+                        row: step_row(step_id, name, kind, output, error)?,
+                        attempts,
+                        owner_epoch,
+                        started_ms,
+                        completed_ms,
+                    })
+                },
+            )
+            .collect()
+    }
+
     async fn commit(self) -> StorageResult<()> {
         self.tx.commit().await.map_err(map_err)
     }
@@ -307,22 +633,6 @@ impl Transaction for PgTx {
     async fn rollback(self) -> StorageResult<()> {
         self.tx.rollback().await.map_err(map_err)
     }
-}
-
-/// The columns `workflow_from_row` reads, in order (a macro so that queries
-/// stay `&'static str` literals).
-macro_rules! workflow_columns {
-    () => {
-        "id, name, status, input::text, output::text, error, executor_id, owner_epoch, queue"
-    };
-}
-
-/// The same columns qualified by the alias `w`, for statements that join.
-macro_rules! prefixed_workflow_columns {
-    () => {
-        "w.id, w.name, w.status, w.input::text, w.output::text, w.error, w.executor_id, \
-         w.owner_epoch, w.queue"
-    };
 }
 
 type WorkflowTuple = (
@@ -335,10 +645,24 @@ type WorkflowTuple = (
     Option<String>,
     i64,
     String,
+    Option<String>,
+    Option<i64>,
 );
 
 fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
-    let (id, name, status, input, output, error, executor_id, owner_epoch, queue) = row;
+    let (
+        id,
+        name,
+        status,
+        input,
+        output,
+        error,
+        executor_id,
+        owner_epoch,
+        queue,
+        parent_id,
+        deadline_ms,
+    ) = row;
     let status = Status::parse(&status).ok_or_else(|| {
         StorageError::new(
             ErrorKind::Other,
@@ -355,6 +679,8 @@ fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
         executor_id,
         owner_epoch,
         queue,
+        parent_id,
+        deadline_ms,
     })
 }
 
@@ -367,9 +693,10 @@ async fn workflow_insert(
     let inserted: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO tandem.workflows
              (id, name, status, input, executor_id, owner_epoch, created_at, updated_at,
-              started_at)
+              started_at, parent_id, deadline_at)
          VALUES ($1, $2, 'RUNNING', $3::jsonb, $4, 1, to_timestamp($5::float8 / 1000),
-                 to_timestamp($5::float8 / 1000), clock_timestamp())
+                 to_timestamp($5::float8 / 1000), clock_timestamp(), $6,
+                 to_timestamp($7::float8 / 1000))
          ON CONFLICT (id) DO NOTHING
          RETURNING owner_epoch",
     )
@@ -378,6 +705,8 @@ async fn workflow_insert(
     .bind(&p.input)
     .bind(&p.executor_id)
     .bind(p.now_ms)
+    .bind(&p.parent_id)
+    .bind(p.deadline_ms)
     .fetch_optional(&mut *conn)
     .await
     .map_err(map_err)?;
@@ -387,7 +716,7 @@ async fn workflow_insert(
     // The INSERT's snapshot may predate the conflicting row's commit, so the
     // existing row is read in a statement of its own (a fresh snapshot).
     match workflow_get(conn, &p.id).await? {
-        Some(row) => Ok(WorkflowInserted::Existing(row)),
+        Some(row) => Ok(WorkflowInserted::Existing(Box::new(row))),
         None => Err(StorageError::new(
             ErrorKind::Conflict,
             format!("workflow {:?} conflicted on insert but is gone", p.id),
@@ -468,19 +797,75 @@ async fn steps_load(conn: &mut PgConnection, workflow_id: &str) -> StorageResult
     .await
     .map_err(map_err)?;
     rows.into_iter()
-        .map(|(step_id, name, kind, output, error)| {
-            let kind = StepKind::parse(&kind).ok_or_else(|| {
-                StorageError::new(ErrorKind::Other, format!("unknown step kind {kind:?}"))
-            })?;
-            Ok(StepRow {
-                step_id,
-                name,
-                kind,
-                output,
-                error,
-            })
-        })
+        .map(|(step_id, name, kind, output, error)| step_row(step_id, name, kind, output, error))
         .collect()
+}
+
+fn step_row(
+    step_id: i32,
+    name: String,
+    kind: String,
+    output: Option<String>,
+    error: Option<String>,
+) -> StorageResult<StepRow> {
+    let kind = StepKind::parse(&kind).ok_or_else(|| {
+        StorageError::new(ErrorKind::Other, format!("unknown step kind {kind:?}"))
+    })?;
+    Ok(StepRow {
+        step_id,
+        name,
+        kind,
+        output,
+        error,
+    })
+}
+
+type InfoTuple = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    i32,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn info_from_row(t: InfoTuple) -> StorageResult<WorkflowInfo> {
+    let row = workflow_from_row((t.0, t.1, t.2, t.3, t.4, t.5, t.6, t.7, t.8, t.9, t.10))?;
+    Ok(WorkflowInfo {
+        row,
+        priority: t.11,
+        created_ms: t.12,
+        updated_ms: t.13,
+        started_ms: t.14,
+        completed_ms: t.15,
+    })
+}
+
+async fn message_send(
+    conn: &mut PgConnection,
+    workflow_id: &str,
+    topic: &str,
+    payload: &str,
+) -> StorageResult<()> {
+    // Through the SQL function, so Rust and SQL callers share validation.
+    sqlx::query("SELECT tandem.send($1, $2, $3::jsonb)")
+        .bind(workflow_id)
+        .bind(topic)
+        .bind(payload)
+        .execute(conn)
+        .await
+        .map_err(map_err)?;
+    Ok(())
 }
 
 async fn step_record(conn: &mut PgConnection, p: StepRecord) -> StorageResult<StepRecorded> {

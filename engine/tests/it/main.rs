@@ -7,5 +7,6 @@ mod executors;
 mod faults;
 mod outbox;
 mod pg_restart;
+mod steering;
 mod support;
 mod workflows;

@@ -13,9 +13,10 @@ use sqlx::{PgConnection, PgPool};
 use tandem::env::BoxFuture;
 use tandem::storage::postgres::PgTx;
 use tandem::storage::{
-    ErrorKind, ExecutorRegister, StepRecord, StepRecorded, StepRow, Storage, StorageError,
-    StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowInsert,
-    WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    ErrorKind, ExecutorRegister, StepInfo, StepRecord, StepRecorded, StepRow, Storage,
+    StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter,
+    WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim,
+    WorkflowsRecover,
 };
 use tandem::testing::PgCluster;
 use tandem::{Env, PgStorage, RetryPolicy, TokioEnv, Workflow, WorkflowContext, WorkflowError};
@@ -498,6 +499,80 @@ impl Transaction for ProbeTx {
 
     async fn workflow_enqueue(&mut self, p: WorkflowEnqueue) -> StorageResult<String> {
         self.inner.workflow_enqueue(p).await
+    }
+
+    async fn workflow_suspend(
+        &mut self,
+        id: &str,
+        epoch: i64,
+        run_after_ms: i64,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        self.inner
+            .workflow_suspend(id, epoch, run_after_ms, now_ms)
+            .await
+    }
+
+    async fn message_send(
+        &mut self,
+        id: &str,
+        topic: &str,
+        payload: &str,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        self.inner.message_send(id, topic, payload, now_ms).await
+    }
+
+    async fn message_take(
+        &mut self,
+        id: &str,
+        topic: &str,
+        epoch: i64,
+    ) -> StorageResult<Option<String>> {
+        self.inner.message_take(id, topic, epoch).await
+    }
+
+    async fn event_set(
+        &mut self,
+        id: &str,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        self.inner.event_set(id, key, value, now_ms).await
+    }
+
+    async fn event_get(&mut self, id: &str, key: &str) -> StorageResult<Option<String>> {
+        self.inner.event_get(id, key).await
+    }
+
+    async fn workflows_cancel(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> StorageResult<Vec<String>> {
+        self.inner.workflows_cancel(id, reason, now_ms).await
+    }
+
+    async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
+        self.inner.workflow_resume(id, now_ms).await
+    }
+
+    async fn workflow_fork(&mut self, p: WorkflowFork) -> StorageResult<bool> {
+        self.inner.workflow_fork(p).await
+    }
+
+    async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
+        self.inner.workflows_list(f).await
+    }
+
+    async fn workflow_info(&mut self, id: &str) -> StorageResult<Option<WorkflowInfo>> {
+        self.inner.workflow_info(id).await
+    }
+
+    async fn steps_info(&mut self, id: &str) -> StorageResult<Vec<StepInfo>> {
+        self.inner.steps_info(id).await
     }
 
     async fn rollback(self) -> StorageResult<()> {

@@ -1,0 +1,204 @@
+//! Management of workflows without running any: list and inspect them,
+//! cancel, resume and fork them, send messages and read events. The `tandem`
+//! CLI is built on this; an [`Engine`](crate::Engine) hands one out too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::env::{Env, TokioEnv, unix_ms};
+use crate::error::Error;
+use crate::storage::{StepInfo, Storage, Transaction, WorkflowFilter, WorkflowFork, WorkflowInfo};
+
+/// A workflow with its steps, as management tools show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowDetail {
+    /// The workflow.
+    pub workflow: WorkflowInfo,
+    /// Its recorded steps, in order.
+    pub steps: Vec<StepInfo>,
+}
+
+/// Management operations over a storage.
+#[derive(Clone)]
+pub struct Admin<S: Storage> {
+    storage: S,
+    env: Arc<dyn Env>,
+}
+
+impl<S: Storage> std::fmt::Debug for Admin<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage> Admin<S> {
+    /// Management over `storage`, on the system clock.
+    pub fn new(storage: S) -> Self {
+        Self::with_env(storage, Arc::new(TokioEnv::new()))
+    }
+
+    /// Management over `storage` with an injected environment.
+    pub fn with_env(storage: S, env: Arc<dyn Env>) -> Self {
+        Self { storage, env }
+    }
+
+    fn now_ms(&self) -> i64 {
+        unix_ms(self.env.now())
+    }
+
+    /// Workflows matching `filter`, newest first (a page of `filter.limit`).
+    pub async fn list_workflows(&self, filter: WorkflowFilter) -> Result<Vec<WorkflowInfo>, Error> {
+        Ok(self
+            .storage
+            .autocommit(move |tx| Box::pin(async move { tx.workflows_list(filter).await }))
+            .await?)
+    }
+
+    /// One workflow with its steps (inputs, outputs, errors, timings).
+    pub async fn get_workflow(&self, id: &str) -> Result<Option<WorkflowDetail>, Error> {
+        let id = id.to_owned();
+        Ok(self
+            .storage
+            .autocommit(move |tx| {
+                Box::pin(async move {
+                    let Some(workflow) = tx.workflow_info(&id).await? else {
+                        return Ok(None);
+                    };
+                    let steps = tx.steps_info(&id).await?;
+                    Ok(Some(WorkflowDetail { workflow, steps }))
+                })
+            })
+            .await?)
+    }
+
+    async fn require(&self, id: &str) -> Result<WorkflowInfo, Error> {
+        let owned = id.to_owned();
+        let info = self
+            .storage
+            .autocommit(move |tx| Box::pin(async move { tx.workflow_info(&owned).await }))
+            .await?;
+        info.ok_or_else(|| Error::WorkflowNotFound { id: id.to_owned() })
+    }
+
+    /// Cancels a workflow and its unfinished descendants: they become
+    /// `CANCELLED`, and any execution still running stops at its next step
+    /// boundary (its writes are fenced). Cancelling a finished workflow does
+    /// nothing. Returns the IDs of the workflows cancelled.
+    pub async fn cancel(&self, id: &str) -> Result<Vec<String>, Error> {
+        self.require(id).await?;
+        let owned = id.to_owned();
+        let now_ms = self.now_ms();
+        Ok(self
+            .storage
+            .autocommit(move |tx| {
+                Box::pin(async move { tx.workflows_cancel(&owned, "cancelled", now_ms).await })
+            })
+            .await?)
+    }
+
+    /// Enqueues a cancelled workflow again; an executor claims it and
+    /// continues from its last checkpoint (its deadline is cleared).
+    pub async fn resume(&self, id: &str) -> Result<(), Error> {
+        let owned = id.to_owned();
+        let now_ms = self.now_ms();
+        let resumed = self
+            .storage
+            .autocommit(move |tx| Box::pin(async move { tx.workflow_resume(&owned, now_ms).await }))
+            .await?;
+        if resumed {
+            return Ok(());
+        }
+        let info = self.require(id).await?;
+        Err(Error::InvalidTransition {
+            id: id.to_owned(),
+            status: info.row.status.to_string(),
+            action: "resume",
+        })
+    }
+
+    /// Starts a new run of a workflow that replays the original's recorded
+    /// steps before `from_step` and runs the rest anew (for example after
+    /// fixing a bug in step `from_step`). Returns the new workflow's ID.
+    pub async fn fork(&self, id: &str, from_step: i32) -> Result<String, Error> {
+        let seed = self.env.seed();
+        let suffix: u64 = rand_chacha::ChaCha8Rng::seed_from_u64(seed).r#gen();
+        let params = WorkflowFork {
+            source_id: id.to_owned(),
+            new_id: format!("{id}-fork-{suffix:016x}"),
+            from_step: from_step.max(0),
+            now_ms: self.now_ms(),
+        };
+        let new_id = params.new_id.clone();
+        let forked = self
+            .storage
+            .autocommit(move |tx| Box::pin(async move { tx.workflow_fork(params).await }))
+            .await?;
+        if forked {
+            Ok(new_id)
+        } else {
+            Err(Error::WorkflowNotFound { id: id.to_owned() })
+        }
+    }
+
+    /// Sends `message` to workflow `id` on `topic` (in its own transaction;
+    /// same checks as the SQL function `tandem.send`).
+    pub async fn send<T: Serialize>(
+        &self,
+        id: &str,
+        topic: &str,
+        message: &T,
+    ) -> Result<(), Error> {
+        let payload = serde_json::to_string(message).map_err(|source| Error::Encode {
+            what: format!("message on topic {topic:?}"),
+            source,
+        })?;
+        let (id, topic) = (id.to_owned(), topic.to_owned());
+        let now_ms = self.now_ms();
+        Ok(self
+            .storage
+            .autocommit(move |tx| {
+                Box::pin(async move { tx.message_send(&id, &topic, &payload, now_ms).await })
+            })
+            .await?)
+    }
+
+    /// Waits up to `timeout` for workflow `id` to publish event `key`, and
+    /// returns its latest value (`None` on timeout).
+    pub async fn get_event<T: DeserializeOwned>(
+        &self,
+        id: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Option<T>, Error> {
+        let deadline_ms = self
+            .now_ms()
+            .saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+        loop {
+            let (owned_id, owned_key) = (id.to_owned(), key.to_owned());
+            let value = self
+                .storage
+                .autocommit(move |tx| {
+                    Box::pin(async move { tx.event_get(&owned_id, &owned_key).await })
+                })
+                .await?;
+            if let Some(json) = value {
+                return serde_json::from_str(&json)
+                    .map(Some)
+                    .map_err(|source| Error::Decode {
+                        what: format!("event {key:?} of workflow {id:?}"),
+                        source,
+                    });
+            }
+            let now_ms = self.now_ms();
+            if now_ms >= deadline_ms {
+                return Ok(None);
+            }
+            let wait = Duration::from_millis(((deadline_ms - now_ms) as u64).min(50));
+            self.env.sleep(wait).await;
+        }
+    }
+}
