@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use benches::peers::{self, PeerRun, RunParams};
 use benches::report::{self, Samples};
-use benches::server::{Counters, Server, database_name, load_average};
+use benches::server::{Counters, CpuTicks, Server, TICKS_PER_SECOND, database_name, load_average};
 use benches::workloads::{
     PgbenchRun, Shape, ThreeSteps, ThreeStepsInput, accounts_create, closed_loop, engine_close,
     engine_launch, pgbench, pgbench_args, pgbench_path,
@@ -45,6 +45,7 @@ struct Ours {
     concurrency: usize,
     samples: Samples,
     counters: Counters,
+    cpu: CpuTicks,
 }
 
 /// A peer's figures for one shape and concurrency.
@@ -92,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             let pool = engine.storage().pool().clone();
             let samples = Samples::default();
             let before = rt.block_on(counters.snapshot(&database, &pool))?;
+            let cpu_before = CpuTicks::now();
             group.bench_function(BenchmarkId::new(shape.name(), concurrency), |b| {
                 b.iter_custom(|iters| {
                     let first = next_input.fetch_add(iters, Ordering::Relaxed);
@@ -110,6 +112,7 @@ fn main() -> anyhow::Result<()> {
                     elapsed
                 })
             });
+            let cpu = CpuTicks::now() - cpu_before;
             let after = rt.block_on(counters.snapshot(&database, &pool))?;
             rt.block_on(engine_close(engine));
             ours.push(Ours {
@@ -117,6 +120,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 samples,
                 counters: after - before,
+                cpu,
             });
         }
     }
@@ -289,6 +293,10 @@ fn print_ours(ours: &[Ours], pgbench_runs: &[(PgbenchRun, Counters)]) {
                 .find(|(run, _)| run.clients == o.concurrency)
                 .map(|(run, _)| run.tps);
             let share = commit_rate.zip(pgbench_tps).map(|(c, p)| 100.0 * c / p);
+            let cpu_ms = |ticks: u64| {
+                report::per(i64::try_from(ticks).unwrap_or(i64::MAX), workflows)
+                    .map(|t| t * 1000.0 / TICKS_PER_SECOND)
+            };
             vec![
                 o.shape.name().to_owned(),
                 o.concurrency.to_string(),
@@ -298,6 +306,8 @@ fn print_ours(ours: &[Ours], pgbench_runs: &[(PgbenchRun, Counters)]) {
                 report::number(commit_rate),
                 report::number(pgbench_tps),
                 share.map_or("n/a".into(), |s| format!("{s:.0}%")),
+                report::number(cpu_ms(o.cpu.postgres)),
+                report::number(cpu_ms(o.cpu.bench)),
             ]
         })
         .collect();
@@ -313,6 +323,8 @@ fn print_ours(ours: &[Ours], pgbench_runs: &[(PgbenchRun, Counters)]) {
                 "commits/s",
                 "pgbench tps",
                 "commits/s ÷ pgbench",
+                "postgres CPU ms/wf",
+                "bench process CPU ms/wf",
             ],
             &rows
         )

@@ -267,3 +267,74 @@ impl CounterReader {
         Ok(last)
     }
 }
+
+/// CPU time used so far, in clock ticks (1/100 s on Linux): by this process,
+/// and by all running `postgres` processes together (backends that exited
+/// are not counted, so take both readings while the workload's connections
+/// are open).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTicks {
+    /// This process (the benchmark and the engine in it).
+    pub bench: u64,
+    /// The PostgreSQL server's processes.
+    pub postgres: u64,
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on
+/// every Linux architecture that matters here).
+pub const TICKS_PER_SECOND: f64 = 100.0;
+
+impl CpuTicks {
+    /// Reads `/proc`. Zeroes where it cannot be read (not Linux).
+    pub fn now() -> CpuTicks {
+        let own = std::process::id();
+        let mut ticks = CpuTicks::default();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return ticks;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: comm may hold spaces, so split
+            // after its closing parenthesis; utime and stime are fields 14
+            // and 15, i.e. the 12th and 13th after the parenthesis.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let used = fields
+                .get(11)
+                .and_then(|u| u.parse::<u64>().ok())
+                .unwrap_or(0)
+                + fields
+                    .get(12)
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(0);
+            if pid == own {
+                ticks.bench += used;
+            } else if head.ends_with("(postgres") {
+                ticks.postgres += used;
+            }
+        }
+        ticks
+    }
+}
+
+impl std::ops::Sub for CpuTicks {
+    type Output = CpuTicks;
+
+    fn sub(self, earlier: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            bench: self.bench.saturating_sub(earlier.bench),
+            postgres: self.postgres.saturating_sub(earlier.postgres),
+        }
+    }
+}

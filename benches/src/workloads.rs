@@ -184,9 +184,12 @@ pub async fn engine_launch(
     pool_size: u32,
     executor_id: &str,
 ) -> anyhow::Result<Engine<PgStorage>> {
+    // As `PgStorage::connect` sets it up: no ping before each acquire (an
+    // extra round trip per step otherwise).
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(30))
+        .test_before_acquire(false)
         .connect(url)
         .await?;
     let engine = Engine::builder(PgStorage::from_pool(pool))
