@@ -1,0 +1,433 @@
+//! Workflow throughput: 3-step workflows (all transactional, all plain,
+//! mixed) completed per second at 1, 16 and 64 concurrent workflows, with
+//! commits and WAL flushes per workflow; pgbench's single-row UPDATE at the
+//! same client counts; and the peers (underway, DBOS Transact for Python)
+//! running the same workflow on the same server. Run:
+//! `cargo bench -p benches --bench throughput`.
+//!
+//! Criterion times Tandem; pgbench and the peers run once each after it, and
+//! the summary at the end puts everything side by side with the ratios the
+//! targets are stated in. `TANDEM_BENCH_PEERS=0` skips pgbench and the peers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use benches::peers::{self, PeerRun, RunParams};
+use benches::report::{self, Samples};
+use benches::server::{Counters, CpuTicks, Server, TICKS_PER_SECOND, database_name, load_average};
+use benches::workloads::{
+    PgbenchRun, Shape, ThreeSteps, ThreeStepsInput, accounts_create, closed_loop, engine_close,
+    engine_launch, pgbench, pgbench_args, pgbench_path,
+};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+
+/// Concurrent workflows (and pgbench clients).
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+/// Criterion samples per benchmark.
+const SAMPLES: usize = 10;
+/// How long each pgbench run lasts, in seconds.
+const PGBENCH_SECONDS: u32 = 8;
+
+/// Workflows per underway run: enough for a few seconds at its speed.
+fn underway_workflows(concurrency: usize) -> u64 {
+    if concurrency == 1 { 150 } else { 400 }
+}
+
+/// Workflows per DBOS run (plus one warm-up workflow per thread).
+fn dbos_workflows(concurrency: usize) -> u64 {
+    if concurrency == 1 { 60 } else { 200 }
+}
+
+/// Tandem's figures for one shape and concurrency.
+struct Ours {
+    shape: Shape,
+    concurrency: usize,
+    samples: Samples,
+    counters: Counters,
+    cpu: CpuTicks,
+}
+
+/// A peer's figures for one shape and concurrency.
+struct Peer {
+    shape: Shape,
+    concurrency: usize,
+    run: PeerRun,
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo test --benches` runs this binary without `--bench`: criterion
+    // then only checks each benchmark once, and the slow extras are skipped.
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let extras = bench_mode && std::env::var("TANDEM_BENCH_PEERS").as_deref() != Ok("0");
+    let rt = tokio::runtime::Runtime::new()?;
+    let server = rt.block_on(Server::start())?;
+    println!("{}", rt.block_on(server.describe())?);
+    let url = rt.block_on(server.database())?;
+    let database = database_name(&url)?;
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&url).await?;
+        accounts_create(&pool).await?;
+        pool.close().await;
+        anyhow::Ok(())
+    })?;
+    let mut counters = rt.block_on(server.counters())?;
+
+    let mut criterion = Criterion::default()
+        .sample_size(SAMPLES)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    let mut group = criterion.benchmark_group("workflow_throughput");
+    group.throughput(Throughput::Elements(1));
+    group.sampling_mode(SamplingMode::Flat);
+    let next_input = Arc::new(AtomicU64::new(0));
+    let mut ours = Vec::new();
+    for shape in Shape::ALL {
+        for concurrency in CONCURRENCY {
+            // A pool a little larger than the number of workflows in flight
+            // (each holds at most one connection at a time).
+            let pool_size = u32::try_from(concurrency + 4)?;
+            let executor = format!("bench-{}-{concurrency}", shape.name());
+            let engine = rt.block_on(engine_launch(&url, pool_size, &executor))?;
+            let pool = engine.storage().pool().clone();
+            let samples = Samples::default();
+            let before = rt.block_on(counters.snapshot(&database, &pool))?;
+            let cpu_before = CpuTicks::now();
+            group.bench_function(BenchmarkId::new(shape.name(), concurrency), |b| {
+                b.iter_custom(|iters| {
+                    let first = next_input.fetch_add(iters, Ordering::Relaxed);
+                    let engine = engine.clone();
+                    let elapsed = rt
+                        .block_on(closed_loop(iters, concurrency, move |n| {
+                            let engine = engine.clone();
+                            async move {
+                                let input = ThreeStepsInput::nth(shape, first + n);
+                                engine.start::<ThreeSteps>(input).await?.result().await?;
+                                Ok(())
+                            }
+                        }))
+                        .expect("benchmark iteration");
+                    samples.record(iters, elapsed);
+                    elapsed
+                })
+            });
+            let cpu = CpuTicks::now() - cpu_before;
+            let after = rt.block_on(counters.snapshot(&database, &pool))?;
+            rt.block_on(engine_close(engine));
+            ours.push(Ours {
+                shape,
+                concurrency,
+                samples,
+                counters: after - before,
+                cpu,
+            });
+        }
+    }
+    group.finish();
+    criterion.final_summary();
+    if !extras {
+        print_ours(&ours, &[]);
+        return Ok(());
+    }
+
+    // pgbench: the same UPDATE, one per transaction, on the same table.
+    let mut pgbench_runs = Vec::new();
+    match pgbench_path() {
+        None => println!("pgbench not found: skipping the pgbench comparison"),
+        Some(path) => {
+            for clients in CONCURRENCY {
+                let args = pgbench_args("update.sql", clients, PGBENCH_SECONDS, "<url>");
+                println!("running pgbench {}", args.join(" "));
+                let before = rt.block_on(counters.settled(&database))?;
+                let run = pgbench(&path, &url, clients, PGBENCH_SECONDS)?;
+                let after = rt.block_on(counters.settled(&database))?;
+                pgbench_runs.push((run, after - before));
+            }
+        }
+    }
+
+    // underway, from its backlog. A database of its own, like DBOS below:
+    // its tables and triggers then stay out of Tandem's and pgbench's way.
+    let underway_url = rt.block_on(server.database())?;
+    let underway_database = database_name(&underway_url)?;
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&underway_url).await?;
+        accounts_create(&pool).await?;
+        pool.close().await;
+        anyhow::Ok(())
+    })?;
+    let mut underway_runs = Vec::new();
+    let mut first_index = 0;
+    for shape in Shape::ALL {
+        for concurrency in CONCURRENCY {
+            let workflows = underway_workflows(concurrency);
+            println!(
+                "running underway: {} × {workflows} at concurrency {concurrency}",
+                shape.name()
+            );
+            let run = rt.block_on(peers::underway_run(
+                &underway_url,
+                &underway_database,
+                &mut counters,
+                RunParams {
+                    shape,
+                    concurrency,
+                    workflows,
+                    warmup: 0,
+                },
+                first_index,
+            ));
+            first_index += workflows;
+            match run {
+                Ok(run) => underway_runs.push(Peer {
+                    shape,
+                    concurrency,
+                    run,
+                }),
+                Err(e) => println!("underway run failed: {e:#}"),
+            }
+        }
+    }
+
+    let dbos_runs = match peers::dbos_script() {
+        None => {
+            println!("python3 not found: skipping DBOS Transact for Python");
+            (Vec::new(), None)
+        }
+        Some(script) => match rt.block_on(dbos(&server, &script, &mut counters)) {
+            Ok(runs) => runs,
+            Err(e) => {
+                println!("DBOS Transact for Python could not run: {e:#}");
+                (Vec::new(), None)
+            }
+        },
+    };
+
+    print_ours(&ours, &pgbench_runs);
+    print_pgbench(&pgbench_runs);
+    print_peers(&ours, &underway_runs, &dbos_runs.0, dbos_runs.1.as_deref());
+    println!("\nload average at the end: {}", load_average());
+    Ok(())
+}
+
+/// Runs the DBOS script for every shape and concurrency, on a database of
+/// its own. Returns the runs, with counters net of DBOS's launch and
+/// shutdown, and the dbos version.
+async fn dbos(
+    server: &Server,
+    script: &std::path::Path,
+    counters: &mut benches::server::CounterReader,
+) -> anyhow::Result<(Vec<Peer>, Option<String>)> {
+    let url = server.database().await?;
+    let database = database_name(&url)?;
+    let pool = sqlx::PgPool::connect(&url).await?;
+    accounts_create(&pool).await?;
+    pool.close().await;
+    println!("running DBOS Transact for Python (first use creates its virtualenv; needs PyPI)");
+    // The first launch creates DBOS's schema; the second is the baseline:
+    // what one process start and shutdown costs without workflows.
+    let launch_only = RunParams {
+        shape: Shape::Plain,
+        concurrency: 1,
+        workflows: 0,
+        warmup: 0,
+    };
+    peers::dbos_run(script, &url, &database, counters, launch_only).await?;
+    let (baseline, version) =
+        peers::dbos_run(script, &url, &database, counters, launch_only).await?;
+    let mut runs = Vec::new();
+    for shape in Shape::ALL {
+        for concurrency in CONCURRENCY {
+            let workflows = dbos_workflows(concurrency);
+            println!(
+                "running DBOS: {} × {workflows} at concurrency {concurrency}",
+                shape.name()
+            );
+            match peers::dbos_run(
+                script,
+                &url,
+                &database,
+                counters,
+                RunParams {
+                    shape,
+                    concurrency,
+                    workflows,
+                    warmup: concurrency as u64,
+                },
+            )
+            .await
+            {
+                Ok((mut run, _)) => {
+                    run.counters = run.counters - baseline.counters;
+                    runs.push(Peer {
+                        shape,
+                        concurrency,
+                        run,
+                    });
+                }
+                Err(e) => println!("DBOS run failed: {e:#}"),
+            }
+        }
+    }
+    Ok((runs, Some(version)))
+}
+
+fn our_rate(ours: &[Ours], shape: Shape, concurrency: usize) -> Option<f64> {
+    ours.iter()
+        .find(|o| o.shape == shape && o.concurrency == concurrency)
+        .and_then(|o| o.samples.rate(SAMPLES))
+}
+
+fn print_ours(ours: &[Ours], pgbench_runs: &[(PgbenchRun, Counters)]) {
+    println!("\n## Workflow throughput: 3-step workflows, closed loop\n");
+    let rows: Vec<Vec<String>> = ours
+        .iter()
+        .map(|o| {
+            let workflows = o.samples.iterations();
+            let rate = o.samples.rate(SAMPLES);
+            let commits = report::per(o.counters.commits, workflows);
+            let commit_rate = rate.zip(commits).map(|(r, c)| r * c);
+            let pgbench_tps = pgbench_runs
+                .iter()
+                .find(|(run, _)| run.clients == o.concurrency)
+                .map(|(run, _)| run.tps);
+            let share = commit_rate.zip(pgbench_tps).map(|(c, p)| 100.0 * c / p);
+            let cpu_ms = |ticks: u64| {
+                report::per(i64::try_from(ticks).unwrap_or(i64::MAX), workflows)
+                    .map(|t| t * 1000.0 / TICKS_PER_SECOND)
+            };
+            vec![
+                o.shape.name().to_owned(),
+                o.concurrency.to_string(),
+                report::number(rate),
+                report::number(commits),
+                report::number(report::per(o.counters.wal_syncs, workflows)),
+                report::number(commit_rate),
+                report::number(pgbench_tps),
+                share.map_or("n/a".into(), |s| format!("{s:.0}%")),
+                report::number(cpu_ms(o.cpu.postgres)),
+                report::number(cpu_ms(o.cpu.bench)),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        report::table(
+            &[
+                "shape",
+                "concurrent",
+                "workflows/s",
+                "commits/wf",
+                "WAL flushes/wf",
+                "commits/s",
+                "pgbench tps",
+                "commits/s ÷ pgbench",
+                "postgres CPU ms/wf",
+                "bench process CPU ms/wf",
+            ],
+            &rows
+        )
+    );
+    println!(
+        "\ntargets: commits/wf ≤ k + 2 = 5; commits/s ≥ 70% of pgbench tps at the same client count (concurrent runs)."
+    );
+}
+
+fn print_pgbench(runs: &[(PgbenchRun, Counters)]) {
+    if runs.is_empty() {
+        return;
+    }
+    println!("\n## pgbench: single-row UPDATE per transaction, same table and server\n");
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|(run, counters)| {
+            vec![
+                run.clients.to_string(),
+                report::number(Some(run.tps)),
+                report::number(Some(run.latency_ms)),
+                report::number(report::per(counters.commits, run.transactions)),
+                report::number(report::per(counters.wal_syncs, run.transactions)),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        report::table(
+            &[
+                "clients",
+                "tps",
+                "latency ms",
+                "commits/txn",
+                "WAL flushes/txn"
+            ],
+            &rows
+        )
+    );
+}
+
+fn print_peers(ours: &[Ours], underway: &[Peer], dbos: &[Peer], dbos_version: Option<&str>) {
+    println!(
+        "\n## Peers: the same 3-step workflow on the same server (underway 0.2.0, DBOS Transact for Python {})\n",
+        dbos_version.unwrap_or("not run")
+    );
+    let find = |peers: &[Peer], shape, concurrency| {
+        peers
+            .iter()
+            .find(|p| p.shape == shape && p.concurrency == concurrency)
+            .map(|p| p.run)
+    };
+    let mut rows = Vec::new();
+    for shape in Shape::ALL {
+        for concurrency in CONCURRENCY {
+            let tandem = our_rate(ours, shape, concurrency);
+            let u = find(underway, shape, concurrency);
+            let d = find(dbos, shape, concurrency);
+            let per_wf = |run: Option<PeerRun>| {
+                report::number(
+                    run.and_then(|r| report::per(r.counters.commits, r.counted_workflows)),
+                )
+            };
+            let flushes = |run: Option<PeerRun>| {
+                report::number(
+                    run.and_then(|r| report::per(r.counters.wal_syncs, r.counted_workflows)),
+                )
+            };
+            rows.push(vec![
+                shape.name().to_owned(),
+                concurrency.to_string(),
+                report::number(tandem),
+                report::number(u.map(|r| r.rate())),
+                report::ratio(tandem, u.map(|r| r.rate())),
+                per_wf(u),
+                flushes(u),
+                report::number(d.map(|r| r.rate())),
+                report::ratio(tandem, d.map(|r| r.rate())),
+                per_wf(d),
+                flushes(d),
+            ]);
+        }
+    }
+    print!(
+        "{}",
+        report::table(
+            &[
+                "shape",
+                "concurrent",
+                "tandem wf/s",
+                "underway wf/s",
+                "tandem ÷ underway",
+                "underway commits/wf",
+                "underway WAL flushes/wf",
+                "DBOS wf/s",
+                "tandem ÷ DBOS",
+                "DBOS commits/wf",
+                "DBOS WAL flushes/wf",
+            ],
+            &rows
+        )
+    );
+    println!(
+        "\ntargets: tandem ≥ 5× underway and ≥ 10× DBOS Transact for Python on 3-step throughput."
+    );
+}
