@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::engine::{Outcome, Shared};
 use crate::error::{Error, WorkflowError};
@@ -144,54 +145,61 @@ impl<S: Storage> WorkflowContext<S> {
             Replay::Recorded(row) => return self.decode_recorded(row),
             Replay::Run(step_id) => step_id,
         };
-        self.check_shutdown()?;
-        self.check_deadline().await?;
-        let started_ms = self.shared.now_ms();
-        let mut attempts = 0u32;
-        let (value, outcome) = loop {
-            attempts += 1;
-            match f().await {
-                Ok(value) => match self.encode(&value, step_id, name) {
-                    Ok(json) => break (Some(value), Ok(json)),
-                    Err(e) => break (None, Err(e.to_string())),
-                },
-                Err(e) => {
-                    let message = e.into().to_string();
-                    if attempts >= policy.attempts_max {
-                        break (None, Err(message));
+        let span = self.step_span(step_id, name, StepKind::Plain);
+        let attempt_span = span.clone();
+        async move {
+            self.check_shutdown()?;
+            self.check_deadline().await?;
+            let started_ms = self.shared.now_ms();
+            let mut attempts = 0u32;
+            let (value, outcome) = loop {
+                attempts += 1;
+                attempt_span.record("attempt", attempts);
+                match f().await {
+                    Ok(value) => match self.encode(&value, step_id, name) {
+                        Ok(json) => break (Some(value), Ok(json)),
+                        Err(e) => break (None, Err(e.to_string())),
+                    },
+                    Err(e) => {
+                        let message = e.into().to_string();
+                        if attempts >= policy.attempts_max {
+                            break (None, Err(message));
+                        }
+                        let delay = self.shared.with_rng(|rng| policy.delay(attempts, rng));
+                        tracing::debug!(workflow_id = %self.workflow_id, step_id, name, attempts, ?delay, error = %message, "step attempt failed, retrying");
+                        self.pause(delay).await?;
                     }
-                    let delay = self.shared.with_rng(|rng| policy.delay(attempts, rng));
-                    tracing::debug!(workflow_id = %self.workflow_id, step_id, name, attempts, ?delay, error = %message, "step attempt failed, retrying");
-                    self.pause(delay).await?;
                 }
+            };
+            let params = StepRecord {
+                workflow_id: self.workflow_id.clone(),
+                step_id,
+                name: name.to_owned(),
+                kind: StepKind::Plain,
+                output: outcome.as_ref().ok().cloned(),
+                error: outcome.as_ref().err().cloned(),
+                owner_epoch: self.owner_epoch,
+                attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+                started_ms,
+                now_ms: self.shared.now_ms(),
+            };
+            let storage = self.shared.storage.clone();
+            let recorded = self
+                .storage_retry(|| storage.step_record(params.clone()))
+                .await?;
+            match (recorded, value, outcome) {
+                (StepRecorded::Recorded, Some(value), _) => Ok(value),
+                (StepRecorded::Recorded, None, Err(message)) => {
+                    Err(self.step_failed(step_id, name, message))
+                }
+                // Another execution recorded this step first: its outcome wins,
+                // so every execution agrees on one history.
+                (StepRecorded::Exists, ..) => self.replay_winner(step_id, name).await,
+                (StepRecorded::Recorded, None, Ok(_)) => unreachable!("an encoded output has a value"),
             }
-        };
-        let params = StepRecord {
-            workflow_id: self.workflow_id.clone(),
-            step_id,
-            name: name.to_owned(),
-            kind: StepKind::Plain,
-            output: outcome.as_ref().ok().cloned(),
-            error: outcome.as_ref().err().cloned(),
-            owner_epoch: self.owner_epoch,
-            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
-            started_ms,
-            now_ms: self.shared.now_ms(),
-        };
-        let storage = self.shared.storage.clone();
-        let recorded = self
-            .storage_retry(|| storage.step_record(params.clone()))
-            .await?;
-        match (recorded, value, outcome) {
-            (StepRecorded::Recorded, Some(value), _) => Ok(value),
-            (StepRecorded::Recorded, None, Err(message)) => {
-                Err(self.step_failed(step_id, name, message))
-            }
-            // Another execution recorded this step first: its outcome wins,
-            // so every execution agrees on one history.
-            (StepRecorded::Exists, ..) => self.replay_winner(step_id, name).await,
-            (StepRecorded::Recorded, None, Ok(_)) => unreachable!("an encoded output has a value"),
         }
+        .instrument(span)
+        .await
     }
 
     /// Runs a transactional step: the closure's database writes and the
@@ -215,82 +223,89 @@ impl<S: Storage> WorkflowContext<S> {
             Replay::Recorded(row) => return self.decode_recorded(row),
             Replay::Run(step_id) => step_id,
         };
-        self.check_deadline().await?;
-        let started_ms = self.shared.now_ms();
-        let mut attempts = 0u32;
-        // Set after a COMMIT whose outcome we never learned: the next attempt
-        // first looks for the checkpoint instead of running the closure again.
-        let mut maybe_committed = false;
-        loop {
-            self.check_shutdown()?;
-            if maybe_committed {
-                if let Some(row) = self.committed_step(step_id).await? {
-                    return self.check_and_decode(row, name);
+        let span = self.step_span(step_id, name, StepKind::Transaction);
+        let attempt_span = span.clone();
+        async move {
+            self.check_deadline().await?;
+            let started_ms = self.shared.now_ms();
+            let mut attempts = 0u32;
+            // Set after a COMMIT whose outcome we never learned: the next attempt
+            // first looks for the checkpoint instead of running the closure again.
+            let mut maybe_committed = false;
+            loop {
+                self.check_shutdown()?;
+                if maybe_committed {
+                    if let Some(row) = self.committed_step(step_id).await? {
+                        return self.check_and_decode(row, name);
+                    }
+                    maybe_committed = false;
                 }
-                maybe_committed = false;
-            }
-            attempts += 1;
-            let mut tx = match self.shared.storage.begin().await {
-                Ok(tx) => tx,
-                Err(e) => {
-                    self.backoff_after(e, attempts).await?;
-                    continue;
-                }
-            };
-            let (value, json) = match f(tx.conn()).await {
-                Ok(value) => match self.encode(&value, step_id, name) {
-                    Ok(json) => (value, json),
+                attempts += 1;
+                attempt_span.record("attempt", attempts);
+                let mut tx = match self.shared.storage.begin().await {
+                    Ok(tx) => tx,
                     Err(e) => {
-                        let _ = tx.rollback().await;
-                        return self
-                            .record_failure(step_id, name, attempts, started_ms, e.to_string())
-                            .await;
+                        self.backoff_after(e, attempts).await?;
+                        continue;
                     }
-                },
-                Err(e) => {
-                    let e: Box<dyn std::error::Error + Send + Sync> = e.into();
-                    let _ = tx.rollback().await;
-                    // A lost connection is retried for as long as it takes (an
-                    // outage must not fail steps for good); conflicts are
-                    // retried up to a bound; anything else is the step's
-                    // recorded failure.
-                    let retry = match S::classify(&*e) {
-                        Some(ErrorKind::Unavailable) => true,
-                        Some(ErrorKind::Conflict) => {
-                            attempts < self.shared.config.conflict_attempts_max
+                };
+                let (value, json) = match f(tx.conn()).await {
+                    Ok(value) => match self.encode(&value, step_id, name) {
+                        Ok(json) => (value, json),
+                        Err(e) => {
+                            let _ = tx.rollback().await;
+                            return self
+                                .record_failure(step_id, name, attempts, started_ms, e.to_string())
+                                .await;
                         }
-                        _ => false,
-                    };
-                    if !retry {
-                        return self
-                            .record_failure(step_id, name, attempts, started_ms, e.to_string())
-                            .await;
+                    },
+                    Err(e) => {
+                        let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                        let _ = tx.rollback().await;
+                        // A lost connection is retried for as long as it takes (an
+                        // outage must not fail steps for good); conflicts are
+                        // retried up to a bound; anything else is the step's
+                        // recorded failure.
+                        let retry = match S::classify(&*e) {
+                            Some(ErrorKind::Unavailable) => true,
+                            Some(ErrorKind::Conflict) => {
+                                attempts < self.shared.config.conflict_attempts_max
+                            }
+                            _ => false,
+                        };
+                        if !retry {
+                            return self
+                                .record_failure(step_id, name, attempts, started_ms, e.to_string())
+                                .await;
+                        }
+                        tracing::debug!(workflow_id = %self.workflow_id, step_id, name, attempts, error = %e, "transaction rolled back, retrying");
+                        self.pause(self.shared.infra_delay(attempts)).await?;
+                        continue;
                     }
-                    tracing::debug!(workflow_id = %self.workflow_id, step_id, name, attempts, error = %e, "transaction rolled back, retrying");
-                    self.pause(self.shared.infra_delay(attempts)).await?;
-                    continue;
+                };
+                let params = StepRecord {
+                    workflow_id: self.workflow_id.clone(),
+                    step_id,
+                    name: name.to_owned(),
+                    kind: StepKind::Transaction,
+                    output: Some(json),
+                    error: None,
+                    owner_epoch: self.owner_epoch,
+                    attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+                    started_ms,
+                    now_ms: self.shared.now_ms(),
+                };
+                match self.finish_in_tx(tx, params, attempts).await? {
+                    Finished::Committed => return Ok(value),
+                    // A concurrent execution committed this step; ours rolled
+                    // back, taking the application's writes with it.
+                    Finished::Exists => return self.replay_winner(step_id, name).await,
+                    Finished::Retry { maybe_committed: m } => maybe_committed = m,
                 }
-            };
-            let params = StepRecord {
-                workflow_id: self.workflow_id.clone(),
-                step_id,
-                name: name.to_owned(),
-                kind: StepKind::Transaction,
-                output: Some(json),
-                error: None,
-                owner_epoch: self.owner_epoch,
-                attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
-                started_ms,
-                now_ms: self.shared.now_ms(),
-            };
-            match self.finish_in_tx(tx, params, attempts).await? {
-                Finished::Committed => return Ok(value),
-                // A concurrent execution committed this step; ours rolled
-                // back, taking the application's writes with it.
-                Finished::Exists => return self.replay_winner(step_id, name).await,
-                Finished::Retry { maybe_committed: m } => maybe_committed = m,
             }
         }
+        .instrument(span)
+        .await
     }
 
     /// Sleeps durably: the wake-up time is recorded, so a workflow recovered
@@ -690,6 +705,18 @@ impl<S: Storage> WorkflowContext<S> {
         let id = self.workflow_id.clone();
         let steps = self.storage_retry(|| storage.steps_load(&id)).await?;
         Ok(steps.into_iter().find(|s| s.step_id == step_id))
+    }
+
+    /// The tracing span of a step's execution (replays get none).
+    fn step_span(&self, step_id: i32, name: &str, kind: StepKind) -> tracing::Span {
+        tracing::info_span!(
+            "step",
+            workflow_id = %self.workflow_id,
+            step_id,
+            name,
+            kind = kind.as_str(),
+            attempt = tracing::field::Empty,
+        )
     }
 
     /// Takes the next step ID and returns the recorded step, if any, after

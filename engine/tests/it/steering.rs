@@ -632,3 +632,81 @@ async fn a_workflow_past_its_deadline_is_cancelled() {
     );
     engine.shutdown().await;
 }
+
+/// A tracing subscriber that records the spans created, with their fields.
+#[derive(Default, Clone)]
+struct SpanLog {
+    spans: Arc<Mutex<Vec<String>>>,
+    next: Arc<AtomicUsize>,
+}
+
+struct FieldText<'a>(&'a mut String);
+
+impl tracing::field::Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={:?}", field.name(), value));
+    }
+}
+
+impl tracing::Subscriber for SpanLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut text = span.metadata().name().to_owned();
+        span.record(&mut FieldText(&mut text));
+        self.spans.lock().unwrap().push(text);
+        tracing::span::Id::from_u64(self.next.fetch_add(1, Ordering::SeqCst) as u64 + 1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        let mut text = "record".to_owned();
+        values.record(&mut FieldText(&mut text));
+        self.spans.lock().unwrap().push(text);
+    }
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn workflow_runs_and_steps_emit_tracing_spans() {
+    let log = SpanLog::default();
+    let _guard = tracing::subscriber::set_default(log.clone());
+    let url = support::database().await;
+    let storage = PgStorage::connect(&url).await.unwrap();
+    let calls: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let engine = Engine::builder(storage)
+        .register(Counted { calls })
+        .launch()
+        .await
+        .unwrap();
+    engine
+        .start_with_id::<Counted>("traced", 1)
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    let spans = log.spans.lock().unwrap().clone();
+    assert!(
+        spans.iter().any(|s| s.starts_with("workflow")
+            && s.contains("workflow_id=traced")
+            && s.contains("name=counted")),
+        "{spans:#?}"
+    );
+    for (step_id, name) in [(0, "a"), (1, "b"), (2, "c")] {
+        assert!(
+            spans.iter().any(|s| s.starts_with("step")
+                && s.contains("workflow_id=traced")
+                && s.contains(&format!("step_id={step_id}"))
+                && s.contains(&format!("name=\"{name}\""))),
+            "step {name}: {spans:#?}"
+        );
+    }
+    assert!(spans.iter().any(|s| s == "record attempt=1"), "{spans:#?}");
+}
