@@ -23,10 +23,10 @@ use crate::queue::EnqueueOptions;
 use crate::workflow::Workflow;
 
 use super::{
-    ErrorKind, ExecutorRegister, Listener, Status, StepInfo, StepKind, StepRecord, StepRecorded,
-    StepRow, Storage, StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue,
-    WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow,
-    WorkflowsClaim, WorkflowsRecover,
+    ErrorKind, ExecutorRegister, Listener, QueueLimits, Status, StepInfo, StepKind, StepRecord,
+    StepRecorded, StepRow, Storage, StorageError, StorageResult, Transaction, WorkflowComplete,
+    WorkflowEnqueue, WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted,
+    WorkflowRow, WorkflowsClaim, WorkflowsRecover,
 };
 
 /// The embedded migrations (`migrations/` at the workspace root).
@@ -134,6 +134,56 @@ impl PgStorage {
         })?;
         Ok(message_send(conn, workflow_id, topic, &payload).await?)
     }
+
+    /// The declared queues, by name, with their limits and how many
+    /// workflows wait in or run from each (for the `tandem` CLI). Not part
+    /// of the [`Storage`] seam: the engine never needs it.
+    pub async fn queues_info(&self) -> StorageResult<Vec<QueueInfo>> {
+        // One scalar subquery per count, so that each reads its partial
+        // index (`workflows_ready`, `workflows_running_by_queue`) instead of
+        // scanning the finished workflows, the vast majority.
+        let rows: Vec<QueueTuple> = sqlx::query_as(
+            "SELECT q.name, q.concurrency_global, q.rate_limit_count, q.rate_limit_period_ms,
+                    (SELECT count(*) FROM tandem.workflows w
+                      WHERE w.queue = q.name AND w.status = 'ENQUEUED'),
+                    (SELECT count(*) FROM tandem.workflows w
+                      WHERE w.queue = q.name AND w.status = 'RUNNING')
+               FROM tandem.queues q
+              ORDER BY q.name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(name, global, count, period_ms, enqueued, running)| QueueInfo {
+                    limits: QueueLimits {
+                        name,
+                        concurrency_global: global.map(|n| n as u32),
+                        rate_limit: count.zip(period_ms).map(|(n, ms)| (n as u32, ms)),
+                    },
+                    enqueued,
+                    running,
+                },
+            )
+            .collect())
+    }
+}
+
+/// A `queues_info` row: name, global concurrency, rate limit count and
+/// period, enqueued and running counts.
+type QueueTuple = (String, Option<i32>, Option<i32>, Option<i64>, i64, i64);
+
+/// A queue as management tools show it (see [`PgStorage::queues_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Its name and the limits its executors last declared.
+    pub limits: QueueLimits,
+    /// Its workflows waiting to be claimed (including delayed ones).
+    pub enqueued: i64,
+    /// Its workflows owned by an executor.
+    pub running: i64,
 }
 
 /// A transaction on [`PgStorage`]; the application sees its connection.

@@ -2,6 +2,7 @@
 //! throw-away cluster unless `DATABASE_URL` is set).
 
 mod bad_input;
+mod cli;
 mod crash;
 mod executors;
 mod faults;

@@ -1,0 +1,547 @@
+//! The `tandem` binary, spawned as a user would run it against a real
+//! database: every command in table and `--json` form, its errors, and its
+//! exit codes.
+
+#![cfg(feature = "cli")]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tandem::{
+    Engine, EnqueueOptions, PgStorage, Queue, RetryPolicy, Workflow, WorkflowContext, WorkflowError,
+};
+
+use crate::support;
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `tandem ARGS` with `--database-url url` (and no `DATABASE_URL`, so
+/// the flag is what counts).
+async fn tandem(url: &str, args: &[&str]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
+    command
+        .arg("--database-url")
+        .arg(url)
+        .args(args)
+        .env_remove("DATABASE_URL");
+    spawn(command).await
+}
+
+async fn spawn(mut command: tokio::process::Command) -> Run {
+    let out = command.output().await.expect("run the tandem binary");
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
+    }
+}
+
+/// The stdout of a run that must succeed.
+async fn ok(url: &str, args: &[&str]) -> String {
+    let run = tandem(url, args).await;
+    assert_eq!(run.code, 0, "tandem {args:?} failed: {run:?}");
+    run.stdout
+}
+
+/// The one JSON document a successful `--json` run prints.
+async fn json(url: &str, args: &[&str]) -> Value {
+    let stdout = ok(url, &[&["--json"], args].concat()).await;
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// The stderr of a run that must fail with `code`; it prints nothing on
+/// stdout.
+async fn fails(url: &str, args: &[&str], code: i32) -> String {
+    let run = tandem(url, args).await;
+    assert_eq!(run.code, code, "tandem {args:?}: {run:?}");
+    assert_eq!(run.stdout, "", "tandem {args:?}");
+    run.stderr
+}
+
+/// The IDs in a JSON list of workflows.
+fn ids(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|w| w["id"].as_str().expect("an id"))
+        .collect()
+}
+
+fn sorted(mut ids: Vec<&str>) -> Vec<&str> {
+    ids.sort_unstable();
+    ids
+}
+
+/// The table rows (after the header) whose first column is `id`, split on
+/// runs of spaces.
+fn row<'a>(table: &'a str, id: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split("  ").map(str::trim).filter(|c| !c.is_empty()))
+        .map(Iterator::collect::<Vec<_>>)
+        .find(|cells| cells.first() == Some(&id))
+        .unwrap_or_else(|| panic!("no row {id:?} in\n{table}"))
+}
+
+/// Three plain steps, each doubling the running value.
+struct Doubler;
+
+impl Workflow<PgStorage> for Doubler {
+    const NAME: &'static str = "doubler";
+    type Input = i64;
+    type Output = i64;
+
+    async fn run(
+        &self,
+        ctx: &mut WorkflowContext<PgStorage>,
+        x: i64,
+    ) -> Result<i64, WorkflowError> {
+        let mut acc = x;
+        for name in ["a", "b", "c"] {
+            acc = ctx
+                .step(name, || async { Ok::<_, std::io::Error>(acc * 2) })
+                .await?;
+        }
+        Ok(acc)
+    }
+}
+
+/// A payment whose only step fails, so the workflow records an error.
+struct Declined;
+
+impl Workflow<PgStorage> for Declined {
+    const NAME: &'static str = "declined";
+    type Input = ();
+    type Output = ();
+
+    async fn run(&self, ctx: &mut WorkflowContext<PgStorage>, (): ()) -> Result<(), WorkflowError> {
+        ctx.step_with("charge", RetryPolicy::none(), || async {
+            Err::<(), _>(std::io::Error::other("card declined"))
+        })
+        .await
+    }
+}
+
+/// Prepares, then waits (up to ten minutes) for a message on `go`.
+struct Waiter;
+
+impl Workflow<PgStorage> for Waiter {
+    const NAME: &'static str = "waiter";
+    type Input = ();
+    type Output = Option<String>;
+
+    async fn run(
+        &self,
+        ctx: &mut WorkflowContext<PgStorage>,
+        (): (),
+    ) -> Result<Option<String>, WorkflowError> {
+        let _: bool = ctx
+            .step("prepare", || async { Ok::<_, std::io::Error>(true) })
+            .await?;
+        ctx.recv("go", Duration::from_secs(600)).await
+    }
+}
+
+async fn engine(url: &str) -> Engine<PgStorage> {
+    let storage = PgStorage::connect(url).await.expect("connect");
+    Engine::builder(storage)
+        .register(Doubler)
+        .register(Declined)
+        .register(Waiter)
+        .queue(
+            Queue::new("emails")
+                .concurrency_global(2)
+                .rate_limit(10, Duration::from_secs(1)),
+        )
+        .queue_poll_interval(Duration::from_millis(50))
+        .launch()
+        .await
+        .expect("launch")
+}
+
+#[tokio::test]
+async fn before_migrate_the_cli_says_to_migrate_and_bad_urls_fail_clearly() {
+    let url = support::database().await;
+
+    for args in [
+        &["workflow", "list"][..],
+        &["workflow", "get", "x"],
+        &["queue", "list"],
+    ] {
+        let stderr = fails(&url, args, 1).await;
+        assert_eq!(
+            stderr, "error: the tandem schema is missing: run `tandem migrate`\n",
+            "{args:?}"
+        );
+    }
+
+    assert_eq!(
+        ok(&url, &["migrate"]).await,
+        "the tandem schema is up to date\n"
+    );
+    assert_eq!(
+        json(&url, &["migrate"]).await,
+        serde_json::json!({ "migrated": true }),
+        "migrating again is harmless"
+    );
+    assert_eq!(
+        json(&url, &["workflow", "list"]).await,
+        Value::Array(vec![])
+    );
+    assert_eq!(
+        ok(&url, &["workflow", "list"]).await,
+        "ID  NAME  STATUS  QUEUE  CREATED  UPDATED\n"
+    );
+    let queues = json(&url, &["queue", "list"]).await;
+    assert_eq!(
+        queues,
+        serde_json::json!([{
+            "name": "default", "concurrency_global": null, "rate_limit": null,
+            "enqueued": 0, "running": 0,
+        }])
+    );
+
+    // DATABASE_URL works like the flag.
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
+    command
+        .args(["--json", "workflow", "list"])
+        .env("DATABASE_URL", &url);
+    let run = spawn(command).await;
+    assert_eq!((run.code, run.stdout.trim()), (0, "[]"), "{run:?}");
+
+    // Without either, a usage error.
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
+    command
+        .args(["workflow", "list"])
+        .env_remove("DATABASE_URL");
+    let run = spawn(command).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("no database given: set DATABASE_URL or pass --database-url"),
+        "{run:?}"
+    );
+
+    // Nothing listens on port 1; the password never reaches the output.
+    let run = tandem(
+        "postgres://app:s3cret@127.0.0.1:1/app",
+        &["workflow", "list"],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("error: cannot connect to postgres://app:***@127.0.0.1:1/app: "),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("Connection refused"), "{run:?}");
+    assert!(!run.stderr.contains("s3cret"), "{run:?}");
+    let stderr = fails("not-a-url", &["migrate"], 1).await;
+    assert!(
+        stderr.starts_with("error: cannot connect to not-a-url: "),
+        "{stderr}"
+    );
+    // A server that is up, but a database that is not there.
+    let (server, _) = url.rsplit_once('/').unwrap();
+    let missing_db = format!("{server}/no_such_database");
+    let stderr = fails(&missing_db, &["queue", "list"], 1).await;
+    assert!(
+        stderr.starts_with("error: cannot connect to ") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+
+    // Bad arguments are usage errors (exit code 2), caught before connecting.
+    let stderr = fails(&url, &["workflow", "list", "--since", "yesterday"], 2).await;
+    assert!(stderr.contains("neither an RFC 3339 time"), "{stderr}");
+    let stderr = fails(&url, &["workflow", "list", "--status", "done"], 2).await;
+    assert!(stderr.contains("unknown status \"done\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn list_get_steps_and_fork_show_what_ran() {
+    let url = support::database().await;
+    let engine = engine(&url).await;
+    for (id, x) in [("first", 1), ("second", 2)] {
+        let handle = engine.start_with_id::<Doubler>(id, x).await.unwrap();
+        assert_eq!(handle.result().await.unwrap(), x * 8);
+    }
+    let declined = engine.start_with_id::<Declined>("pay-7", ()).await.unwrap();
+    assert!(declined.result().await.is_err());
+
+    // list: newest first, in both forms, with each filter.
+    let all = json(&url, &["workflow", "list"]).await;
+    assert_eq!(ids(&all), ["pay-7", "second", "first"]);
+    assert_eq!(all[0]["status"], "ERROR");
+    assert_eq!(all[1]["status"], "SUCCESS");
+    assert_eq!(all[1]["name"], "doubler");
+    assert_eq!(all[1]["queue"], "default");
+    assert_eq!(all[1]["input"], 2);
+    assert_eq!(all[1]["output"], 16);
+    let table = ok(&url, &["workflow", "list"]).await;
+    assert!(table.starts_with("ID "), "{table}");
+    assert_eq!(
+        row(&table, "second")[1..4],
+        ["doubler", "SUCCESS", "default"]
+    );
+    assert_eq!(row(&table, "pay-7")[1..3], ["declined", "ERROR"]);
+    let list = |args: &'static [&'static str]| {
+        let url = url.clone();
+        async move { json(&url, &[&["workflow", "list"], args].concat()).await }
+    };
+    assert_eq!(ids(&list(&["--status", "error"]).await), ["pay-7"]);
+    assert_eq!(
+        ids(&list(&["--status", "SUCCESS", "--name", "doubler"]).await),
+        ["second", "first"]
+    );
+    assert_eq!(ids(&list(&["--queue", "emails"]).await), Vec::<&str>::new());
+    assert_eq!(
+        ids(&list(&["--limit", "1", "--offset", "1"]).await),
+        ["second"]
+    );
+    let second_created = all[1]["created_ms"].as_i64().unwrap().to_string();
+    let since = json(&url, &["workflow", "list", "--since", &second_created]).await;
+    assert_eq!(ids(&since), ["pay-7", "second"]);
+    let until = json(&url, &["workflow", "list", "--until", &second_created]).await;
+    assert_eq!(ids(&until), ["first"]);
+    let rfc3339 = all[1]["created_at"].as_str().unwrap().to_owned();
+    let since = json(&url, &["workflow", "list", "--since", &rfc3339]).await;
+    assert_eq!(ids(&since), ["pay-7", "second"], "RFC 3339 like ms");
+    assert_eq!(
+        ids(&list(&["--since", "2999-01-01"]).await),
+        Vec::<&str>::new()
+    );
+
+    // get: the workflow's record.
+    let first = json(&url, &["workflow", "get", "first"]).await;
+    assert_eq!(first["status"], "SUCCESS");
+    assert_eq!(
+        (first["input"].clone(), first["output"].clone()),
+        (1.into(), 8.into())
+    );
+    assert_eq!(first["owner_epoch"], 1);
+    assert_eq!(first["executor_id"], engine.executor_id());
+    assert_eq!(first["steps"].as_array().unwrap().len(), 3);
+    assert!(first["completed_ms"].as_i64() >= first["created_ms"].as_i64());
+    let text = ok(&url, &["workflow", "get", "first"]).await;
+    for line in [
+        "id         first",
+        "name       doubler",
+        "status     SUCCESS",
+        "queue      default",
+        "epoch      1",
+        "steps      3",
+        "input      1",
+        "output     8",
+        "error      -",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert!(text.contains(&format!("executor   {}\n", engine.executor_id())));
+    let paid = json(&url, &["workflow", "get", "pay-7"]).await;
+    assert_eq!(paid["status"], "ERROR");
+    assert!(
+        paid["error"].as_str().unwrap().contains("card declined"),
+        "{paid}"
+    );
+    assert_eq!(paid["output"], Value::Null);
+
+    // steps: names, kinds, outputs or errors, attempts.
+    let steps = json(&url, &["workflow", "steps", "first"]).await;
+    let summary: Vec<(i64, &str, &str, i64, i64)> = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step_id"].as_i64().unwrap(),
+                s["name"].as_str().unwrap(),
+                s["kind"].as_str().unwrap(),
+                s["output"].as_i64().unwrap(),
+                s["attempts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (0, "a", "step", 2, 1),
+            (1, "b", "step", 4, 1),
+            (2, "c", "step", 8, 1)
+        ]
+    );
+    assert!(steps[0]["duration_ms"].as_i64().unwrap() >= 0);
+    let table = ok(&url, &["workflow", "steps", "first"]).await;
+    assert!(
+        table.starts_with("STEP  NAME  KIND  ATTEMPTS  EPOCH  STARTED"),
+        "{table}"
+    );
+    let b = row(&table, "1");
+    assert_eq!(b[1..5], ["b", "step", "1", "1"]);
+    assert_eq!(b.last(), Some(&"4"));
+    let table = ok(&url, &["workflow", "steps", "pay-7"]).await;
+    assert!(
+        row(&table, "0")
+            .last()
+            .unwrap()
+            .starts_with("error: card declined"),
+        "{table}"
+    );
+    let failed_step = &json(&url, &["workflow", "steps", "pay-7"]).await[0];
+    assert_eq!(failed_step["name"], "charge");
+    assert_eq!(failed_step["error"], "card declined");
+
+    // fork: a new run from step 1 that an engine completes.
+    let forked = ok(&url, &["workflow", "fork", "first", "--from-step", "1"]).await;
+    let forked = forked.trim_end();
+    assert!(forked.starts_with("first-fork-"), "{forked}");
+    assert_eq!(engine.handle::<i64>(forked).result().await.unwrap(), 8);
+    let fork = json(&url, &["workflow", "get", forked]).await;
+    assert_eq!(
+        (fork["status"].as_str(), fork["name"].as_str()),
+        (Some("SUCCESS"), Some("doubler"))
+    );
+    let fork_json = json(&url, &["workflow", "fork", "second", "--from-step", "0"]).await;
+    assert_eq!(fork_json["forked_from"], "second");
+    assert_eq!(fork_json["from_step"], 0);
+    let id = fork_json["id"].as_str().unwrap();
+    assert_eq!(engine.handle::<i64>(id).result().await.unwrap(), 16);
+
+    // Unknown IDs: exit code 3 and the ID in the message.
+    for args in [
+        &["workflow", "get", "nope"][..],
+        &["workflow", "steps", "nope"],
+        &["workflow", "cancel", "nope"],
+        &["workflow", "resume", "nope"],
+        &["workflow", "fork", "nope", "--from-step", "0"],
+        &["--json", "workflow", "get", "nope"],
+    ] {
+        let stderr = fails(&url, args, 3).await;
+        assert_eq!(stderr, "error: no workflow with ID \"nope\"\n", "{args:?}");
+    }
+    // Resuming a workflow that was not cancelled: exit code 4.
+    let stderr = fails(&url, &["workflow", "resume", "first"], 4).await;
+    assert_eq!(
+        stderr,
+        "error: cannot resume workflow \"first\": its status is SUCCESS\n"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_and_resume_a_running_workflow_and_count_queues() {
+    let url = support::database().await;
+    let engine = engine(&url).await;
+    let handle = engine.start_with_id::<Waiter>("waiting", ()).await.unwrap();
+    // Two workflows wait in the emails queue for an hour.
+    for id in ["mail-1", "mail-2"] {
+        let options = EnqueueOptions::default()
+            .queue("emails")
+            .workflow_id(id)
+            .delay(Duration::from_secs(3600));
+        engine.enqueue::<Doubler>(3, options).await.unwrap();
+    }
+    // Once its first step is recorded, the waiter waits for its message.
+    let mut prepared = false;
+    for _ in 0..500 {
+        let steps = json(&url, &["workflow", "steps", "waiting"]).await;
+        if steps.as_array().unwrap().len() == 1 {
+            prepared = true;
+            break;
+        }
+        support::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(prepared, "the waiter never recorded its first step");
+
+    let queues = json(&url, &["queue", "list"]).await;
+    assert_eq!(
+        queues,
+        serde_json::json!([
+            { "name": "default", "concurrency_global": null, "rate_limit": null,
+              "enqueued": 0, "running": 1 },
+            { "name": "emails", "concurrency_global": 2,
+              "rate_limit": { "count": 10, "period_ms": 1000 },
+              "enqueued": 2, "running": 0 },
+        ])
+    );
+    assert_eq!(
+        ok(&url, &["queue", "list"]).await,
+        "QUEUE    CONCURRENCY  RATE LIMIT  ENQUEUED  RUNNING\n\
+         default  -            -           0         1\n\
+         emails   2            10/1s       2         0\n"
+    );
+    let enqueued = json(&url, &["workflow", "list", "--queue", "emails"]).await;
+    // (Sorted: both may carry the same millisecond.)
+    assert_eq!(sorted(ids(&enqueued)), ["mail-1", "mail-2"]);
+    assert!(enqueued[0]["status"] == "ENQUEUED" && enqueued[0]["executor_id"].is_null());
+    let running = json(&url, &["workflow", "list", "--status", "running"]).await;
+    assert_eq!(ids(&running), ["waiting"]);
+
+    // Cancel the running workflow: its ID is printed, its execution stops,
+    // and get shows it cancelled.
+    assert_eq!(
+        ok(&url, &["workflow", "cancel", "waiting"]).await,
+        "waiting\n"
+    );
+    assert!(matches!(
+        handle.result().await,
+        Err(tandem::Error::WorkflowCancelled { .. })
+    ));
+    let text = ok(&url, &["workflow", "get", "waiting"]).await;
+    assert!(text.contains("status     CANCELLED\n"), "{text}");
+    assert!(text.contains("error      cancelled\n"), "{text}");
+    // Cancelling it again cancels nothing, and says so.
+    let run = tandem(&url, &["workflow", "cancel", "waiting"]).await;
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");
+    assert!(run.stderr.contains("has already finished"), "{run:?}");
+    assert_eq!(
+        json(&url, &["workflow", "cancel", "waiting"]).await,
+        serde_json::json!({ "cancelled": [] })
+    );
+    assert_eq!(
+        json(&url, &["workflow", "cancel", "mail-1"]).await,
+        serde_json::json!({ "cancelled": ["mail-1"] })
+    );
+    let cancelled = json(&url, &["workflow", "list", "--status", "cancelled"]).await;
+    assert_eq!(sorted(ids(&cancelled)), ["mail-1", "waiting"]);
+
+    // Resume: it continues from its checkpoint and finishes on its message.
+    assert_eq!(
+        ok(&url, &["workflow", "resume", "waiting"]).await,
+        "waiting\n"
+    );
+    engine.send("waiting", "go", &"now").await.unwrap();
+    let result = engine
+        .handle::<Option<String>>("waiting")
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(result.as_deref(), Some("now"));
+    let done = json(&url, &["workflow", "get", "waiting"]).await;
+    assert_eq!(done["status"], "SUCCESS");
+    let names: Vec<&str> = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["prepare", "recv:go"], "prepare did not run again");
+    assert_eq!(
+        json(&url, &["workflow", "resume", "mail-1"]).await,
+        serde_json::json!({ "resumed": "mail-1" })
+    );
+    // Resumed, it no longer waits out its delay: the engine runs it now.
+    assert_eq!(engine.handle::<i64>("mail-1").result().await.unwrap(), 24);
+    let mail = json(&url, &["workflow", "get", "mail-1"]).await;
+    assert_eq!(
+        (mail["status"].as_str(), mail["queue"].as_str()),
+        (Some("SUCCESS"), Some("emails"))
+    );
+    engine.shutdown().await;
+}
