@@ -348,7 +348,9 @@ impl<S: Storage> WorkflowContext<S> {
         self.check_deadline().await?;
         let started_ms = self.shared.now_ms();
         let deadline_ms = started_ms.saturating_add(duration_ms(timeout));
-        let mut attempts = 0u32;
+        // Counts failed attempts (storage errors), not empty polls: a
+        // receive that waited an hour still took one attempt.
+        let mut attempts = 1u32;
         let mut maybe_committed = false;
         loop {
             self.check_shutdown()?;
@@ -364,11 +366,11 @@ impl<S: Storage> WorkflowContext<S> {
             let notified = shared.messages.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            attempts += 1;
             let mut tx = match self.shared.storage.begin().await {
                 Ok(tx) => tx,
                 Err(e) => {
                     self.backoff_after(e, attempts).await?;
+                    attempts += 1;
                     continue;
                 }
             };
@@ -380,6 +382,7 @@ impl<S: Storage> WorkflowContext<S> {
                 Err(e) => {
                     let _ = tx.rollback().await;
                     self.backoff_after(e, attempts).await?;
+                    attempts += 1;
                     continue;
                 }
             };
@@ -418,7 +421,10 @@ impl<S: Storage> WorkflowContext<S> {
                     });
                 }
                 Finished::Exists => return self.replay_winner(step_id, &name).await,
-                Finished::Retry { maybe_committed: m } => maybe_committed = m,
+                Finished::Retry { maybe_committed: m } => {
+                    maybe_committed = m;
+                    attempts += 1;
+                }
             }
         }
     }
