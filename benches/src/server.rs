@@ -44,6 +44,24 @@ impl Server {
         self.cluster.is_owned()
     }
 
+    /// The process ID of the server's postmaster (the parent of every
+    /// backend), if it runs on this machine and `/proc` can be read. Other
+    /// clusters on a shared machine run `postgres` processes too; CPU is
+    /// counted for this one's only through [`CpuTicks::of_cluster`].
+    pub async fn postmaster_pid(&self) -> anyhow::Result<Option<u32>> {
+        let mut admin = PgConnection::connect(self.admin_url()).await?;
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut admin)
+            .await?;
+        admin.close().await?;
+        let stat = read_proc(&format!("/proc/{backend}/stat"));
+        // `pid (comm) state ppid ...`
+        Ok(stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse().ok()))
+    }
+
     /// A counter reader on the admin database.
     pub async fn counters(&self) -> anyhow::Result<CounterReader> {
         Ok(CounterReader {
@@ -287,6 +305,17 @@ pub const TICKS_PER_SECOND: f64 = 100.0;
 impl CpuTicks {
     /// Reads `/proc`. Zeroes where it cannot be read (not Linux).
     pub fn now() -> CpuTicks {
+        CpuTicks::sample(None)
+    }
+
+    /// Like [`CpuTicks::now`], but `postgres` counts only the cluster whose
+    /// postmaster is `postmaster` ([`Server::postmaster_pid`]) and its
+    /// children, not other clusters running on the same machine.
+    pub fn of_cluster(postmaster: Option<u32>) -> CpuTicks {
+        CpuTicks::sample(postmaster)
+    }
+
+    fn sample(postmaster: Option<u32>) -> CpuTicks {
         let own = std::process::id();
         let mut ticks = CpuTicks::default();
         let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -318,9 +347,11 @@ impl CpuTicks {
                     .get(12)
                     .and_then(|s| s.parse::<u64>().ok())
                     .unwrap_or(0);
+            let ppid = fields.get(1).and_then(|p| p.parse::<u32>().ok());
+            let in_cluster = postmaster.is_none_or(|p| pid == p || ppid == Some(p));
             if pid == own {
                 ticks.bench += used;
-            } else if head.ends_with("(postgres") {
+            } else if head.ends_with("(postgres") && in_cluster {
                 ticks.postgres += used;
             }
         }
