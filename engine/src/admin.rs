@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::engine::encode_json;
 use crate::env::{Env, TokioEnv, unix_ms};
 use crate::error::Error;
 use crate::storage::{StepInfo, Storage, Transaction, WorkflowFilter, WorkflowFork, WorkflowInfo};
@@ -152,10 +153,7 @@ impl<S: Storage> Admin<S> {
         topic: &str,
         message: &T,
     ) -> Result<(), Error> {
-        let payload = serde_json::to_string(message).map_err(|source| Error::Encode {
-            what: format!("message on topic {topic:?}"),
-            source,
-        })?;
+        let payload = encode_json(message, || format!("message on topic {topic:?}"))?;
         let (id, topic) = (id.to_owned(), topic.to_owned());
         let now_ms = self.now_ms();
         Ok(self

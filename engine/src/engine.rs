@@ -181,10 +181,7 @@ impl<S: Storage> Shared<S> {
         value: &T,
         what: impl Fn() -> String,
     ) -> Result<String, Error> {
-        let json = serde_json::to_string(value).map_err(|source| Error::Encode {
-            what: what(),
-            source,
-        })?;
+        let json = encode_json(value, &what)?;
         self.check_size(json, what)
     }
 
@@ -1074,4 +1071,15 @@ pub(crate) fn workflow_enqueue_params(
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         dedup_error: options.dedup_error,
     }
+}
+
+/// Encodes a payload as JSON, naming it in the error.
+pub(crate) fn encode_json<T: Serialize>(
+    value: &T,
+    what: impl Fn() -> String,
+) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|source| Error::Encode {
+        what: what(),
+        source,
+    })
 }

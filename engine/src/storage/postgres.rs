@@ -17,7 +17,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::engine::workflow_enqueue_params;
+use crate::engine::{encode_json, workflow_enqueue_params};
 use crate::error::Error;
 use crate::queue::EnqueueOptions;
 use crate::workflow::Workflow;
@@ -111,10 +111,7 @@ impl PgStorage {
         input: &W::Input,
         options: EnqueueOptions,
     ) -> Result<String, Error> {
-        let input = serde_json::to_string(input).map_err(|source| Error::Encode {
-            what: format!("input of workflow {:?}", W::NAME),
-            source,
-        })?;
+        let input = encode_json(input, || format!("input of workflow {:?}", W::NAME))?;
         let params = workflow_enqueue_params(W::NAME, input, options);
         Ok(workflow_enqueue(conn, params).await?)
     }
@@ -128,10 +125,7 @@ impl PgStorage {
         topic: &str,
         message: &T,
     ) -> Result<(), Error> {
-        let payload = serde_json::to_string(message).map_err(|source| Error::Encode {
-            what: format!("message on topic {topic:?}"),
-            source,
-        })?;
+        let payload = encode_json(message, || format!("message on topic {topic:?}"))?;
         Ok(message_send(conn, workflow_id, topic, &payload).await?)
     }
 
