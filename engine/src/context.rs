@@ -225,6 +225,7 @@ impl<S: Storage> WorkflowContext<S> {
                         }
                         _ => false,
                     };
+                    let retry = retry && !crate::bugs::not_retried(S::classify(&*e));
                     if !retry {
                         return self
                             .record_failure(step_id, name, attempts, started_ms, e.to_string())
@@ -247,10 +248,18 @@ impl<S: Storage> WorkflowContext<S> {
                 started_ms,
                 now_ms: self.shared.now_ms(),
             };
+            if crate::bugs::active(crate::bugs::Bug::SplitCheckpoint) {
+                tx = crate::bugs::split_transaction(tx, &self.shared.storage).await;
+            }
             match tx.step_record(params).await {
                 Ok(StepRecorded::Recorded) => match tx.commit().await {
                     Ok(()) => return Ok(value),
                     Err(e) => {
+                        if crate::bugs::active(crate::bugs::Bug::CommitAssumedOnError)
+                            && e.kind() == ErrorKind::Unavailable
+                        {
+                            return Ok(value);
+                        }
                         maybe_committed = e.kind() == ErrorKind::Unavailable;
                         self.backoff_after(e, attempts).await?;
                     }
@@ -278,6 +287,11 @@ impl<S: Storage> WorkflowContext<S> {
             Ok(i) => {
                 let row = self.history[i].clone();
                 check_name(&row, name)?;
+                if crate::bugs::active(crate::bugs::Bug::ReplayRerunsPlain)
+                    && row.kind == StepKind::Plain
+                {
+                    return Ok(Replay::Run(step_id));
+                }
                 Ok(Replay::Recorded(row))
             }
             Err(_) => Ok(Replay::Run(step_id)),

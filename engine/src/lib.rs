@@ -86,6 +86,8 @@
 //! - `testing` (feature `testing`): throw-away PostgreSQL clusters for tests
 //!   and examples.
 
+#[doc(hidden)]
+pub mod bugs;
 pub mod context;
 pub mod engine;
 pub mod env;
