@@ -103,6 +103,7 @@ pub use engine::{Engine, EngineBuilder, WorkflowHandle};
 pub use env::{Env, TokioEnv};
 pub use error::{Error, WorkflowError};
 pub use retry::RetryPolicy;
+pub use storage::memory::MemStorage;
 #[cfg(feature = "postgres")]
 pub use storage::postgres::PgStorage;
 pub use storage::{ErrorKind, Status, Storage, StorageError};

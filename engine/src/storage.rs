@@ -12,6 +12,7 @@
 //!
 //! [`Env`]: crate::Env
 
+pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
