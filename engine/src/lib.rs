@@ -80,7 +80,9 @@
 //! - [`context`]: [`WorkflowContext`], the steps a workflow body runs.
 //! - [`retry`]: [`RetryPolicy`] for plain steps.
 //! - [`storage`]: the [`Storage`] seam; [`storage::postgres`] is the
-//!   PostgreSQL backend (the only place with SQL).
+//!   PostgreSQL backend (the only place with SQL), [`storage::memory`]
+//!   ([`MemStorage`]) an in-memory model of PostgreSQL READ COMMITTED for the
+//!   simulator and server-less tests.
 //! - [`env`]: [`Env`], the injected clock, timers, spawner and seed.
 //! - [`error`]: [`Error`] and [`WorkflowError`].
 //! - `testing` (feature `testing`): throw-away PostgreSQL clusters for tests
