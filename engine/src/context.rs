@@ -273,6 +273,7 @@ impl<S: Storage> WorkflowContext<S> {
                             }
                             _ => false,
                         };
+                        let retry = retry && !crate::bugs::not_retried(S::classify(&*e));
                         if !retry {
                             return self
                                 .record_failure(step_id, name, attempts, started_ms, e.to_string())
@@ -295,6 +296,9 @@ impl<S: Storage> WorkflowContext<S> {
                     started_ms,
                     now_ms: self.shared.now_ms(),
                 };
+                if crate::bugs::active(crate::bugs::Bug::SplitCheckpoint) {
+                    tx = crate::bugs::split_transaction(tx, &self.shared.storage).await;
+                }
                 match self.finish_in_tx(tx, params, attempts).await? {
                     Finished::Committed => return Ok(value),
                     // A concurrent execution committed this step; ours rolled
@@ -686,6 +690,11 @@ impl<S: Storage> WorkflowContext<S> {
             Ok(StepRecorded::Recorded) => match tx.commit().await {
                 Ok(()) => Ok(Finished::Committed),
                 Err(e) => {
+                    if crate::bugs::active(crate::bugs::Bug::CommitAssumedOnError)
+                        && e.kind() == ErrorKind::Unavailable
+                    {
+                        return Ok(Finished::Committed);
+                    }
                     let maybe_committed = e.kind() == ErrorKind::Unavailable;
                     self.backoff_after(e, attempts).await?;
                     Ok(Finished::Retry { maybe_committed })
@@ -734,6 +743,11 @@ impl<S: Storage> WorkflowContext<S> {
             Ok(i) => {
                 let row = self.history[i].clone();
                 check_name(&row, name)?;
+                if crate::bugs::active(crate::bugs::Bug::ReplayRerunsPlain)
+                    && row.kind == StepKind::Plain
+                {
+                    return Ok(Replay::Run(step_id));
+                }
                 Ok(Replay::Recorded(row))
             }
             Err(_) => Ok(Replay::Run(step_id)),

@@ -83,13 +83,17 @@
 //! - [`queue`]: [`Queue`] declarations and [`EnqueueOptions`].
 //! - [`retry`]: [`RetryPolicy`] for plain steps.
 //! - [`storage`]: the [`Storage`] seam; [`storage::postgres`] is the
-//!   PostgreSQL backend (the only place with SQL).
+//!   PostgreSQL backend (the only place with SQL), [`storage::memory`]
+//!   ([`MemStorage`]) an in-memory model of PostgreSQL READ COMMITTED for the
+//!   simulator and server-less tests.
 //! - [`env`]: [`Env`], the injected clock, timers, spawner and seed.
 //! - [`error`]: [`Error`] and [`WorkflowError`].
 //! - `testing` (feature `testing`): throw-away PostgreSQL clusters for tests
 //!   and examples.
 
 pub mod admin;
+#[doc(hidden)]
+pub mod bugs;
 pub mod context;
 pub mod engine;
 pub mod env;
@@ -108,6 +112,7 @@ pub use env::{Env, TokioEnv};
 pub use error::{Error, WorkflowError};
 pub use queue::{EnqueueOptions, Queue};
 pub use retry::RetryPolicy;
+pub use storage::memory::MemStorage;
 #[cfg(feature = "postgres")]
 pub use storage::postgres::PgStorage;
 pub use storage::{ErrorKind, Status, Storage, StorageError};

@@ -15,6 +15,7 @@
 //!
 //! [`Env`]: crate::Env
 
+pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 

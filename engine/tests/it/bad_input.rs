@@ -1,16 +1,28 @@
 //! Bad input gets a clear, typed error and leaves nothing half-written.
 
-use sqlx::PgConnection;
-use tandem::storage::Storage;
-use tandem::{Engine, Error, PgStorage, Workflow, WorkflowContext, WorkflowError};
+use std::marker::PhantomData;
 
-use crate::support::{self, Bank, Transfer, apply};
+use tandem::storage::Storage;
+use tandem::{Engine, Error, Workflow, WorkflowContext, WorkflowError};
+
+use crate::support::{self, App, Bank, Transfer, both};
+
+both!(
+    rejected_starts_write_nothing,
+    an_oversized_step_output_fails_the_step_and_rolls_back_its_writes,
+);
 
 /// Echoes its input through a transactional step that writes a ledger row
 /// and returns `input` repeated `times` times.
-struct Echo;
+struct Echo<A>(PhantomData<fn() -> A>);
 
-impl<S: Storage<Conn = PgConnection>> Workflow<S> for Echo {
+impl<A> Echo<A> {
+    fn new() -> Self {
+        Echo(PhantomData)
+    }
+}
+
+impl<A: App, S: Storage<Conn = <A::Storage as Storage>::Conn>> Workflow<S> for Echo<A> {
     const NAME: &'static str = "echo";
     type Input = (String, usize);
     type Output = String;
@@ -23,8 +35,8 @@ impl<S: Storage<Conn = PgConnection>> Workflow<S> for Echo {
         let id = ctx.workflow_id().to_owned();
         let repeated = ctx
             .transaction("repeat", async move |tx| {
-                apply(tx, &id, "repeat", 0, 1).await?;
-                Ok::<_, sqlx::Error>(text.repeat(times))
+                A::apply(tx, &id, "repeat", 0, 1).await?;
+                Ok::<_, A::Error>(text.repeat(times))
             })
             .await;
         match repeated {
@@ -36,13 +48,13 @@ impl<S: Storage<Conn = PgConnection>> Workflow<S> for Echo {
     }
 }
 
-async fn engine(payload_max_bytes: usize) -> (Engine<PgStorage>, Bank) {
-    let (storage, bank) = support::bank().await;
+async fn engine<A: App>(payload_max_bytes: usize) -> (Engine<A::Storage>, Bank<A>) {
+    let (storage, bank) = support::bank::<A>().await;
     let engine = Engine::builder(storage)
         .payload_max_bytes(payload_max_bytes)
-        .register(Echo)
+        .register(Echo::<A>::new())
         .register(Transfer {
-            notifications: bank.pool.clone(),
+            app: bank.app.clone(),
         })
         .launch()
         .await
@@ -50,18 +62,14 @@ async fn engine(payload_max_bytes: usize) -> (Engine<PgStorage>, Bank) {
     (engine, bank)
 }
 
-async fn assert_nothing_written(bank: &Bank) {
-    assert_eq!(
-        bank.scalar("SELECT count(*) FROM tandem.workflows").await,
-        0
-    );
-    assert_eq!(bank.scalar("SELECT count(*) FROM tandem.steps").await, 0);
-    assert_eq!(bank.scalar("SELECT count(*) FROM ledger").await, 0);
+async fn assert_nothing_written<A: App>(bank: &Bank<A>) {
+    assert_eq!(bank.workflow_count().await, 0);
+    assert_eq!(bank.app.steps().await.len(), 0);
+    assert_eq!(bank.ledger_rows(None).await, 0);
 }
 
-#[tokio::test]
-async fn rejected_starts_write_nothing() {
-    let (engine, bank) = engine(200).await;
+async fn rejected_starts_write_nothing<A: App>() {
+    let (engine, bank) = engine::<A>(200).await;
     let check = async |name: &str, id: Option<&str>, input: &str, expect: &str| {
         let err = engine
             .start_json(name, id.map(str::to_owned), input)
@@ -117,12 +125,11 @@ async fn rejected_starts_write_nothing() {
     engine.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_oversized_step_output_fails_the_step_and_rolls_back_its_writes() {
-    let (engine, bank) = engine(200).await;
+async fn an_oversized_step_output_fails_the_step_and_rolls_back_its_writes<A: App>() {
+    let (engine, bank) = engine::<A>(200).await;
     // The step's output (250 bytes) is over the limit: its transaction rolls
     // back, and the failure is recorded as the step's outcome.
-    let handle = engine.start::<Echo>(("y".repeat(50), 5)).await.unwrap();
+    let handle = engine.start::<Echo<A>>(("y".repeat(50), 5)).await.unwrap();
     let err = handle.result().await.unwrap_err();
     // The workflow's own output (the failure text repeated) is over the limit
     // too, so the workflow ends in ERROR with that message.
@@ -131,26 +138,22 @@ async fn an_oversized_step_output_fails_the_step_and_rolls_back_its_writes() {
         "{err}"
     );
     assert_eq!(
-        bank.scalar("SELECT count(*) FROM ledger").await,
+        bank.ledger_rows(None).await,
         0,
         "the step's write rolled back"
     );
-    let step: (Option<String>, Option<String>) =
-        sqlx::query_as("SELECT output::text, error FROM tandem.steps WHERE workflow_id = $1")
-            .bind(handle.workflow_id())
-            .fetch_one(&bank.pool)
-            .await
-            .unwrap();
-    assert_eq!(step.0, None);
+    let steps = bank.steps_of(handle.workflow_id()).await;
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].output, None);
+    let error = steps[0].error.clone().unwrap();
     assert!(
-        step.1
-            .unwrap()
-            .contains("output of step 0 (\"repeat\") is 252 bytes")
+        error.contains("output of step 0 (\"repeat\") is 252 bytes"),
+        "{error}"
     );
 
     // Within the limit, the same workflow succeeds and applies its write.
-    let ok = engine.start::<Echo>(("z".into(), 3)).await.unwrap();
+    let ok = engine.start::<Echo<A>>(("z".into(), 3)).await.unwrap();
     assert_eq!(ok.result().await.unwrap(), "zzz");
-    assert_eq!(bank.scalar("SELECT count(*) FROM ledger").await, 1);
+    assert_eq!(bank.ledger_rows(None).await, 1);
     engine.shutdown().await;
 }

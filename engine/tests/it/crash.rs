@@ -1,13 +1,16 @@
-//! Exactly-once under SIGKILL: a child process running transfers is killed
-//! at random moments and restarted, again and again.
+//! Exactly-once under crashes: on PostgreSQL a child process running
+//! transfers is killed (SIGKILL) at random moments and restarted, again and
+//! again; on the memory model an in-process engine is crashed the same way.
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use rand::{Rng, SeedableRng};
 use tandem::{Engine, PgStorage};
 
-use crate::support::{self, Bank, Transfer, TransferInput};
+use crate::support::{self, App, CrashEnv, MemApp, PgApp, Probe, Transfer, TransferInput};
 
 const WORKER_URL: &str = "TANDEM_IT_WORKER_URL";
 const TRANSFERS: usize = 600;
@@ -41,7 +44,7 @@ async fn worker_process() {
     let engine = Engine::builder(storage)
         .executor_id("worker")
         .register(Transfer {
-            notifications: pool,
+            app: PgApp { pool },
         })
         .launch()
         .await
@@ -53,7 +56,7 @@ async fn worker_process() {
         for (id, t) in ids.iter().zip(transfers) {
             handles.push(
                 engine
-                    .start_with_id::<Transfer>(id.clone(), t.clone())
+                    .start_with_id::<Transfer<PgApp>>(id.clone(), t.clone())
                     .await
                     .unwrap(),
             );
@@ -69,7 +72,7 @@ async fn worker_process() {
 async fn transfers_are_exact_under_repeated_sigkill() {
     let url = support::database().await;
     let storage = PgStorage::connect(&url).await.unwrap();
-    let bank = Bank::create(storage.pool().clone(), 10, 1_000).await;
+    let bank = PgApp::bank_on(&storage, 10, 1_000).await;
     // The schema must exist before the first check; the worker migrates too.
     storage_migrate(&storage).await;
 
@@ -163,4 +166,106 @@ async fn transfers_are_exact_under_repeated_sigkill() {
 async fn storage_migrate(storage: &PgStorage) {
     use tandem::storage::Storage;
     storage.migrate().await.unwrap();
+}
+
+/// Memory only: on PostgreSQL an aborted task's sqlx transaction is not
+/// rolled back at once (the ROLLBACK is queued until its pooled connection
+/// is next used), so its locks stall the next engine, which a real crash
+/// (the SIGKILL test above) never does.
+#[tokio::test]
+async fn mem_transfers_are_exact_under_repeated_in_process_crashes() {
+    transfers_are_exact_under_repeated_in_process_crashes::<MemApp>().await;
+}
+
+/// The in-process counterpart of the SIGKILL test: an
+/// engine whose every task is aborted at whatever await point it is parked
+/// (mid-transaction, between a side effect and its checkpoint, during a
+/// commit), again and again after a random number of commits, then a final
+/// engine finishes the work. The database (server or model) survives each
+/// crash; the executor's memory does not.
+async fn transfers_are_exact_under_repeated_in_process_crashes<A: App>() {
+    const CRASHES: usize = 8;
+    let (storage, bank) = support::bank::<A>().await;
+    let probe = Probe::new(storage);
+    let transfers: Vec<TransferInput> = support::transfers(120, 10)
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| TransferInput {
+            notify_delay_ms: (i % 3) as u64,
+            ..t
+        })
+        .collect();
+    let ids = ids(transfers.len());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let launch = |env: Option<CrashEnv>| {
+        let mut builder = Engine::builder(probe.clone())
+            .executor_id("worker")
+            .register(Transfer {
+                app: bank.app.clone(),
+            });
+        if let Some(env) = env {
+            builder = builder.env(env);
+        }
+        builder.launch()
+    };
+    let start_all = async |engine: &Engine<Probe<A::Storage>>| {
+        let mut handles = Vec::new();
+        for (id, t) in ids.iter().zip(&transfers) {
+            handles.push(
+                engine
+                    .start_with_id::<Transfer<A>>(id.clone(), t.clone())
+                    .await
+                    .unwrap(),
+            );
+        }
+        handles
+    };
+    let finished = async || {
+        let workflows = bank.app.workflows().await;
+        workflows
+            .iter()
+            .filter(|w| w.status == tandem::Status::Success)
+            .count()
+    };
+    let mut crashes_mid_work = 0;
+    for round in 0..CRASHES {
+        let crash = CrashEnv::default();
+        // The first engine starts every transfer and crashes as soon as the
+        // last start returns; later ones resume the unfinished workflows on
+        // launch and crash after a few more commits.
+        let engine = launch(Some(crash.clone())).await.unwrap();
+        if round == 0 {
+            start_all(&engine).await;
+        } else {
+            let target = probe.state.commits.load(Ordering::SeqCst) + rng.gen_range(3..25);
+            while probe.state.commits.load(Ordering::SeqCst) < target
+                && finished().await < transfers.len()
+            {
+                tokio::task::yield_now().await;
+            }
+        }
+        crash.crash();
+        if finished().await < transfers.len() {
+            crashes_mid_work += 1;
+        }
+    }
+    assert!(
+        crashes_mid_work >= CRASHES / 2,
+        "only {crashes_mid_work} crashes landed while work remained"
+    );
+
+    let engine = launch(None).await.unwrap();
+    for handle in start_all(&engine).await {
+        handle.result().await.unwrap();
+    }
+    support::assert_transfers_exact(&bank, &ids, &transfers).await;
+    let resumed = bank
+        .app
+        .workflows()
+        .await
+        .iter()
+        .filter(|w| w.owner_epoch > 1)
+        .count();
+    assert!(resumed > 0, "some workflows were interrupted and resumed");
+    engine.shutdown().await;
 }

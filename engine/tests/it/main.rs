@@ -1,8 +1,11 @@
-//! Integration tests of the engine against a real PostgreSQL server (a
-//! throw-away cluster unless `DATABASE_URL` is set).
+//! Integration tests of the engine, on a real PostgreSQL server (a
+//! throw-away cluster unless `DATABASE_URL` is set) and on the memory model:
+//! the behaviour tests run on both backends, and the conformance suite
+//! compares the two directly.
 
 mod bad_input;
 mod cli;
+mod conformance;
 mod crash;
 mod executors;
 mod faults;

@@ -6,17 +6,17 @@ use std::time::Duration;
 use tandem::testing::PgCluster;
 use tandem::{Engine, PgStorage};
 
-use crate::support::{self, Bank, Transfer, TransferInput};
+use crate::support::{self, PgApp, Transfer, TransferInput};
 
 #[tokio::test]
 async fn in_flight_workflows_finish_exactly_once_across_server_crashes() {
     let cluster = PgCluster::start_owned().await.unwrap();
     let url = cluster.create_database().await.unwrap();
     let storage = PgStorage::connect(&url).await.unwrap();
-    let bank = Bank::create(storage.pool().clone(), 10, 1_000).await;
+    let bank = PgApp::bank_on(&storage, 10, 1_000).await;
     let engine = Engine::builder(storage)
         .register(Transfer {
-            notifications: bank.pool.clone(),
+            app: bank.app.clone(),
         })
         .launch()
         .await
@@ -34,7 +34,7 @@ async fn in_flight_workflows_finish_exactly_once_across_server_crashes() {
         .collect();
     let mut handles = Vec::new();
     for t in &transfers {
-        handles.push(engine.start::<Transfer>(t.clone()).await.unwrap());
+        handles.push(engine.start::<Transfer<PgApp>>(t.clone()).await.unwrap());
     }
     let ids: Vec<String> = handles.iter().map(|h| h.workflow_id().to_owned()).collect();
 

@@ -1,16 +1,27 @@
-//! Workflow behaviour on PostgreSQL: steps, commits, idempotent start,
+//! Workflow behaviour, on both backends: steps, commits, idempotent start,
 //! replay, non-determinism, recovery and fencing.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sqlx::PgConnection;
-use tandem::storage::Storage;
-use tandem::{Engine, Error, PgStorage, RetryPolicy, Workflow, WorkflowContext, WorkflowError};
+use tandem::storage::{StepKind, Storage};
+use tandem::{Engine, Error, RetryPolicy, Workflow, WorkflowContext, WorkflowError};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::support::{self, Bank, CrashEnv, Probe, Receipt, Transfer, TransferInput, apply};
+use crate::support::{self, App, CrashEnv, Probe, Receipt, Transfer, TransferInput, both};
+
+both!(
+    transfer_commits_once_per_step_plus_start_and_completion,
+    starting_an_existing_id_attaches_to_the_first_run,
+    an_id_owned_by_another_workflow_is_a_conflict,
+    a_restarted_engine_resumes_from_the_last_checkpoint,
+    a_renamed_step_on_replay_fails_the_workflow_naming_both,
+    a_zombie_execution_is_fenced_and_its_writes_roll_back,
+    a_plain_step_retries_per_policy,
+    a_step_failure_is_recorded_and_replayed_like_an_output,
+);
 
 fn input(from: i64, to: i64, amount: i64) -> TransferInput {
     TransferInput {
@@ -21,20 +32,19 @@ fn input(from: i64, to: i64, amount: i64) -> TransferInput {
     }
 }
 
-#[tokio::test]
-async fn transfer_commits_once_per_step_plus_start_and_completion() {
-    let (storage, bank) = support::bank().await;
+async fn transfer_commits_once_per_step_plus_start_and_completion<A: App>() {
+    let (storage, bank) = support::bank::<A>().await;
     let probe = Probe::new(storage);
     let engine = Engine::builder(probe.clone())
         .register(Transfer {
-            notifications: bank.pool.clone(),
+            app: bank.app.clone(),
         })
         .launch()
         .await
         .unwrap();
     probe.state.commits.store(0, Ordering::SeqCst);
 
-    let handle = engine.start::<Transfer>(input(1, 2, 30)).await.unwrap();
+    let handle = engine.start::<Transfer<A>>(input(1, 2, 30)).await.unwrap();
     let receipt = handle.result().await.unwrap();
 
     assert_eq!(
@@ -48,36 +58,31 @@ async fn transfer_commits_once_per_step_plus_start_and_completion() {
     // first execution never reads its history.
     assert_eq!(probe.state.commits.load(Ordering::SeqCst), 5);
     assert_eq!(probe.state.reads.load(Ordering::SeqCst), 0);
-    let steps: Vec<(i32, String, String, i32)> = sqlx::query_as(
-        "SELECT step_id, name, kind, owner_epoch::int FROM tandem.steps WHERE workflow_id = $1 ORDER BY step_id",
-    )
-    .bind(handle.workflow_id())
-    .fetch_all(&bank.pool)
-    .await
-    .unwrap();
+    let steps: Vec<(i32, String, StepKind, i64)> = bank
+        .steps_of(handle.workflow_id())
+        .await
+        .into_iter()
+        .map(|s| (s.step_id, s.name, s.kind, s.owner_epoch))
+        .collect();
     let expected = [
-        (0, "debit", "transaction"),
-        (1, "notify", "step"),
-        (2, "credit", "transaction"),
+        (0, "debit", StepKind::Transaction),
+        (1, "notify", StepKind::Plain),
+        (2, "credit", StepKind::Transaction),
     ];
     assert_eq!(steps.len(), 3);
     for ((id, name, kind, epoch), (eid, ename, ekind)) in steps.iter().zip(expected) {
-        assert_eq!(
-            (*id, name.as_str(), kind.as_str(), *epoch),
-            (eid, ename, ekind, 1)
-        );
+        assert_eq!((*id, name.as_str(), *kind, *epoch), (eid, ename, ekind, 1));
     }
     engine.shutdown().await;
 }
 
-#[tokio::test]
-async fn starting_an_existing_id_attaches_to_the_first_run() {
-    let (storage, bank) = support::bank().await;
+async fn starting_an_existing_id_attaches_to_the_first_run<A: App>() {
+    let (storage, bank) = support::bank::<A>().await;
     let launch = |executor: &'static str| {
         Engine::builder(storage.clone())
             .executor_id(executor)
             .register(Transfer {
-                notifications: bank.pool.clone(),
+                app: bank.app.clone(),
             })
             .launch()
     };
@@ -85,27 +90,24 @@ async fn starting_an_existing_id_attaches_to_the_first_run() {
 
     // Two engines race to start the same ID with different inputs.
     let (ha, hb) = tokio::join!(
-        a.start_with_id::<Transfer>("same", input(1, 2, 10)),
-        b.start_with_id::<Transfer>("same", input(3, 4, 99)),
+        a.start_with_id::<Transfer<A>>("same", input(1, 2, 10)),
+        b.start_with_id::<Transfer<A>>("same", input(3, 4, 99)),
     );
     let (ra, rb) = (
         ha.unwrap().result().await.unwrap(),
         hb.unwrap().result().await.unwrap(),
     );
     assert_eq!(ra, rb, "both handles see the one run");
-    assert_eq!(
-        bank.scalar("SELECT count(*) FROM tandem.workflows").await,
-        1
-    );
+    assert_eq!(bank.workflow_count().await, 1);
     assert_eq!(bank.ledger_counts().await.len(), 2, "one debit, one credit");
 
     // Starting it again once finished returns the same result, runs nothing.
     let again = a
-        .start_with_id::<Transfer>("same", input(5, 6, 1))
+        .start_with_id::<Transfer<A>>("same", input(5, 6, 1))
         .await
         .unwrap();
     assert_eq!(again.result().await.unwrap(), ra);
-    assert_eq!(bank.scalar("SELECT count(*) FROM ledger").await, 2);
+    assert_eq!(bank.ledger_rows(None).await, 2);
     let moved = bank.balances().await;
     assert!(
         moved == bank.expected_balances(&[input(1, 2, 10)])
@@ -118,22 +120,21 @@ async fn starting_an_existing_id_attaches_to_the_first_run() {
 /// A workflow with a different persisted name, for ID conflicts.
 struct Other;
 
-impl Workflow<PgStorage> for Other {
+impl<S: Storage> Workflow<S> for Other {
     const NAME: &'static str = "other";
     type Input = ();
     type Output = ();
 
-    async fn run(&self, _: &mut WorkflowContext<PgStorage>, _: ()) -> Result<(), WorkflowError> {
+    async fn run(&self, _: &mut WorkflowContext<S>, _: ()) -> Result<(), WorkflowError> {
         Ok(())
     }
 }
 
-#[tokio::test]
-async fn an_id_owned_by_another_workflow_is_a_conflict() {
-    let (storage, bank) = support::bank().await;
+async fn an_id_owned_by_another_workflow_is_a_conflict<A: App>() {
+    let (storage, bank) = support::bank::<A>().await;
     let engine = Engine::builder(storage)
         .register(Transfer {
-            notifications: bank.pool.clone(),
+            app: bank.app.clone(),
         })
         .register(Other)
         .launch()
@@ -147,14 +148,14 @@ async fn an_id_owned_by_another_workflow_is_a_conflict() {
         .await
         .unwrap();
     let err = engine
-        .start_with_id::<Transfer>("taken", input(1, 2, 3))
+        .start_with_id::<Transfer<A>>("taken", input(1, 2, 3))
         .await
         .unwrap_err();
     assert!(
         matches!(&err, Error::WorkflowConflict { existing, requested, .. } if existing == "other" && requested == "transfer"),
         "{err}"
     );
-    assert_eq!(bank.scalar("SELECT count(*) FROM ledger").await, 0);
+    assert_eq!(bank.ledger_rows(None).await, 0);
     engine.shutdown().await;
 }
 
@@ -162,33 +163,35 @@ async fn an_id_owned_by_another_workflow_is_a_conflict() {
 /// workflow mid-way. `first_step` names step 0, so a second version of the
 /// code can rename it.
 /// Each execution reports how its second step ended.
-struct Gated {
+struct Gated<A> {
     gate: Arc<Semaphore>,
     first_step: &'static str,
     report: mpsc::UnboundedSender<String>,
+    app: PhantomData<fn() -> A>,
 }
 
-impl Gated {
-    fn new(first_step: &'static str) -> (Gated, Arc<Semaphore>) {
+impl<A: App> Gated<A> {
+    fn new(first_step: &'static str) -> (Gated<A>, Arc<Semaphore>) {
         let (gated, gate, _) = Gated::reporting(first_step);
         (gated, gate)
     }
 
     fn reporting(
         first_step: &'static str,
-    ) -> (Gated, Arc<Semaphore>, mpsc::UnboundedReceiver<String>) {
+    ) -> (Gated<A>, Arc<Semaphore>, mpsc::UnboundedReceiver<String>) {
         let gate = Arc::new(Semaphore::new(0));
         let (report, reports) = mpsc::unbounded_channel();
         let gated = Gated {
             gate: gate.clone(),
             first_step,
             report,
+            app: PhantomData,
         };
         (gated, gate, reports)
     }
 }
 
-impl<S: Storage<Conn = PgConnection>> Workflow<S> for Gated {
+impl<A: App, S: Storage<Conn = <A::Storage as Storage>::Conn>> Workflow<S> for Gated<A> {
     const NAME: &'static str = "gated";
     type Input = i64;
     type Output = (i64, i64);
@@ -202,14 +205,14 @@ impl<S: Storage<Conn = PgConnection>> Workflow<S> for Gated {
         let first = ctx
             .transaction(self.first_step, {
                 let id = id.clone();
-                async move |tx| apply(tx, &id, "first", 0, amount).await
+                async move |tx| A::apply(tx, &id, "first", 0, amount).await
             })
             .await?;
         // Outside any step: a crash or takeover can land here.
         self.gate.acquire().await?.forget();
         let second = ctx
             .transaction("second", async move |tx| {
-                apply(tx, &id, "second", 1, amount).await
+                A::apply(tx, &id, "second", 1, amount).await
             })
             .await;
         let _ = self.report.send(match &second {
@@ -220,39 +223,24 @@ impl<S: Storage<Conn = PgConnection>> Workflow<S> for Gated {
     }
 }
 
-/// Waits until workflow `id` has `n` recorded steps.
-async fn wait_for_steps(bank: &Bank, id: &str, n: i64) {
-    for _ in 0..1000 {
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM tandem.steps WHERE workflow_id = $1")
-                .bind(id)
-                .fetch_one(&bank.pool)
-                .await
-                .unwrap();
-        if count >= n {
-            return;
-        }
-        support::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("workflow {id} never reached {n} steps");
-}
-
-#[tokio::test]
-async fn a_restarted_engine_resumes_from_the_last_checkpoint() {
-    let (storage, bank) = support::bank().await;
+async fn a_restarted_engine_resumes_from_the_last_checkpoint<A: App>() {
+    let (storage, bank) = support::bank::<A>().await;
     let crash = CrashEnv::default();
-    let (gated, _closed_gate) = Gated::new("first");
+    let (gated, _closed_gate) = Gated::<A>::new("first");
     let engine = Engine::builder(storage.clone())
         .env(crash.clone())
         .register(gated)
         .launch()
         .await
         .unwrap();
-    let handle = engine.start_with_id::<Gated>("resume-me", 5).await.unwrap();
-    wait_for_steps(&bank, "resume-me", 1).await;
+    let handle = engine
+        .start_with_id::<Gated<A>>("resume-me", 5)
+        .await
+        .unwrap();
+    bank.wait_for_steps("resume-me", 1).await;
     crash.crash();
 
-    let (gated, gate) = Gated::new("first");
+    let (gated, gate) = Gated::<A>::new("first");
     gate.add_permits(1);
     let restarted = Engine::builder(storage)
         .register(gated)
@@ -273,11 +261,12 @@ async fn a_restarted_engine_resumes_from_the_last_checkpoint() {
             ("resume-me".into(), "second".into(), 1)
         ]
     );
-    let epochs: Vec<(i32, i64)> =
-        sqlx::query_as("SELECT step_id, owner_epoch FROM tandem.steps ORDER BY step_id")
-            .fetch_all(&bank.pool)
-            .await
-            .unwrap();
+    let epochs: Vec<(i32, i64)> = bank
+        .steps_of("resume-me")
+        .await
+        .into_iter()
+        .map(|s| (s.step_id, s.owner_epoch))
+        .collect();
     assert_eq!(
         epochs,
         vec![(0, 1), (1, 2)],
@@ -287,22 +276,24 @@ async fn a_restarted_engine_resumes_from_the_last_checkpoint() {
     restarted.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_renamed_step_on_replay_fails_the_workflow_naming_both() {
-    let (storage, bank) = support::bank().await;
+async fn a_renamed_step_on_replay_fails_the_workflow_naming_both<A: App>() {
+    let (storage, bank) = support::bank::<A>().await;
     let crash = CrashEnv::default();
-    let (v1, _gate) = Gated::new("first");
+    let (v1, _gate) = Gated::<A>::new("first");
     let engine = Engine::builder(storage.clone())
         .env(crash.clone())
         .register(v1)
         .launch()
         .await
         .unwrap();
-    engine.start_with_id::<Gated>("evolving", 5).await.unwrap();
-    wait_for_steps(&bank, "evolving", 1).await;
+    engine
+        .start_with_id::<Gated<A>>("evolving", 5)
+        .await
+        .unwrap();
+    bank.wait_for_steps("evolving", 1).await;
     crash.crash();
 
-    let (v2, gate) = Gated::new("first_renamed");
+    let (v2, gate) = Gated::<A>::new("first_renamed");
     gate.add_permits(1);
     let engine = Engine::builder(storage)
         .register(v2)
@@ -324,29 +315,27 @@ async fn a_renamed_step_on_replay_fails_the_workflow_naming_both() {
             && message.contains("non-deterministic"),
         "{message}"
     );
-    assert_eq!(
-        bank.scalar("SELECT count(*) FROM ledger WHERE step = 'second'")
-            .await,
-        0
-    );
+    assert_eq!(bank.ledger_rows(Some("second")).await, 0);
     engine.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_zombie_execution_is_fenced_and_its_writes_roll_back() {
-    let (storage, bank) = support::bank().await;
-    let (zombie_code, zombie_gate, mut zombie_reports) = Gated::reporting("first");
+async fn a_zombie_execution_is_fenced_and_its_writes_roll_back<A: App>() {
+    let (storage, bank) = support::bank::<A>().await;
+    let (zombie_code, zombie_gate, mut zombie_reports) = Gated::<A>::reporting("first");
     let zombie = Engine::builder(storage.clone())
         .register(zombie_code)
         .launch()
         .await
         .unwrap();
-    let zombie_handle = zombie.start_with_id::<Gated>("contested", 7).await.unwrap();
-    wait_for_steps(&bank, "contested", 1).await;
+    let zombie_handle = zombie
+        .start_with_id::<Gated<A>>("contested", 7)
+        .await
+        .unwrap();
+    bank.wait_for_steps("contested", 1).await;
 
     // A second incarnation of the same executor takes the workflow over while
     // the first still runs (it is parked at its gate, not dead).
-    let (live_code, live_gate) = Gated::new("first");
+    let (live_code, live_gate) = Gated::<A>::new("first");
     let live = Engine::builder(storage)
         .register(live_code)
         .launch()
@@ -358,11 +347,7 @@ async fn a_zombie_execution_is_fenced_and_its_writes_roll_back() {
     zombie_gate.add_permits(1);
     let zombie_second = zombie_reports.recv().await.unwrap();
     assert!(zombie_second.contains("fenced"), "{zombie_second}");
-    assert_eq!(
-        bank.scalar("SELECT count(*) FROM ledger WHERE step = 'second'")
-            .await,
-        0
-    );
+    assert_eq!(bank.ledger_rows(Some("second")).await, 0);
     live_gate.add_permits(1);
     let result = live
         .handle::<(i64, i64)>("contested")
@@ -372,17 +357,20 @@ async fn a_zombie_execution_is_fenced_and_its_writes_roll_back() {
     assert_eq!(zombie_handle.result().await.unwrap(), result);
 
     assert_eq!(result, (1007, 1007));
-    assert_eq!(
-        bank.scalar("SELECT count(*) FROM ledger WHERE step = 'second'")
-            .await,
-        1
-    );
+    assert_eq!(bank.ledger_rows(Some("second")).await, 1);
     assert_eq!(bank.balances().await[..2], [1007, 1007]);
-    let epoch: i64 = sqlx::query_scalar("SELECT owner_epoch FROM tandem.steps WHERE step_id = 1")
-        .fetch_one(&bank.pool)
+    let epochs: Vec<i64> = bank
+        .steps_of("contested")
         .await
-        .unwrap();
-    assert_eq!(epoch, 2, "only the live execution's checkpoint exists");
+        .into_iter()
+        .filter(|s| s.step_id == 1)
+        .map(|s| s.owner_epoch)
+        .collect();
+    assert_eq!(
+        epochs,
+        vec![2],
+        "only the live execution's checkpoint exists"
+    );
     zombie.shutdown().await;
     live.shutdown().await;
 }
@@ -395,16 +383,12 @@ struct Flaky {
     gate: Arc<Semaphore>,
 }
 
-impl Workflow<PgStorage> for Flaky {
+impl<S: Storage> Workflow<S> for Flaky {
     const NAME: &'static str = "flaky";
     type Input = ();
     type Output = String;
 
-    async fn run(
-        &self,
-        ctx: &mut WorkflowContext<PgStorage>,
-        _: (),
-    ) -> Result<String, WorkflowError> {
+    async fn run(&self, ctx: &mut WorkflowContext<S>, _: ()) -> Result<String, WorkflowError> {
         let outcome = ctx
             .step_with("call", self.policy.clone(), || async {
                 let call = self.calls.fetch_add(1, Ordering::SeqCst);
@@ -430,9 +414,8 @@ fn quick_retries(attempts: u32) -> RetryPolicy {
     }
 }
 
-#[tokio::test]
-async fn a_plain_step_retries_per_policy() {
-    let (storage, bank) = support::bank().await;
+async fn a_plain_step_retries_per_policy<A: App>() {
+    let (storage, bank) = support::bank::<A>().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(1));
     let engine = Engine::builder(storage)
@@ -448,17 +431,18 @@ async fn a_plain_step_retries_per_policy() {
     let handle = engine.start::<Flaky>(()).await.unwrap();
     assert_eq!(handle.result().await.unwrap(), "ok after 2");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM tandem.steps")
-        .fetch_one(&bank.pool)
+    let attempts: Vec<i32> = bank
+        .steps_of(handle.workflow_id())
         .await
-        .unwrap();
-    assert_eq!(attempts, 3);
+        .into_iter()
+        .map(|s| s.attempts)
+        .collect();
+    assert_eq!(attempts, vec![3]);
     engine.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_step_failure_is_recorded_and_replayed_like_an_output() {
-    let (storage, bank) = support::bank().await;
+async fn a_step_failure_is_recorded_and_replayed_like_an_output<A: App>() {
+    let (storage, bank) = support::bank::<A>().await;
     let crash = CrashEnv::default();
     let calls = Arc::new(AtomicUsize::new(0));
     let engine = Engine::builder(storage.clone())
@@ -473,7 +457,7 @@ async fn a_step_failure_is_recorded_and_replayed_like_an_output() {
         .await
         .unwrap();
     engine.start_with_id::<Flaky>("fails", ()).await.unwrap();
-    wait_for_steps(&bank, "fails", 1).await;
+    bank.wait_for_steps("fails", 1).await;
     crash.crash();
     assert_eq!(
         calls.load(Ordering::SeqCst),

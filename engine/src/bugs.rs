@@ -1,0 +1,101 @@
+//! Planted bugs: deliberately broken engine variants for the simulator.
+//!
+//! The simulator (`sim`) must be shown to catch real bugs, so the engine
+//! carries a handful of one-line hooks (`if crate::bugs::active(Bug::X)`)
+//! that switch on a known-wrong behaviour. Without the `planted-bugs`
+//! feature `active` is a constant `false` and the hooks compile away; only
+//! the `sim` crate enables the feature. The switch is per thread because
+//! madsim runs one simulation on one thread, while the test harness runs
+//! several simulations on parallel threads.
+
+/// A deliberately wrong engine behaviour. Each variant names the guarantee
+/// it breaks and the invariant of the simulator that should catch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Bug {
+    /// A transactional step commits the application's writes, then records
+    /// its checkpoint in a second transaction: a crash or lost
+    /// acknowledgement in between applies the effects twice.
+    SplitCheckpoint,
+    /// Replay re-executes plain steps that are already recorded.
+    ReplayRerunsPlain,
+    /// A transactional step whose closure failed with a lost connection is
+    /// recorded as failed instead of retried.
+    ConnLossNotRetried,
+    /// A transactional step that hit a serialization failure or deadlock is
+    /// recorded as failed instead of retried.
+    ConflictNotRetried,
+    /// A COMMIT whose outcome is unknown (lost connection) is assumed to
+    /// have succeeded: the step may never be applied at all.
+    CommitAssumedOnError,
+    /// Launch does not resume the executor's unfinished workflows.
+    NoRecoveryOnLaunch,
+    /// Recovery runs a workflow under its old owner epoch instead of the
+    /// bumped one: every write of the new execution is fenced off.
+    StaleEpochOnRecovery,
+}
+
+impl Bug {
+    /// Every planted bug.
+    pub const ALL: [Bug; 7] = [
+        Bug::SplitCheckpoint,
+        Bug::ReplayRerunsPlain,
+        Bug::ConnLossNotRetried,
+        Bug::ConflictNotRetried,
+        Bug::CommitAssumedOnError,
+        Bug::NoRecoveryOnLaunch,
+        Bug::StaleEpochOnRecovery,
+    ];
+}
+
+#[cfg(feature = "planted-bugs")]
+thread_local! {
+    static ACTIVE: std::cell::Cell<Option<Bug>> = const { std::cell::Cell::new(None) };
+}
+
+/// Switches `bug` on (or all bugs off) for engines running on this thread.
+#[cfg(feature = "planted-bugs")]
+pub fn set(bug: Option<Bug>) {
+    ACTIVE.with(|a| a.set(bug));
+}
+
+/// Whether `bug` is switched on for this thread.
+#[cfg(feature = "planted-bugs")]
+pub fn active(bug: Bug) -> bool {
+    ACTIVE.with(|a| a.get()) == Some(bug)
+}
+
+/// Whether `bug` is switched on: never, without the `planted-bugs` feature.
+#[cfg(not(feature = "planted-bugs"))]
+#[inline(always)]
+pub fn active(_bug: Bug) -> bool {
+    false
+}
+
+/// [`Bug::ConnLossNotRetried`] / [`Bug::ConflictNotRetried`]: whether an
+/// application error of this kind must (wrongly) not be retried.
+pub(crate) fn not_retried(kind: Option<crate::storage::ErrorKind>) -> bool {
+    use crate::storage::ErrorKind;
+    (active(Bug::ConnLossNotRetried) && kind == Some(ErrorKind::Unavailable))
+        || (active(Bug::ConflictNotRetried) && kind == Some(ErrorKind::Conflict))
+}
+
+/// [`Bug::SplitCheckpoint`]: commits the step's writes now and returns a
+/// fresh transaction for the checkpoint.
+pub(crate) async fn split_transaction<S: crate::storage::Storage>(tx: S::Tx, storage: &S) -> S::Tx {
+    use crate::storage::Transaction as _;
+    let _ = tx.commit().await;
+    loop {
+        if let Ok(tx) = storage.begin().await {
+            return tx;
+        }
+    }
+}
+
+/// [`Bug::StaleEpochOnRecovery`]: the recovered row with its old epoch.
+pub(crate) fn stale_epoch(mut row: crate::storage::WorkflowRow) -> crate::storage::WorkflowRow {
+    if active(Bug::StaleEpochOnRecovery) {
+        row.owner_epoch -= 1;
+    }
+    row
+}

@@ -1,0 +1,893 @@
+//! The scenario harness: sessions that each hold one transaction, steps
+//! issued one at a time, and after each step a wait until every session is
+//! either done or blocked, as PostgreSQL's isolation tester does. On
+//! PostgreSQL blocking is detected with `pg_isolation_test_session_is_blocked`
+//! (never with sleeps); on the model with `MemStorage::is_waiting`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+use tandem::storage::memory::{LockWait, MemConn, MemError, RowLock, Scan};
+use tandem::storage::{
+    ErrorKind, Status, StepKind, StepRecord, StepRecorded, Storage, StorageError, StorageResult,
+    Transaction, WorkflowComplete, WorkflowInsert, WorkflowInserted, WorkflowsRecover,
+};
+use tandem::{MemStorage, PgStorage};
+use tokio::sync::{mpsc, oneshot};
+
+/// One step of a session: an engine storage operation, an application
+/// statement on `jobs (id bigint PRIMARY KEY, owner bigint)`, or the end of
+/// the session's transaction. The next operation after an end begins a new
+/// transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    WfInsert(&'static str, &'static str),
+    WfGet(&'static str),
+    WfComplete(&'static str, i64),
+    /// Executor, and optionally one workflow.
+    WfRecover(&'static str, Option<&'static str>),
+    StepsLoad(&'static str),
+    /// Workflow, step ID, owner epoch.
+    StepRecord(&'static str, i32, i64),
+    /// `SELECT id FROM jobs [WHERE owner IS NULL] ORDER BY id LIMIT 1 [lock]`.
+    Select {
+        unowned: bool,
+        lock: Option<RowLock>,
+    },
+    /// `UPDATE jobs SET owner = $1 WHERE id = (SELECT id FROM jobs WHERE
+    /// owner IS NULL ORDER BY id LIMIT 1 FOR UPDATE) RETURNING id`.
+    ClaimLocked(i64),
+    /// `UPDATE jobs SET owner = $1 WHERE id = (SELECT min(id) FROM jobs
+    /// WHERE owner IS NULL) [AND owner IS NULL] RETURNING id`: no row lock
+    /// in the subquery.
+    ClaimUnlocked {
+        owner: i64,
+        recheck: bool,
+    },
+    /// `SELECT owner FROM jobs WHERE id = $1`.
+    Read(i64),
+    /// `UPDATE jobs SET owner = $2 WHERE id = $1 RETURNING owner`.
+    Set(i64, i64),
+    /// `UPDATE jobs SET owner = coalesce(owner, 0) + 1 WHERE id = $1
+    /// RETURNING owner`.
+    Incr(i64),
+    /// `INSERT INTO jobs VALUES ($1, NULL) [ON CONFLICT DO NOTHING]`.
+    InsertJob {
+        id: i64,
+        do_nothing: bool,
+    },
+    Commit,
+    Rollback,
+    /// The connection drops (on PostgreSQL: `pg_terminate_backend`).
+    Disconnect,
+}
+
+/// The state before the steps: jobs `(id, owner)` and `RUNNING` workflows
+/// `(id, executor)` at epoch 1.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    pub jobs: Vec<(i64, Option<i64>)>,
+    pub workflows: Vec<(&'static str, &'static str)>,
+}
+
+/// A backend the harness can drive.
+pub trait Backend: Send + Sync + 'static {
+    type S: Storage<Tx: 'static>;
+
+    fn storage(&self) -> &Self::S;
+    /// Empties every table and applies `setup`.
+    fn reset(&self, setup: &Setup) -> impl Future<Output = ()> + Send;
+    /// A session identifier for blocking detection, taken right after begin.
+    fn tx_id(tx: &mut <Self::S as Storage>::Tx) -> impl Future<Output = u64> + Send;
+    /// Whether session `id` waits for one of `others`.
+    fn blocked(&self, id: u64, others: &[u64]) -> impl Future<Output = bool> + Send;
+    /// Whether `ids` wait for each other in a cycle the database has not
+    /// broken yet (PostgreSQL checks after `deadlock_timeout`).
+    fn deadlock_pending(&self, ids: &[u64]) -> impl Future<Output = bool> + Send;
+    /// Drops session `id`'s connection.
+    fn disconnect(&self, id: u64) -> impl Future<Output = ()> + Send;
+    fn app(
+        tx: &mut <Self::S as Storage>::Tx,
+        op: Op,
+    ) -> impl Future<Output = Result<String, String>> + Send;
+    /// Every table's committed rows.
+    fn dump(&self) -> impl Future<Output = String> + Send;
+    /// Lets the sessions make progress before looking again.
+    fn pause() -> impl Future<Output = ()> + Send;
+}
+
+/// The SQLSTATE of a failure, or its kind when it has none.
+fn error_label(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+            return format!("err {}", db.code().unwrap_or_default());
+        }
+        if let Some(mem) = e.downcast_ref::<MemError>() {
+            return format!("err {}", mem.sqlstate());
+        }
+        current = e.source();
+    }
+    format!("err {error}")
+}
+
+fn storage_label(e: &StorageError) -> String {
+    if e.kind() == ErrorKind::Fenced {
+        "fenced".to_owned()
+    } else {
+        error_label(e)
+    }
+}
+
+fn label<T>(r: StorageResult<T>, ok: impl FnOnce(T) -> String) -> String {
+    match r {
+        Ok(t) => ok(t),
+        Err(e) => storage_label(&e),
+    }
+}
+
+async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
+    Some(match op {
+        Op::WfInsert(id, executor) => label(
+            tx.workflow_insert(WorkflowInsert {
+                id: id.to_owned(),
+                name: "wf".to_owned(),
+                input: "null".to_owned(),
+                executor_id: executor.to_owned(),
+                now_ms: 0,
+            })
+            .await,
+            |r| match r {
+                WorkflowInserted::Inserted => "inserted".to_owned(),
+                WorkflowInserted::Existing(w) => format!(
+                    "existing e{} {} {}",
+                    w.owner_epoch,
+                    w.status,
+                    w.executor_id.unwrap_or_default()
+                ),
+            },
+        ),
+        Op::WfGet(id) => label(tx.workflow_get(id).await, |r| match r {
+            None => "none".to_owned(),
+            Some(w) => format!(
+                "e{} {} {}",
+                w.owner_epoch,
+                w.status,
+                w.executor_id.unwrap_or_default()
+            ),
+        }),
+        Op::WfComplete(id, epoch) => label(
+            tx.workflow_complete(WorkflowComplete {
+                id: id.to_owned(),
+                owner_epoch: epoch,
+                status: Status::Success,
+                output: Some("1".to_owned()),
+                error: None,
+                now_ms: 0,
+            })
+            .await,
+            |()| "ok".to_owned(),
+        ),
+        Op::WfRecover(executor, id) => label(
+            tx.workflows_recover(WorkflowsRecover {
+                executor_id: executor.to_owned(),
+                workflow_id: id.map(str::to_owned),
+                now_ms: 0,
+            })
+            .await,
+            |mut rows| {
+                // The row order of an UPDATE without ORDER BY is not part
+                // of the contract (and not modelled).
+                rows.sort_by(|a, b| a.id.cmp(&b.id));
+                let rows: Vec<String> = rows
+                    .iter()
+                    .map(|w| format!("{}:e{}", w.id, w.owner_epoch))
+                    .collect();
+                format!("[{}]", rows.join(", "))
+            },
+        ),
+        Op::StepsLoad(id) => label(tx.steps_load(id).await, |rows| {
+            format!("{:?}", rows.iter().map(|s| s.step_id).collect::<Vec<_>>())
+        }),
+        Op::StepRecord(id, step_id, epoch) => label(
+            tx.step_record(StepRecord {
+                workflow_id: id.to_owned(),
+                step_id,
+                name: "s".to_owned(),
+                kind: StepKind::Plain,
+                output: Some("1".to_owned()),
+                error: None,
+                owner_epoch: epoch,
+                attempts: 1,
+                started_ms: 0,
+                now_ms: 0,
+            })
+            .await,
+            |r| match r {
+                StepRecorded::Recorded => "recorded".to_owned(),
+                StepRecorded::Exists => "exists".to_owned(),
+            },
+        ),
+        _ => return None,
+    })
+}
+
+/// A session: a task owning at most one open transaction.
+struct Session {
+    ops: mpsc::UnboundedSender<(Op, oneshot::Sender<String>)>,
+    id: Arc<AtomicU64>,
+}
+
+impl Session {
+    #[allow(clippy::disallowed_methods)] // the harness runs sessions as tasks
+    fn spawn<B: Backend>(storage: B::S) -> Session {
+        let (ops, mut inbox) = mpsc::unbounded_channel::<(Op, oneshot::Sender<String>)>();
+        let id = Arc::new(AtomicU64::new(0));
+        let current = id.clone();
+        tokio::spawn(async move {
+            let mut tx: Option<<B::S as Storage>::Tx> = None;
+            while let Some((op, reply)) = inbox.recv().await {
+                let out = match op {
+                    Op::Commit => match tx.take() {
+                        Some(t) => label(t.commit().await, |()| "ok".to_owned()),
+                        None => "ok".to_owned(),
+                    },
+                    Op::Rollback => match tx.take() {
+                        Some(t) => label(t.rollback().await, |()| "ok".to_owned()),
+                        None => "ok".to_owned(),
+                    },
+                    Op::Disconnect => {
+                        drop(tx.take());
+                        "ok".to_owned()
+                    }
+                    op => {
+                        if tx.is_none() {
+                            let mut t = storage.begin().await.expect("begin");
+                            current.store(B::tx_id(&mut t).await, Ordering::SeqCst);
+                            tx = Some(t);
+                        }
+                        let t = tx.as_mut().expect("just begun");
+                        match engine_op(t, op).await {
+                            Some(out) => out,
+                            None => B::app(t, op).await.unwrap_or_else(|e| e),
+                        }
+                    }
+                };
+                if tx.is_none() {
+                    current.store(0, Ordering::SeqCst);
+                }
+                let _ = reply.send(out);
+            }
+        });
+        Session { ops, id }
+    }
+}
+
+fn op_label(op: Op) -> String {
+    match op {
+        Op::Select { unowned, lock } => {
+            let mut s = String::from("select");
+            if unowned {
+                s.push_str(" unowned");
+            }
+            if let Some(lock) = lock {
+                s.push_str(if lock.for_update {
+                    " for update"
+                } else {
+                    " for no key update"
+                });
+                match lock.wait {
+                    LockWait::SkipLocked => s.push_str(" skip locked"),
+                    LockWait::NoWait => s.push_str(" nowait"),
+                    _ => {}
+                }
+            }
+            s
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Runs `steps` (session index, operation) on `backend` after `setup` and
+/// returns the outcome log, one line per event, then the final tables.
+pub async fn run<B: Backend>(backend: &B, setup: &Setup, steps: &[(usize, Op)]) -> String {
+    backend.reset(setup).await;
+    let count = steps.iter().map(|(s, _)| s + 1).max().unwrap_or(0);
+    let sessions: Vec<Session> = (0..count)
+        .map(|_| Session::spawn::<B>(backend.storage().clone()))
+        .collect();
+    let mut pending: Vec<Option<oneshot::Receiver<String>>> = (0..count).map(|_| None).collect();
+    let mut log = String::new();
+    for &(s, op) in steps {
+        if pending[s].is_some() {
+            writeln!(log, "s{} {}: skipped (blocked)", s + 1, op_label(op)).unwrap();
+            continue;
+        }
+        if op == Op::Disconnect {
+            backend
+                .disconnect(sessions[s].id.load(Ordering::SeqCst))
+                .await;
+        }
+        let (reply, out) = oneshot::channel();
+        sessions[s].ops.send((op, reply)).expect("session alive");
+        pending[s] = Some(out);
+        let done = settle(backend, &sessions, &mut pending).await;
+        let mine = done.iter().find(|(d, _)| *d == s);
+        writeln!(
+            log,
+            "s{} {}: {}",
+            s + 1,
+            op_label(op),
+            mine.map_or("blocked", |(_, out)| out.as_str())
+        )
+        .unwrap();
+        for (d, out) in done.iter().filter(|(d, _)| *d != s) {
+            writeln!(log, "s{} done: {out}", d + 1).unwrap();
+        }
+    }
+    // Roll back whatever is still open, so that blocked sessions finish.
+    let mut rolled_back = vec![false; count];
+    loop {
+        for (d, out) in settle(backend, &sessions, &mut pending).await {
+            if !rolled_back[d] {
+                writeln!(log, "s{} done at end: {out}", d + 1).unwrap();
+            }
+        }
+        let Some(s) = (0..count).find(|&s| pending[s].is_none() && !rolled_back[s]) else {
+            break;
+        };
+        let (reply, out) = oneshot::channel();
+        sessions[s].ops.send((Op::Rollback, reply)).expect("alive");
+        pending[s] = Some(out);
+        rolled_back[s] = true;
+    }
+    assert!(
+        pending.iter().all(Option::is_none),
+        "sessions still blocked after every transaction ended:\n{log}"
+    );
+    log.push_str(&backend.dump().await);
+    log
+}
+
+/// Waits until every pending step finished or is blocked (and no deadlock
+/// is about to be broken); returns the finished ones by session.
+async fn settle<B: Backend>(
+    backend: &B,
+    sessions: &[Session],
+    pending: &mut [Option<oneshot::Receiver<String>>],
+) -> Vec<(usize, String)> {
+    let mut done = Vec::new();
+    for _ in 0..100_000 {
+        for (s, slot) in pending.iter_mut().enumerate() {
+            if let Some(out) = slot
+                && let Ok(out) = out.try_recv()
+            {
+                done.push((s, out));
+                *slot = None;
+            }
+        }
+        let waiting: Vec<usize> = (0..pending.len())
+            .filter(|&s| pending[s].is_some())
+            .collect();
+        let ids: Vec<u64> = sessions
+            .iter()
+            .map(|s| s.id.load(Ordering::SeqCst))
+            .filter(|&id| id != 0)
+            .collect();
+        let all_blocked = async || {
+            for &s in &waiting {
+                let id = sessions[s].id.load(Ordering::SeqCst);
+                let others: Vec<u64> = ids.iter().copied().filter(|&o| o != id).collect();
+                if id == 0 || !backend.blocked(id, &others).await {
+                    return false;
+                }
+            }
+            true
+        };
+        if all_blocked().await {
+            let blocked: Vec<u64> = waiting
+                .iter()
+                .map(|&s| sessions[s].id.load(Ordering::SeqCst))
+                .collect();
+            // Look twice: a deadlock broken between the checks above would
+            // otherwise pass for a stable state.
+            if (blocked.len() < 2 || !backend.deadlock_pending(&blocked).await)
+                && pending
+                    .iter()
+                    .all(|p| p.as_ref().is_none_or(|out| out.is_empty()))
+                && all_blocked().await
+            {
+                return done;
+            }
+        }
+        B::pause().await;
+    }
+    panic!("sessions neither finished nor blocked");
+}
+
+/// PostgreSQL, one database reused across scenarios.
+pub struct Pg {
+    storage: PgStorage,
+    admin: PgPool,
+}
+
+impl Pg {
+    pub async fn open() -> Pg {
+        let url = crate::support::database().await;
+        let storage = PgStorage::connect(&url).await.expect("connect");
+        storage.migrate().await.expect("migrate");
+        let admin = storage.pool().clone();
+        sqlx::raw_sql("CREATE TABLE jobs (id bigint PRIMARY KEY, owner bigint)")
+            .execute(&admin)
+            .await
+            .expect("create jobs");
+        Pg { storage, admin }
+    }
+}
+
+impl Backend for Pg {
+    type S = PgStorage;
+
+    fn storage(&self) -> &PgStorage {
+        &self.storage
+    }
+
+    async fn reset(&self, setup: &Setup) {
+        sqlx::raw_sql("TRUNCATE tandem.workflows, tandem.steps, jobs")
+            .execute(&self.admin)
+            .await
+            .expect("truncate");
+        for &(id, owner) in &setup.jobs {
+            sqlx::query("INSERT INTO jobs VALUES ($1, $2)")
+                .bind(id)
+                .bind(owner)
+                .execute(&self.admin)
+                .await
+                .expect("insert job");
+        }
+        seed_workflows(&self.storage, setup).await;
+    }
+
+    async fn tx_id(tx: &mut tandem::storage::postgres::PgTx) -> u64 {
+        let conn = tx.conn();
+        // Every waiter checks for deadlock after the same delay, so the
+        // longest waiter on a cycle is the victim, as the model chooses. The
+        // delay must exceed the time the harness takes from that waiter's
+        // wait to the wait that closes the cycle (a few steps), even on a
+        // loaded machine.
+        sqlx::query("SET deadlock_timeout = '1s'")
+            .execute(&mut *conn)
+            .await
+            .expect("set deadlock_timeout");
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(conn)
+            .await
+            .expect("backend pid");
+        pid as u64
+    }
+
+    async fn blocked(&self, id: u64, others: &[u64]) -> bool {
+        let others: Vec<i32> = others.iter().map(|&o| o as i32).collect();
+        sqlx::query_scalar("SELECT pg_isolation_test_session_is_blocked($1, $2)")
+            .bind(id as i32)
+            .bind(&others)
+            .fetch_one(&self.admin)
+            .await
+            .expect("is blocked")
+    }
+
+    async fn deadlock_pending(&self, ids: &[u64]) -> bool {
+        let ids: Vec<i32> = ids.iter().map(|&o| o as i32).collect();
+        let edges: Vec<(i32, Vec<i32>)> =
+            sqlx::query_as("SELECT pid, pg_blocking_pids(pid) FROM unnest($1::int[]) AS pid")
+                .bind(&ids)
+                .fetch_all(&self.admin)
+                .await
+                .expect("blocking pids");
+        has_cycle(&edges)
+    }
+
+    async fn disconnect(&self, id: u64) {
+        if id != 0 {
+            sqlx::query("SELECT pg_terminate_backend($1, 5000)")
+                .bind(id as i32)
+                .execute(&self.admin)
+                .await
+                .expect("terminate backend");
+        }
+    }
+
+    async fn app(tx: &mut tandem::storage::postgres::PgTx, op: Op) -> Result<String, String> {
+        pg_app(tx.conn(), op).await.map_err(|e| error_label(&e))
+    }
+
+    async fn dump(&self) -> String {
+        let jobs: Vec<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT id, owner FROM jobs ORDER BY id")
+                .fetch_all(&self.admin)
+                .await
+                .expect("jobs");
+        let workflows: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, status, owner_epoch, executor_id FROM tandem.workflows ORDER BY id",
+        )
+        .fetch_all(&self.admin)
+        .await
+        .expect("workflows");
+        let steps: Vec<(String, i32, i64)> = sqlx::query_as(
+            "SELECT workflow_id, step_id, owner_epoch FROM tandem.steps ORDER BY 1, 2",
+        )
+        .fetch_all(&self.admin)
+        .await
+        .expect("steps");
+        dump(
+            jobs,
+            workflows
+                .into_iter()
+                .map(|(id, s, e, x)| (id, s, e, x.unwrap_or_default()))
+                .collect(),
+            steps,
+        )
+    }
+
+    async fn pause() {
+        crate::support::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn seed_workflows<S: Storage>(storage: &S, setup: &Setup) {
+    for &(id, executor) in &setup.workflows {
+        storage
+            .workflow_insert(WorkflowInsert {
+                id: id.to_owned(),
+                name: "wf".to_owned(),
+                input: "null".to_owned(),
+                executor_id: executor.to_owned(),
+                now_ms: 0,
+            })
+            .await
+            .expect("seed workflow");
+    }
+}
+
+fn has_cycle(edges: &[(i32, Vec<i32>)]) -> bool {
+    let next = |pid: i32| -> &[i32] {
+        edges
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map_or(&[][..], |(_, to)| &to[..])
+    };
+    edges.iter().any(|&(start, _)| {
+        let mut stack = vec![start];
+        let mut seen = Vec::new();
+        while let Some(p) = stack.pop() {
+            for &q in next(p) {
+                if q == start {
+                    return true;
+                }
+                if !seen.contains(&q) {
+                    seen.push(q);
+                    stack.push(q);
+                }
+            }
+        }
+        false
+    })
+}
+
+fn dump(
+    jobs: Vec<(i64, Option<i64>)>,
+    workflows: Vec<(String, String, i64, String)>,
+    steps: Vec<(String, i32, i64)>,
+) -> String {
+    let show = |o: Option<i64>| o.map_or("null".to_owned(), |o| o.to_string());
+    let jobs: Vec<String> = jobs
+        .into_iter()
+        .map(|(id, owner)| format!("{id}:{}", show(owner)))
+        .collect();
+    let workflows: Vec<String> = workflows
+        .into_iter()
+        .map(|(id, status, epoch, executor)| format!("{id}:{status}:e{epoch}:{executor}"))
+        .collect();
+    let steps: Vec<String> = steps
+        .into_iter()
+        .map(|(id, step, epoch)| format!("{id}/{step}:e{epoch}"))
+        .collect();
+    format!(
+        "jobs {}\nworkflows {}\nsteps {}\n",
+        jobs.join(" "),
+        workflows.join(" "),
+        steps.join(" ")
+    )
+}
+
+async fn pg_app(conn: &mut PgConnection, op: Op) -> Result<String, sqlx::Error> {
+    let ids = |rows: Vec<Option<i64>>| {
+        let rows: Vec<String> = rows
+            .into_iter()
+            .map(|o| o.map_or("null".to_owned(), |o| o.to_string()))
+            .collect();
+        format!("[{}]", rows.join(", "))
+    };
+    let query = match op {
+        Op::Select { unowned, lock } => {
+            let mut sql = String::from("SELECT id FROM jobs");
+            if unowned {
+                sql.push_str(" WHERE owner IS NULL");
+            }
+            sql.push_str(" ORDER BY id LIMIT 1");
+            if let Some(lock) = lock {
+                sql.push_str(if lock.for_update {
+                    " FOR UPDATE"
+                } else {
+                    " FOR NO KEY UPDATE"
+                });
+                match lock.wait {
+                    LockWait::SkipLocked => sql.push_str(" SKIP LOCKED"),
+                    LockWait::NoWait => sql.push_str(" NOWAIT"),
+                    _ => {}
+                }
+            }
+            let rows: Vec<Option<i64>> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&mut *conn)
+                .await?;
+            return Ok(ids(rows));
+        }
+        Op::ClaimLocked(owner) => sqlx::query_scalar(
+            "UPDATE jobs SET owner = $1 WHERE id = (SELECT id FROM jobs WHERE owner IS NULL
+              ORDER BY id LIMIT 1 FOR UPDATE) RETURNING id",
+        )
+        .bind(owner),
+        Op::ClaimUnlocked {
+            owner,
+            recheck: false,
+        } => sqlx::query_scalar(
+            "UPDATE jobs SET owner = $1
+              WHERE id = (SELECT min(id) FROM jobs WHERE owner IS NULL) RETURNING id",
+        )
+        .bind(owner),
+        Op::ClaimUnlocked {
+            owner,
+            recheck: true,
+        } => sqlx::query_scalar(
+            "UPDATE jobs SET owner = $1
+              WHERE id = (SELECT min(id) FROM jobs WHERE owner IS NULL) AND owner IS NULL
+              RETURNING id",
+        )
+        .bind(owner),
+        Op::Read(id) => sqlx::query_scalar("SELECT owner FROM jobs WHERE id = $1").bind(id),
+        Op::Set(id, value) => {
+            sqlx::query_scalar("UPDATE jobs SET owner = $2 WHERE id = $1 RETURNING owner")
+                .bind(id)
+                .bind(value)
+        }
+        Op::Incr(id) => sqlx::query_scalar(
+            "UPDATE jobs SET owner = coalesce(owner, 0) + 1 WHERE id = $1 RETURNING owner",
+        )
+        .bind(id),
+        Op::InsertJob { id, do_nothing } => {
+            let sql = if do_nothing {
+                "INSERT INTO jobs VALUES ($1, NULL) ON CONFLICT DO NOTHING RETURNING id"
+            } else {
+                "INSERT INTO jobs VALUES ($1, NULL) RETURNING id"
+            };
+            let rows: Vec<i64> = sqlx::query_scalar(sql)
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await?;
+            return Ok(if rows.is_empty() {
+                "nothing"
+            } else {
+                "inserted"
+            }
+            .to_owned());
+        }
+        other => unreachable!("not an application op: {other:?}"),
+    };
+    let rows: Vec<Option<i64>> = query.fetch_all(&mut *conn).await?;
+    Ok(ids(rows))
+}
+
+/// The memory model.
+pub struct Mem {
+    pub storage: MemStorage,
+}
+
+impl Mem {
+    pub fn new(storage: MemStorage) -> Mem {
+        Mem { storage }
+    }
+}
+
+fn owner(v: &Value) -> Option<i64> {
+    v["owner"].as_i64()
+}
+
+async fn mem_app(conn: &mut MemConn, op: Op) -> Result<String, MemError> {
+    let show = |rows: Vec<Option<i64>>| {
+        let rows: Vec<String> = rows
+            .into_iter()
+            .map(|o| o.map_or("null".to_owned(), |o| o.to_string()))
+            .collect();
+        format!("[{}]", rows.join(", "))
+    };
+    let key_ids = |rows: Vec<(tandem::storage::memory::Key, Value)>| -> Vec<i64> {
+        rows.into_iter()
+            .map(|(k, _)| match k {
+                tandem::storage::memory::Key::Int(i) => i,
+                other => panic!("unexpected key {other:?}"),
+            })
+            .collect()
+    };
+    let unowned = |_: &tandem::storage::memory::Key, v: &Value| owner(v).is_none();
+    Ok(match op {
+        Op::Select {
+            unowned: only,
+            lock,
+        } => {
+            let mut scan = Scan::all().limit(1);
+            if only {
+                scan = scan.filter(unowned);
+            }
+            if let Some(lock) = lock {
+                scan = scan.lock(lock);
+            }
+            let rows = conn.scan("jobs", scan).await?;
+            show(key_ids(rows).into_iter().map(Some).collect())
+        }
+        Op::ClaimLocked(o) => {
+            let scan = Scan::all()
+                .filter(unowned)
+                .limit(1)
+                .lock(RowLock::for_update());
+            let mut claimed = Vec::new();
+            for id in key_ids(conn.scan("jobs", scan).await?) {
+                if conn
+                    .update("jobs", id, |_| Some(json!({ "owner": o })))
+                    .await?
+                    .is_some()
+                {
+                    claimed.push(Some(id));
+                }
+            }
+            show(claimed)
+        }
+        Op::ClaimUnlocked { owner: o, recheck } => {
+            let min = key_ids(
+                conn.scan("jobs", Scan::all().filter(unowned).limit(1))
+                    .await?,
+            );
+            let mut claimed = Vec::new();
+            for id in min {
+                let updated = conn
+                    .update("jobs", id, |v| {
+                        (!recheck || owner(v).is_none()).then(|| json!({ "owner": o }))
+                    })
+                    .await?;
+                if updated.is_some() {
+                    claimed.push(Some(id));
+                }
+            }
+            show(claimed)
+        }
+        Op::Read(id) => show(
+            conn.get("jobs", id)
+                .await?
+                .map(|v| owner(&v))
+                .into_iter()
+                .collect(),
+        ),
+        Op::Set(id, value) => show(
+            conn.update("jobs", id, |_| Some(json!({ "owner": value })))
+                .await?
+                .map(|v| owner(&v))
+                .into_iter()
+                .collect(),
+        ),
+        Op::Incr(id) => show(
+            conn.update("jobs", id, |v| {
+                Some(json!({ "owner": owner(v).unwrap_or(0) + 1 }))
+            })
+            .await?
+            .map(|v| owner(&v))
+            .into_iter()
+            .collect(),
+        ),
+        Op::InsertJob { id, do_nothing } => {
+            let inserted = if do_nothing {
+                conn.insert_or_ignore("jobs", id, json!({ "owner": null }))
+                    .await?
+            } else {
+                conn.insert("jobs", id, json!({ "owner": null })).await?;
+                true
+            };
+            if inserted { "inserted" } else { "nothing" }.to_owned()
+        }
+        other => unreachable!("not an application op: {other:?}"),
+    })
+}
+
+impl Backend for Mem {
+    type S = MemStorage;
+
+    fn storage(&self) -> &MemStorage {
+        &self.storage
+    }
+
+    async fn reset(&self, setup: &Setup) {
+        // A fresh model has no rows; the harness makes one per scenario.
+        assert!(
+            self.storage.workflows().is_empty() && self.storage.rows("jobs").is_empty(),
+            "a memory backend runs one scenario"
+        );
+        let jobs = setup.jobs.clone();
+        self.storage
+            .with_conn(async |conn| {
+                for (id, owner) in jobs {
+                    conn.insert("jobs", id, json!({ "owner": owner })).await?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("seed jobs");
+        seed_workflows(&self.storage, setup).await;
+    }
+
+    async fn tx_id(tx: &mut tandem::storage::memory::MemTx) -> u64 {
+        tx.tx_id()
+    }
+
+    async fn blocked(&self, id: u64, _others: &[u64]) -> bool {
+        self.storage.is_waiting(id)
+    }
+
+    async fn deadlock_pending(&self, _ids: &[u64]) -> bool {
+        // The model breaks a cycle the moment it forms.
+        false
+    }
+
+    async fn disconnect(&self, _id: u64) {}
+
+    async fn app(tx: &mut tandem::storage::memory::MemTx, op: Op) -> Result<String, String> {
+        mem_app(tx.conn(), op).await.map_err(|e| error_label(&e))
+    }
+
+    async fn dump(&self) -> String {
+        let jobs = self
+            .storage
+            .rows("jobs")
+            .into_iter()
+            .map(|(k, v)| match k {
+                tandem::storage::memory::Key::Int(i) => (i, owner(&v)),
+                other => panic!("unexpected key {other:?}"),
+            })
+            .collect();
+        let workflows = self
+            .storage
+            .workflows()
+            .into_iter()
+            .map(|w| {
+                (
+                    w.id,
+                    w.status.to_string(),
+                    w.owner_epoch,
+                    w.executor_id.unwrap_or_default(),
+                )
+            })
+            .collect();
+        let steps = self
+            .storage
+            .steps()
+            .into_iter()
+            .map(|s| (s.workflow_id, s.step_id, s.owner_epoch))
+            .collect();
+        dump(jobs, workflows, steps)
+    }
+
+    async fn pause() {
+        tokio::task::yield_now().await;
+    }
+}
