@@ -18,11 +18,9 @@ use sqlx::{PgConnection, PgPool};
 use tandem::env::BoxFuture;
 use tandem::storage::memory::{MemConn, MemError};
 use tandem::storage::{
-    ErrorKind, ExecutorRegister, Status, StepInfo, StepKind, StepRecord, StepRecorded, StepRow,
-    Storage, StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue,
-    WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow,
-    WorkflowsClaim,
-    WorkflowsRecover,
+    ErrorKind, ExecutorRegister, Status, StepKind, StepRecord, StepRecorded, StepRow, Storage,
+    StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter,
+    WorkflowFork, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
 };
 use tandem::testing::PgCluster;
 use tandem::{
@@ -899,15 +897,21 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
         self.inner.workflow_fork(p).await
     }
 
-    async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
+    async fn workflows_list(
+        &mut self,
+        f: WorkflowFilter,
+    ) -> StorageResult<Vec<tandem::storage::WorkflowInfo>> {
         self.inner.workflows_list(f).await
     }
 
-    async fn workflow_info(&mut self, id: &str) -> StorageResult<Option<WorkflowInfo>> {
+    async fn workflow_info(
+        &mut self,
+        id: &str,
+    ) -> StorageResult<Option<tandem::storage::WorkflowInfo>> {
         self.inner.workflow_info(id).await
     }
 
-    async fn steps_info(&mut self, id: &str) -> StorageResult<Vec<StepInfo>> {
+    async fn steps_info(&mut self, id: &str) -> StorageResult<Vec<tandem::storage::StepInfo>> {
         self.inner.steps_info(id).await
     }
 

@@ -52,6 +52,12 @@ pub(crate) enum LockRef {
     Workflow(String),
     Step(String, i32),
     App(String, Key),
+    Executor(String),
+    WorkflowName(String),
+    Queue(String),
+    Setting(String),
+    Message(i64),
+    Event(String, String),
 }
 
 /// What a blocked transaction waits for.
@@ -364,6 +370,46 @@ impl<K: Ord + Clone + Hash, V> Table<K, V> {
         Unique::Free
     }
 
+    /// The check of a unique index over something other than the primary
+    /// key (a partial index: `matches` is its key equality and predicate,
+    /// per row version). Each matching version is an index entry; as in
+    /// `_bt_check_unique`, an entry whose inserter or deleter is still in
+    /// progress makes the inserter wait, a live one is a conflict.
+    pub(crate) fn unique_where(&self, txs: &Txs, me: Xid, matches: impl Fn(&V) -> bool) -> Unique {
+        for versions in self.rows.values() {
+            for v in versions.iter().filter(|v| matches(&v.data)) {
+                let inserted = if v.xmin == me {
+                    true
+                } else {
+                    match txs.status(v.xmin) {
+                        TxStatus::Aborted => false,
+                        TxStatus::InProgress => {
+                            if v.xmax.is_some_and(|(x, _)| x == v.xmin) {
+                                false
+                            } else {
+                                return Unique::WaitFor(v.xmin);
+                            }
+                        }
+                        TxStatus::Committed(_) => true,
+                    }
+                };
+                if !inserted {
+                    continue;
+                }
+                match v.xmax {
+                    None => return Unique::Conflict,
+                    Some((x, _)) if x == me => {}
+                    Some((x, _)) => match txs.status(x) {
+                        TxStatus::Aborted => return Unique::Conflict,
+                        TxStatus::InProgress => return Unique::WaitFor(x),
+                        TxStatus::Committed(_) => {}
+                    },
+                }
+            }
+        }
+        Unique::Free
+    }
+
     /// Adds a new row.
     pub(crate) fn insert(&mut self, snap: &Snapshot, key: K, data: V) {
         self.rows.entry(key).or_default().push(Version {
@@ -484,8 +530,64 @@ pub struct WorkflowRecord {
     pub created_ms: i64,
     /// Last update time.
     pub updated_ms: i64,
-    /// Completion time.
+    /// Completion time (database clock).
     pub completed_ms: Option<i64>,
+    /// The queue (`default` unless enqueued elsewhere).
+    pub queue: String,
+    /// Claim priority, lower first.
+    pub priority: i32,
+    /// Deduplication key, unique among the queue's unfinished workflows.
+    pub dedup_key: Option<String>,
+    /// Not claimable before this (engine clock).
+    pub run_after_ms: Option<i64>,
+    /// When the current execution started (database clock).
+    pub started_ms: Option<i64>,
+    /// The parent workflow, for a child.
+    pub parent_id: Option<String>,
+    /// The deadline (engine clock).
+    pub deadline_ms: Option<i64>,
+}
+
+/// A row of `tandem.executors`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutorRecord {
+    /// First registration (engine clock).
+    pub started_ms: i64,
+    /// Last heartbeat (engine clock).
+    pub heartbeat_ms: i64,
+    /// The lease's end (database clock).
+    pub lease_expires_ms: i64,
+}
+
+/// A row of `tandem.queues`: the declared limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRecord {
+    /// `concurrency_global`.
+    pub concurrency_global: Option<u32>,
+    /// `rate_limit_count`, `rate_limit_period_ms`.
+    pub rate_limit: Option<(u32, i64)>,
+}
+
+/// A row of `tandem.messages`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRecord {
+    /// The receiving workflow.
+    pub workflow_id: String,
+    /// The topic.
+    pub topic: String,
+    /// The payload, as `jsonb` prints it.
+    pub payload: String,
+    /// When it was sent.
+    pub created_ms: i64,
+}
+
+/// A row of `tandem.events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// The value, as `jsonb` prints it.
+    pub value: String,
+    /// Last update (engine clock).
+    pub updated_ms: i64,
 }
 
 /// A checkpoint row, with every column of `tandem.steps`.
@@ -528,6 +630,22 @@ pub(crate) struct Db {
     pub(crate) workflows: Table<String, WorkflowRecord>,
     pub(crate) steps: Table<(String, i32), StepRecordRow>,
     pub(crate) app: HashMap<String, Table<Key, serde_json::Value>>,
+    pub(crate) executors: Table<String, ExecutorRecord>,
+    /// `tandem.workflow_names`: the input types of each name.
+    pub(crate) workflow_names: Table<String, Vec<String>>,
+    pub(crate) queues: Table<String, QueueRecord>,
+    pub(crate) settings: Table<String, String>,
+    pub(crate) messages: Table<i64, MessageRecord>,
+    pub(crate) events: Table<(String, String), EventRecord>,
+    /// The identity sequence of `tandem.messages`: like a PostgreSQL
+    /// sequence, not transactional (a rolled-back send leaves a gap).
+    pub(crate) message_seq: i64,
+    /// Generated workflow IDs (`gen_random_uuid()` in PostgreSQL; a counter
+    /// here, so that simulations replay).
+    pub(crate) uuid_seq: u64,
+    /// The database clock: the latest engine clock any operation passed in
+    /// (see `docs/memory-backend.md`).
+    pub(crate) clock_ms: i64,
     pub(crate) hook: Option<FaultHook>,
     pub(crate) defects: Defects,
 }
@@ -578,6 +696,65 @@ impl TableSel for Steps {
     }
 }
 
+/// A [`TableSel`] for one of the engine's fixed tables.
+macro_rules! engine_table {
+    ($sel:ident, $field:ident, $k:ty, $v:ty, $name:literal, |$key:ident| $lock:expr) => {
+        pub(crate) struct $sel;
+        impl TableSel for $sel {
+            type K = $k;
+            type V = $v;
+            fn split<'a>(&self, db: &'a mut Db) -> (&'a mut Table<$k, $v>, &'a mut Txs) {
+                (&mut db.$field, &mut db.txs)
+            }
+            fn lock_ref(&self, $key: &$k) -> LockRef {
+                $lock
+            }
+            fn name(&self) -> &str {
+                $name
+            }
+        }
+    };
+}
+
+engine_table!(
+    Executors,
+    executors,
+    String,
+    ExecutorRecord,
+    "tandem.executors",
+    |k| LockRef::Executor(k.clone())
+);
+engine_table!(
+    WorkflowNames,
+    workflow_names,
+    String,
+    Vec<String>,
+    "tandem.workflow_names",
+    |k| LockRef::WorkflowName(k.clone())
+);
+engine_table!(Queues, queues, String, QueueRecord, "tandem.queues", |k| {
+    LockRef::Queue(k.clone())
+});
+engine_table!(Settings, settings, String, String, "tandem.settings", |k| {
+    LockRef::Setting(k.clone())
+});
+engine_table!(
+    Messages,
+    messages,
+    i64,
+    MessageRecord,
+    "tandem.messages",
+    |k| LockRef::Message(*k)
+);
+engine_table!(
+    Events,
+    events,
+    (String, String),
+    EventRecord,
+    "tandem.events",
+    |k| LockRef::Event(k.0.clone(), k.1.clone())
+);
+
 impl TableSel for App<'_> {
     type K = Key;
     type V = serde_json::Value;
@@ -598,6 +775,34 @@ impl TableSel for App<'_> {
 }
 
 impl Db {
+    /// A database as migrations leave it: the `default` queue and the
+    /// default settings, committed.
+    pub(crate) fn migrated() -> Db {
+        let mut db = Db::default();
+        let xid = db.begin();
+        let snap = db.snapshot(xid, 0);
+        db.queues.insert(
+            &snap,
+            "default".to_owned(),
+            QueueRecord {
+                concurrency_global: None,
+                rate_limit: None,
+            },
+        );
+        db.settings
+            .insert(&snap, "payload_max_bytes".to_owned(), "1048576".to_owned());
+        db.settings
+            .insert(&snap, "notify_on_enqueue".to_owned(), "true".to_owned());
+        db.end(xid, true);
+        db
+    }
+
+    /// Advances the database clock to the engine's `now_ms` (never back).
+    pub(crate) fn tick(&mut self, now_ms: i64) -> i64 {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        self.clock_ms
+    }
+
     pub(crate) fn begin(&mut self) -> Xid {
         self.txs.next_xid += 1;
         let xid = self.txs.next_xid;
@@ -730,6 +935,12 @@ impl Db {
             LockRef::Workflow(k) => self.workflows.release(xid, k),
             LockRef::Step(w, s) => self.steps.release(xid, &(w.clone(), *s)),
             LockRef::App(t, k) => self.app.get_mut(t).and_then(|t| t.release(xid, k)),
+            LockRef::Executor(k) => self.executors.release(xid, k),
+            LockRef::WorkflowName(k) => self.workflow_names.release(xid, k),
+            LockRef::Queue(k) => self.queues.release(xid, k),
+            LockRef::Setting(k) => self.settings.release(xid, k),
+            LockRef::Message(k) => self.messages.release(xid, k),
+            LockRef::Event(w, k) => self.events.release(xid, &(w.clone(), k.clone())),
         };
         if let Some(next) = granted {
             if let Some(tx) = self.txs.active.get_mut(&next) {
@@ -748,6 +959,12 @@ impl Db {
                     t.dequeue(xid, k);
                 }
             }
+            LockRef::Executor(k) => self.executors.dequeue(xid, k),
+            LockRef::WorkflowName(k) => self.workflow_names.dequeue(xid, k),
+            LockRef::Queue(k) => self.queues.dequeue(xid, k),
+            LockRef::Setting(k) => self.settings.dequeue(xid, k),
+            LockRef::Message(k) => self.messages.dequeue(xid, k),
+            LockRef::Event(w, k) => self.events.dequeue(xid, &(w.clone(), k.clone())),
         }
     }
 }

@@ -47,6 +47,12 @@ scenarios!(
     a_dropped_connection_rolls_back,
     an_epoch_bump_fences_a_concurrent_completion,
     the_checkpoint_fence_reads_the_statement_snapshot,
+    enqueue_validates_in_order_and_is_idempotent_on_the_id,
+    an_enqueue_with_a_held_dedup_key_waits_then_returns_the_holder,
+    concurrent_claims_skip_each_others_rows,
+    reclaim_rechecks_a_lease_renewed_while_it_waited,
+    a_message_is_taken_once_and_returns_after_a_rollback,
+    cancel_cascades_to_unfinished_descendants_after_a_wait,
 );
 
 async fn check<B: Backend>(backend: &B, (setup, steps, expected): Scenario) {
@@ -464,4 +470,254 @@ async fn a_wrong_model_fails_the_suite() {
         let log = run(&wrong, &setup, &steps).await;
         assert_ne!(log, expected, "{defect:?} went unnoticed");
     }
+}
+
+fn enqueue(id: &'static str, name: &'static str, input: &'static str) -> Op {
+    Op::Enqueue {
+        id,
+        name,
+        input,
+        dedup: None,
+        dedup_error: false,
+    }
+}
+
+fn dedup(id: &'static str, dedup_error: bool) -> Op {
+    Op::Enqueue {
+        id,
+        name: "wf",
+        input: "{}",
+        dedup: Some("k"),
+        dedup_error,
+    }
+}
+
+const LONG_LEASE: i64 = 3_600_000;
+
+fn enqueue_validates_in_order_and_is_idempotent_on_the_id() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::Register("a", LONG_LEASE)),
+            (0, Op::Commit),
+            (0, enqueue("e1", "nope", "1")),
+            (0, Op::Rollback),
+            (0, enqueue("e1", "wf", "1")),
+            (0, Op::Rollback),
+            (
+                0,
+                enqueue("e1", "wf", r#"{"pad": "0123456789012345678901234567890123456789012345678901234567890123"}"#),
+            ),
+            (0, Op::Rollback),
+            (0, enqueue("", "other", "[1,2]")),
+            (0, Op::Rollback),
+            (0, enqueue("e1", "wf", r#"{"b":1,"a":2}"#)),
+            (0, enqueue("e1", "wf", "{}")),
+            (0, Op::Commit),
+            (1, enqueue("e1", "other", "[]")),
+            (1, Op::Rollback),
+        ],
+        "\
+s1 Register(\"a\", 3600000): ok
+s1 Commit: ok
+s1 Enqueue { id: \"e1\", name: \"nope\", input: \"1\", dedup: None, dedup_error: false }: err 22023 tandem.enqueue_workflow: unknown workflow name \"nope\"
+s1 Rollback: ok
+s1 Enqueue { id: \"e1\", name: \"wf\", input: \"1\", dedup: None, dedup_error: false }: err 22023 tandem.enqueue_workflow: workflow \"wf\" takes JSON object, not number
+s1 Rollback: ok
+s1 Enqueue { id: \"e1\", name: \"wf\", input: \"{\\\"pad\\\": \\\"0123456789012345678901234567890123456789012345678901234567890123\\\"}\", dedup: None, dedup_error: false }: err 54000 tandem.enqueue_workflow: input is 75 bytes, over the limit of 64 bytes
+s1 Rollback: ok
+s1 Enqueue { id: \"\", name: \"other\", input: \"[1,2]\", dedup: None, dedup_error: false }: err 22023 tandem.enqueue_workflow: workflow_id must be 1 to 256 characters
+s1 Rollback: ok
+s1 Enqueue { id: \"e1\", name: \"wf\", input: \"{\\\"b\\\":1,\\\"a\\\":2}\", dedup: None, dedup_error: false }: e1
+s1 Enqueue { id: \"e1\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e1
+s1 Commit: ok
+s2 Enqueue { id: \"e1\", name: \"other\", input: \"[]\", dedup: None, dedup_error: false }: err 23505 tandem.enqueue_workflow: workflow ID \"e1\" belongs to workflow \"wf\", not \"other\"
+s2 Rollback: ok
+jobs 1:null 2:null
+workflows e1:ENQUEUED:e0: w1:RUNNING:e1:a
+steps 
+executors a
+",
+    )
+}
+
+fn an_enqueue_with_a_held_dedup_key_waits_then_returns_the_holder() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::Register("a", LONG_LEASE)),
+            (0, Op::Commit),
+            (0, dedup("e1", false)),
+            (1, dedup("e2", false)),
+            (0, Op::Commit),
+            (1, dedup("e3", true)),
+            (1, Op::Rollback),
+        ],
+        "\
+s1 Register(\"a\", 3600000): ok
+s1 Commit: ok
+s1 Enqueue { id: \"e1\", name: \"wf\", input: \"{}\", dedup: Some(\"k\"), dedup_error: false }: e1
+s2 Enqueue { id: \"e2\", name: \"wf\", input: \"{}\", dedup: Some(\"k\"), dedup_error: false }: blocked
+s1 Commit: ok
+s2 done: e1
+s2 Enqueue { id: \"e3\", name: \"wf\", input: \"{}\", dedup: Some(\"k\"), dedup_error: true }: err 23505 tandem.enqueue_workflow: queue \"q\" already has an unfinished workflow with dedup_key \"k\": \"e1\"
+s2 Rollback: ok
+jobs 1:null 2:null
+workflows e1:ENQUEUED:e0: w1:RUNNING:e1:a
+steps 
+executors a
+",
+    )
+}
+
+fn concurrent_claims_skip_each_others_rows() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::Register("a", LONG_LEASE)),
+            (0, Op::Commit),
+            (0, enqueue("e1", "wf", "{}")),
+            (0, Op::Commit),
+            (0, enqueue("e2", "wf", "{}")),
+            (0, Op::Commit),
+            (0, Op::Claim("a", 1)),
+            (1, Op::Claim("b", 2)),
+            (1, Op::Claim("b", 1)),
+            (0, Op::Commit),
+            (1, Op::Commit),
+        ],
+        "\
+s1 Register(\"a\", 3600000): ok
+s1 Commit: ok
+s1 Enqueue { id: \"e1\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e1
+s1 Commit: ok
+s1 Enqueue { id: \"e2\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e2
+s1 Commit: ok
+s1 Claim(\"a\", 1): [e1:e1]
+s2 Claim(\"b\", 2): [e2:e1]
+s2 Claim(\"b\", 1): []
+s1 Commit: ok
+s2 Commit: ok
+jobs 1:null 2:null
+workflows e1:RUNNING:e1:a e2:RUNNING:e1:b w1:RUNNING:e1:a
+steps 
+executors a
+",
+    )
+}
+
+fn reclaim_rechecks_a_lease_renewed_while_it_waited() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::Register("dead", -60_000)),
+            (0, Op::Register("a", LONG_LEASE)),
+            (0, enqueue("e1", "wf", "{}")),
+            (0, Op::Commit),
+            (0, Op::Claim("dead", 1)),
+            (0, Op::Commit),
+            (0, Op::Heartbeat("dead", LONG_LEASE)),
+            (1, Op::Reclaim),
+            (0, Op::Commit),
+            (1, Op::Commit),
+            (0, Op::Heartbeat("dead", -60_000)),
+            (0, Op::Commit),
+            (1, Op::Reclaim),
+            (1, Op::Commit),
+        ],
+        "\
+s1 Register(\"dead\", -60000): ok
+s1 Register(\"a\", 3600000): ok
+s1 Enqueue { id: \"e1\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e1
+s1 Commit: ok
+s1 Claim(\"dead\", 1): [e1:e1]
+s1 Commit: ok
+s1 Heartbeat(\"dead\", 3600000): ok
+s2 Reclaim: blocked
+s1 Commit: ok
+s2 done: 0
+s2 Commit: ok
+s1 Heartbeat(\"dead\", -60000): ok
+s1 Commit: ok
+s2 Reclaim: 1
+s2 Commit: ok
+jobs 1:null 2:null
+workflows e1:ENQUEUED:e2: w1:RUNNING:e1:a
+steps 
+executors a
+",
+    )
+}
+
+fn a_message_is_taken_once_and_returns_after_a_rollback() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::MsgSend("w1", r#"{"n":1}"#)),
+            (0, Op::MsgSend("w1", "2")),
+            (0, Op::Commit),
+            (0, Op::MsgTake("w1", 1)),
+            (1, Op::MsgTake("w1", 1)),
+            (1, Op::MsgTake("w1", 1)),
+            (0, Op::Rollback),
+            (1, Op::MsgTake("w1", 1)),
+            (1, Op::Commit),
+            (2, Op::MsgTake("w1", 2)),
+            (2, Op::MsgSend("nope", "1")),
+            (2, Op::Rollback),
+        ],
+        "\
+s1 MsgSend(\"w1\", \"{\\\"n\\\":1}\"): ok
+s1 MsgSend(\"w1\", \"2\"): ok
+s1 Commit: ok
+s1 MsgTake(\"w1\", 1): {\"n\": 1}
+s2 MsgTake(\"w1\", 1): 2
+s2 MsgTake(\"w1\", 1): none
+s1 Rollback: ok
+s2 MsgTake(\"w1\", 1): {\"n\": 1}
+s2 Commit: ok
+s3 MsgTake(\"w1\", 2): fenced
+s3 MsgSend(\"nope\", \"1\"): err 22023 tandem.send: unknown workflow \"nope\"
+s3 Rollback: ok
+jobs 1:null 2:null
+workflows w1:RUNNING:e1:a
+steps 
+",
+    )
+}
+
+fn cancel_cascades_to_unfinished_descendants_after_a_wait() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::WfInsertChild("c1", "w1", "a")),
+            (0, Op::WfInsertChild("c2", "c1", "a")),
+            (0, Op::WfInsertChild("c3", "w1", "a")),
+            (0, Op::WfComplete("c3", 1)),
+            (0, Op::Commit),
+            (1, Op::WfComplete("c2", 1)),
+            (0, Op::Cancel("w1")),
+            (1, Op::Commit),
+            (0, Op::Commit),
+            (0, Op::Cancel("w1")),
+            (0, Op::Commit),
+        ],
+        "\
+s1 WfInsertChild(\"c1\", \"w1\", \"a\"): Inserted
+s1 WfInsertChild(\"c2\", \"c1\", \"a\"): Inserted
+s1 WfInsertChild(\"c3\", \"w1\", \"a\"): Inserted
+s1 WfComplete(\"c3\", 1): ok
+s1 Commit: ok
+s2 WfComplete(\"c2\", 1): ok
+s1 Cancel(\"w1\"): blocked
+s2 Commit: ok
+s1 done: [c1, w1]
+s1 Commit: ok
+s1 Cancel(\"w1\"): []
+s1 Commit: ok
+jobs 1:null 2:null
+workflows c1:CANCELLED:e2: c2:SUCCESS:e1:a c3:SUCCESS:e1:a w1:CANCELLED:e2:
+steps 
+",
+    )
 }
