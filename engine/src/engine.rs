@@ -244,7 +244,16 @@ impl<S: Storage> Shared<S> {
                 let id = row.id.clone();
                 let queue = row.queue.clone();
                 shared.run_to_completion(row, history, &sender).await;
-                shared.lock_running().remove(&id);
+                // Only our own entry: a newer execution of the same workflow
+                // (after a cancel and resume, say) may have replaced it.
+                let mut running = shared.lock_running();
+                if running
+                    .get(&id)
+                    .is_some_and(|r| Arc::ptr_eq(&r.settle, &sender))
+                {
+                    running.remove(&id);
+                }
+                drop(running);
                 // A slot is free: if the queue had more work than slots,
                 // claim again now rather than at the next poll.
                 if shared.lock_saturated().contains(&queue) {
@@ -951,7 +960,10 @@ impl<S: Storage> Engine<S> {
         // Handles waiting here learn the outcome now, and waiting receives
         // wake up to find themselves fenced.
         for id in &cancelled {
-            if let Some(running) = self.shared.lock_running().get(id) {
+            // Settle waiting handles and forget the execution: it stops by
+            // itself at its next step boundary, and a resumed run must not be
+            // mistaken for it.
+            if let Some(running) = self.shared.lock_running().remove(id) {
                 running
                     .settle
                     .send_replace(Some(Outcome::Cancelled("cancelled".to_owned())));
