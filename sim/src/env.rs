@@ -1,0 +1,49 @@
+//! [`MadsimEnv`]: the engine's `Env` on madsim's virtual clock, timers and
+//! task spawner. The engine itself never names madsim.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tandem::Env;
+use tandem::env::BoxFuture;
+
+use crate::world::World;
+
+/// The simulated environment of one executor incarnation.
+#[derive(Clone)]
+pub struct MadsimEnv {
+    world: Arc<World>,
+    seed: u64,
+}
+
+impl MadsimEnv {
+    /// An environment whose engine seed is `seed`.
+    pub fn new(world: Arc<World>, seed: u64) -> Self {
+        Self { world, seed }
+    }
+}
+
+/// Where the simulated wall clock starts: a fixed date, so runs replay.
+const EPOCH_OFFSET: Duration = Duration::from_secs(1_750_000_000);
+
+impl Env for MadsimEnv {
+    fn now(&self) -> SystemTime {
+        // Virtual time plus the run's clock jumps (which may go backwards).
+        let ms =
+            (EPOCH_OFFSET + self.world.elapsed()).as_millis() as i64 + self.world.clock_offset();
+        UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        Box::pin(madsim::time::sleep(duration))
+    }
+
+    fn spawn(&self, task: BoxFuture<()>) {
+        // Spawned on the current node, so the task dies with it on a kill.
+        drop(madsim::task::spawn(task));
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+}

@@ -1,0 +1,462 @@
+//! One simulated run: nodes, supervisor, phases, and its [`Report`].
+//!
+//! A run is a pure function of its seed and [`Options`]: the workload, the
+//! fault decisions and madsim's scheduling all derive from the seed, so
+//! `SIM_SEED=<n>` replays a failure exactly.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::rand::Rng;
+use madsim::runtime::{Handle, Runtime};
+use madsim::time::{Instant, sleep};
+use tandem::bugs::Bug;
+use tandem::storage::memory::{Fault, FaultPoint};
+use tandem::{Engine, Status};
+
+use crate::env::MadsimEnv;
+use crate::faults::{Faults, Plan, Site};
+use crate::storage::{NodeLabel, SimStorage};
+use crate::workload::{self, Bank, Workload};
+use crate::world::World;
+
+/// How long faults are injected, in virtual time.
+const CHAOS: Duration = Duration::from_millis(400);
+/// How long the fault-free liveness phase may take before a workflow
+/// still unfinished counts as stuck.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The fault plan.
+    pub plan: Plan,
+    /// A planted engine bug to switch on, if any.
+    pub bug: Option<Bug>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            plan: Plan::Random,
+            bug: None,
+        }
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// The fault plan it ran under.
+    pub plan: Plan,
+    /// The planted bug that was switched on.
+    pub bug: Option<Bug>,
+    /// Invariant violations (empty: the run passed).
+    pub violations: Vec<String>,
+    /// The readable trace.
+    pub trace: Vec<String>,
+    /// How often each fault site fired.
+    pub fired: BTreeMap<Site, u64>,
+    /// Observed (not injected) events.
+    pub observed: BTreeMap<&'static str, u64>,
+    /// Virtual time the run took.
+    pub virtual_time: Duration,
+}
+
+impl Report {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// A failure message: seed, how to replay, violations, the trace's tail.
+    pub fn failure_message(&self, tail: usize) -> String {
+        let replay = match &self.plan {
+            Plan::Random => match self.bug {
+                None => format!("replay: SIM_SEED={} cargo test -p sim", self.seed),
+                Some(bug) => format!(
+                    "replay: SIM_SEED={} SIM_BUG={bug:?} cargo test -p sim",
+                    self.seed
+                ),
+            },
+            plan => format!(
+                "replay: sim::run_seed({}, &Options {{ plan: {plan:?}, .. }})",
+                self.seed
+            ),
+        };
+        let mut s = format!(
+            "simulation failed: seed {} ({} violation(s))\n{replay}\n",
+            self.seed,
+            self.violations.len(),
+        );
+        for v in &self.violations {
+            s.push_str(&format!("  violation: {v}\n"));
+        }
+        let skip = self.trace.len().saturating_sub(tail);
+        s.push_str(&format!(
+            "trace (last {} of {} lines):\n",
+            self.trace.len() - skip,
+            self.trace.len()
+        ));
+        for line in &self.trace[skip..] {
+            s.push_str(&format!("  {line}\n"));
+        }
+        s
+    }
+
+    /// A hash of the full trace, to compare runs.
+    pub fn trace_hash(&self) -> u64 {
+        // FNV-1a: stable across processes, unlike std's RandomState.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for line in &self.trace {
+            for b in line.bytes().chain(std::iter::once(b'\n')) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    }
+}
+
+/// Runs one seed on a fresh thread with a fresh madsim runtime (thread
+/// locals and the first `HashMap`'s seed must not leak between runs).
+pub fn run_seed(seed: u64, options: &Options) -> Report {
+    let options = options.clone();
+    let options_plan = options.plan.clone();
+    let options_bug = options.bug;
+    let trace = Arc::new(Mutex::new(Vec::new()));
+    let trace2 = trace.clone();
+    let joined = std::thread::spawn(move || {
+        tandem::bugs::set(options.bug);
+        let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.block_on(simulate(seed, options, trace2))
+    })
+    .join();
+    match joined {
+        Ok(report) => report,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            let trace = trace.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Report {
+                seed,
+                plan: options_plan,
+                bug: options_bug,
+                violations: vec![format!("panic: {message}")],
+                trace,
+                fired: BTreeMap::new(),
+                observed: BTreeMap::new(),
+                virtual_time: Duration::ZERO,
+            }
+        }
+    }
+}
+
+/// The body of [`run_seed`], inside the runtime. Also usable with
+/// `Runtime::check_determinism`.
+pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>>) -> Report {
+    let workload = Workload::generate(seed);
+    let faults = Faults::new(seed, options.plan.clone());
+    let world = Arc::new(World::new(seed, faults, workload, trace.clone()));
+    world.log(format!(
+        "seed {seed}: {} executors, {} accounts, {} workflows, bug {:?}",
+        world.workload.executors,
+        world.workload.accounts,
+        world.workload.workflows.len(),
+        options.bug
+    ));
+    for w in &world.workload.workflows {
+        world.log(format!("  {} on exec-{}: {:?}", w.id, w.owner, w.ops));
+    }
+    let enabled = world.faults.enabled();
+    if !enabled.is_empty() {
+        let sites: Vec<String> = enabled
+            .iter()
+            .map(|(s, p)| format!("{}={p:.3}", s.name()))
+            .collect();
+        world.log(format!("enabled sites: {}", sites.join(" ")));
+    }
+
+    // Setup.
+    world.workload.setup(&world).await;
+    install_storage_faults(&world);
+
+    // Run: executors as madsim nodes, then the supervisor's chaos loop.
+    let handle = Handle::current();
+    let mut nodes: Vec<String> = Vec::new();
+    for i in 0..world.workload.executors {
+        let name = format!("exec-{i}");
+        spawn_node(&handle, &world, name.clone(), i, true);
+        nodes.push(name);
+    }
+    let chaos_end = Instant::now() + CHAOS;
+    let mut zombie = false;
+    while Instant::now() < chaos_end {
+        sleep(Duration::from_millis(
+            madsim::rand::thread_rng().gen_range(5..25),
+        ))
+        .await;
+        restart_due(&handle, &world, false);
+        if let Some(arg) = world.fire(Site::CrashRandom, "") {
+            let live: Vec<&String> = {
+                let state = world.state();
+                nodes
+                    .iter()
+                    .filter(|n| !state.dead.contains_key(*n))
+                    .collect()
+            };
+            if !live.is_empty() {
+                let victim = live[arg as usize % live.len()].clone();
+                world.log(format!("supervisor kills {victim}"));
+                handle.kill(victim.as_str());
+                world.mark_dead(&victim);
+            }
+        }
+        if !zombie && let Some(arg) = world.fire(Site::Zombie, "") {
+            zombie = true;
+            let owner = arg as usize % world.workload.executors;
+            let name = format!("zombie-{owner}");
+            world.log(format!("{name} launches with executor ID exec-{owner}"));
+            spawn_node(&handle, &world, name.clone(), owner, false);
+            nodes.push(name);
+        }
+        if let Some(arg) = world.fire(Site::ClockJump, "") {
+            let jump = i64::from(arg % 7_200_000) - 3_600_000;
+            world
+                .clock_offset_ms
+                .fetch_add(jump, std::sync::atomic::Ordering::Relaxed);
+            world.log(format!("clock jumps {jump} ms"));
+        }
+        workload::monitor(&world);
+    }
+
+    // Liveness: faults stop, dead executors come back, everything finishes.
+    world.faults.stop();
+    world.log("faults stop; liveness phase");
+    restart_due(&handle, &world, true);
+    let deadline = Instant::now() + LIVENESS_TIMEOUT;
+    loop {
+        workload::monitor(&world);
+        let unfinished: Vec<String> = {
+            let rows = world.mem.workflows();
+            world
+                .workload
+                .workflows
+                .iter()
+                .filter(|w| !rows.iter().any(|r| r.id == w.id && r.status.is_terminal()))
+                .map(|w| {
+                    let row = rows.iter().find(|r| r.id == w.id);
+                    format!(
+                        "{} ({})",
+                        w.id,
+                        row.map_or("not created".to_owned(), |r| format!(
+                            "{} on {} epoch {}",
+                            r.status,
+                            r.executor_id.as_deref().unwrap_or("-"),
+                            r.owner_epoch
+                        ))
+                    )
+                })
+                .collect()
+        };
+        if unfinished.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            world.violation(format!(
+                "liveness: unfinished {}s after faults stopped: {}",
+                LIVENESS_TIMEOUT.as_secs(),
+                unfinished.join(", ")
+            ));
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+        restart_due(&handle, &world, true);
+    }
+
+    // Check.
+    for v in workload::check(&world) {
+        world.violation(v);
+    }
+    world.log("end");
+    // Stop the nodes, so that no task outlives the check.
+    for n in &nodes {
+        handle.kill(n.as_str());
+    }
+    let violations = world.state().violations.clone();
+    let trace = trace.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Report {
+        seed,
+        plan: options.plan,
+        bug: options.bug,
+        violations,
+        trace,
+        fired: world.faults.fired(),
+        observed: world.faults.observed(),
+        virtual_time: world.elapsed(),
+    }
+}
+
+/// The memory backend's fault hook: lost acks, dropped connections and
+/// serialization failures, drawn from the run's fault stream.
+fn install_storage_faults(world: &Arc<World>) {
+    // The hook runs with the storage locked and must not touch it; a weak
+    // reference avoids a cycle world -> storage -> hook -> world.
+    let weak = Arc::downgrade(world);
+    world.mem.set_fault_hook(Some(Arc::new(move |point| {
+        let world = weak.upgrade()?;
+        let fire = |site: Site, what: &str| world.fire(site, what).is_some();
+        match point {
+            FaultPoint::Begin => fire(Site::ConnLostBegin, "").then_some(Fault::ConnectionLost),
+            FaultPoint::Statement(op) => {
+                if fire(Site::ConnLostStatement, op) {
+                    Some(Fault::ConnectionLost)
+                } else if fire(Site::SerializationStatement, op) {
+                    Some(Fault::SerializationFailure)
+                } else {
+                    None
+                }
+            }
+            FaultPoint::Commit => {
+                if fire(Site::LostAck, "") {
+                    Some(Fault::LoseCommitAck)
+                } else if fire(Site::ConnLostCommit, "") {
+                    Some(Fault::ConnectionLost)
+                } else if fire(Site::SerializationCommit, "") {
+                    Some(Fault::SerializationFailure)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    })));
+}
+
+/// Restarts the dead nodes whose downtime is over (all, if `all`).
+fn restart_due(handle: &Handle, world: &World, all: bool) {
+    let now = Instant::now();
+    let due: Vec<String> = {
+        let mut state = world.state();
+        let due: Vec<String> = state
+            .dead
+            .iter()
+            .filter(|(_, at)| all || **at <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &due {
+            state.dead.remove(n);
+        }
+        due
+    };
+    for n in due {
+        world.log(format!("supervisor restarts {n}"));
+        handle.restart(n.as_str());
+    }
+}
+
+/// Creates the madsim node `name` running executor `exec-<executor>`;
+/// `client`: whether its client starts that executor's workflows.
+fn spawn_node(handle: &Handle, world: &Arc<World>, name: String, executor: usize, client: bool) {
+    let world = world.clone();
+    let node_name = name.clone();
+    handle
+        .create_node()
+        .name(name)
+        .init(move || {
+            let world = world.clone();
+            let name = node_name.clone();
+            async move { node_main(world, name, executor, client).await }
+        })
+        .build();
+}
+
+/// One executor incarnation: launch the engine (which resumes its
+/// workflows), then act as the client that starts workflows.
+async fn node_main(world: Arc<World>, name: String, executor: usize, client: bool) {
+    let incarnation = {
+        let mut state = world.state();
+        let n = state.incarnations.entry(name.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let node = Arc::new(NodeLabel {
+        label: format!("{name}#{incarnation}"),
+        name,
+    });
+    world.log(format!("{} up", node.label));
+    let executor_id = format!("exec-{executor}");
+    let storage = SimStorage::new(world.clone(), node.clone());
+    let seed = world.seed ^ (u64::from(incarnation) << 32) ^ (executor as u64) << 48;
+    let engine = loop {
+        let launched = Engine::builder(storage.clone())
+            .env(MadsimEnv::new(world.clone(), seed))
+            .executor_id(executor_id.clone())
+            .register(Bank {
+                world: world.clone(),
+                node: node.clone(),
+            })
+            .launch()
+            .await;
+        match launched {
+            Ok(engine) => break engine,
+            Err(e) => {
+                world.log(format!("{} launch failed: {e}", node.label));
+                sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    world.log(format!("{} launched as {executor_id}", node.label));
+    if client {
+        let specs: Vec<_> = world.workload.workflows.clone();
+        for spec in &specs {
+            let ours = spec.owner == executor;
+            let start = if ours {
+                // A client starts what it has no acknowledgement for; a
+                // restarted client sometimes starts acknowledged ones again.
+                let acked = world.state().acked.contains(&spec.id);
+                !acked || world.fire(Site::DuplicateStart, &spec.id).is_some()
+            } else {
+                world.fire(Site::CrossStart, &spec.id).is_some()
+            };
+            if !start {
+                continue;
+            }
+            sleep(Duration::from_millis(
+                madsim::rand::thread_rng().gen_range(0..20),
+            ))
+            .await;
+            match engine
+                .start_with_id::<Bank>(spec.id.clone(), spec.ops.clone())
+                .await
+            {
+                Ok(_) => {
+                    world.log(format!("{} started {}", node.label, spec.id));
+                    world.state().acked.insert(spec.id.clone());
+                }
+                Err(e) => world.log(format!("{} start {} failed: {e}", node.label, spec.id)),
+            }
+        }
+    }
+    // The engine's tasks run on this node; keep it (and the engine) alive.
+    let _engine = engine;
+    std::future::pending::<()>().await;
+}
+
+/// The status names, for traces.
+#[allow(dead_code)]
+fn status_name(s: Status) -> &'static str {
+    s.as_str()
+}
+
+/// Catches a panic of `f` (used by the sweep to keep going).
+pub fn catch<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    std::panic::catch_unwind(AssertUnwindSafe(f))
+}

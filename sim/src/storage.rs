@@ -1,0 +1,305 @@
+//! [`SimStorage`]: the memory backend as one executor sees it, with latency
+//! (await points) around every call and crash points around every COMMIT.
+//!
+//! Storage-level faults (lost acknowledgements, dropped connections,
+//! serialization failures) are injected by the memory backend's own fault
+//! hook, installed in `run.rs`; this wrapper adds what only the executor's
+//! side can do: die before or after a COMMIT, and record which checkpoints
+//! an execution loaded (the plain-step invariant needs them).
+
+use std::sync::Arc;
+
+use tandem::MemStorage;
+use tandem::storage::memory::{MemConn, MemTx};
+use tandem::storage::{
+    ErrorKind, ExecutorRegister, StepInfo, StepKind, StepRecord, StepRecorded, StepRow, Storage,
+    StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork,
+    WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+};
+
+use crate::faults::Site;
+use crate::world::World;
+
+/// Which node incarnation is talking to the database.
+#[derive(Debug)]
+pub struct NodeLabel {
+    /// The madsim node name (what a kill names).
+    pub name: String,
+    /// `name#incarnation`, for traces and history tracking.
+    pub label: String,
+}
+
+/// The memory backend seen from one executor incarnation.
+#[derive(Clone)]
+pub struct SimStorage {
+    world: Arc<World>,
+    node: Arc<NodeLabel>,
+}
+
+impl SimStorage {
+    /// The storage of `node`.
+    pub fn new(world: Arc<World>, node: Arc<NodeLabel>) -> Self {
+        Self { world, node }
+    }
+}
+
+/// A transaction of [`SimStorage`].
+pub struct SimTx {
+    tx: MemTx,
+    world: Arc<World>,
+    node: Arc<NodeLabel>,
+    /// Whether a transactional step's checkpoint is in this transaction.
+    step_commit: Option<(String, i32)>,
+}
+
+impl Storage for SimStorage {
+    type Tx = SimTx;
+    type Conn = MemConn;
+    type Listener = <MemStorage as Storage>::Listener;
+
+    async fn listen(&self) -> StorageResult<Self::Listener> {
+        self.world.mem.listen().await
+    }
+
+    async fn begin(&self) -> StorageResult<SimTx> {
+        self.world.latency().await;
+        let tx = self.world.mem.begin().await?;
+        Ok(SimTx {
+            tx,
+            world: self.world.clone(),
+            node: self.node.clone(),
+            step_commit: None,
+        })
+    }
+
+    async fn migrate(&self) -> StorageResult<()> {
+        self.world.mem.migrate().await
+    }
+
+    fn classify(error: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+        MemStorage::classify(error)
+    }
+}
+
+impl Transaction for SimTx {
+    type Conn = MemConn;
+
+    fn conn(&mut self) -> &mut MemConn {
+        self.tx.conn()
+    }
+
+    async fn workflow_insert(&mut self, params: WorkflowInsert) -> StorageResult<WorkflowInserted> {
+        self.world.latency().await;
+        self.tx.workflow_insert(params).await
+    }
+
+    async fn workflow_get(&mut self, id: &str) -> StorageResult<Option<WorkflowRow>> {
+        self.world.latency().await;
+        self.tx.workflow_get(id).await
+    }
+
+    async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {
+        self.world.latency().await;
+        self.tx.workflow_complete(params).await
+    }
+
+    async fn workflows_recover(
+        &mut self,
+        params: WorkflowsRecover,
+    ) -> StorageResult<Vec<WorkflowRow>> {
+        self.world.latency().await;
+        self.tx.workflows_recover(params).await
+    }
+
+    async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
+        self.world.latency().await;
+        let steps = self.tx.steps_load(workflow_id).await?;
+        // Remember what this incarnation saw: the next execution of the
+        // workflow here starts from exactly this history.
+        self.world.state().loads.insert(
+            (self.node.label.clone(), workflow_id.to_owned()),
+            steps.iter().map(|s| s.step_id).collect(),
+        );
+        Ok(steps)
+    }
+
+    async fn step_record(&mut self, params: StepRecord) -> StorageResult<StepRecorded> {
+        self.world.latency().await;
+        let step = (params.kind == StepKind::Transaction && params.output.is_some())
+            .then(|| (params.workflow_id.clone(), params.step_id));
+        let recorded = self.tx.step_record(params).await?;
+        if recorded == StepRecorded::Recorded && step.is_some() {
+            self.step_commit = step;
+        }
+        Ok(recorded)
+    }
+
+    async fn executor_register(&mut self, p: ExecutorRegister) -> StorageResult<()> {
+        self.world.latency().await;
+        self.tx.executor_register(p).await
+    }
+
+    async fn executor_heartbeat(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StorageResult<()> {
+        self.world.latency().await;
+        self.tx.executor_heartbeat(id, now_ms, lease_ms).await
+    }
+
+    async fn workflows_reclaim(&mut self, now_ms: i64) -> StorageResult<u64> {
+        self.world.latency().await;
+        self.tx.workflows_reclaim(now_ms).await
+    }
+
+    async fn workflows_claim(&mut self, p: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
+        self.world.latency().await;
+        self.tx.workflows_claim(p).await
+    }
+
+    async fn workflows_release(&mut self, id: &str, now_ms: i64) -> StorageResult<u64> {
+        self.world.latency().await;
+        self.tx.workflows_release(id, now_ms).await
+    }
+
+    async fn workflow_enqueue(&mut self, p: WorkflowEnqueue) -> StorageResult<String> {
+        self.world.latency().await;
+        self.tx.workflow_enqueue(p).await
+    }
+
+    async fn workflow_suspend(
+        &mut self,
+        id: &str,
+        epoch: i64,
+        run_after_ms: i64,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        self.world.latency().await;
+        self.tx
+            .workflow_suspend(id, epoch, run_after_ms, now_ms)
+            .await
+    }
+
+    async fn message_send(
+        &mut self,
+        id: &str,
+        topic: &str,
+        payload: &str,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        self.world.latency().await;
+        self.tx.message_send(id, topic, payload, now_ms).await
+    }
+
+    async fn message_take(
+        &mut self,
+        id: &str,
+        topic: &str,
+        epoch: i64,
+    ) -> StorageResult<Option<String>> {
+        self.world.latency().await;
+        self.tx.message_take(id, topic, epoch).await
+    }
+
+    async fn event_set(
+        &mut self,
+        id: &str,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        self.world.latency().await;
+        self.tx.event_set(id, key, value, now_ms).await
+    }
+
+    async fn event_get(&mut self, id: &str, key: &str) -> StorageResult<Option<String>> {
+        self.world.latency().await;
+        self.tx.event_get(id, key).await
+    }
+
+    async fn workflows_cancel(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> StorageResult<Vec<String>> {
+        self.world.latency().await;
+        self.tx.workflows_cancel(id, reason, now_ms).await
+    }
+
+    async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
+        self.world.latency().await;
+        self.tx.workflow_resume(id, now_ms).await
+    }
+
+    async fn workflow_fork(&mut self, p: WorkflowFork) -> StorageResult<bool> {
+        self.world.latency().await;
+        self.tx.workflow_fork(p).await
+    }
+
+    async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
+        self.world.latency().await;
+        self.tx.workflows_list(f).await
+    }
+
+    async fn workflow_info(&mut self, id: &str) -> StorageResult<Option<WorkflowInfo>> {
+        self.world.latency().await;
+        self.tx.workflow_info(id).await
+    }
+
+    async fn steps_info(&mut self, id: &str) -> StorageResult<Vec<StepInfo>> {
+        self.world.latency().await;
+        self.tx.steps_info(id).await
+    }
+
+    async fn commit(self) -> StorageResult<()> {
+        let SimTx {
+            tx,
+            world,
+            node,
+            step_commit,
+        } = self;
+        world.latency().await;
+        // Dying here drops the open transaction: it rolls back.
+        world
+            .crash_point(&node.name, Site::CrashBeforeCommit, "before COMMIT")
+            .await;
+        let result = tx.commit().await;
+        if let Some((wf, step)) = &step_commit {
+            let outcome = match &result {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            world.log(format!("{} COMMIT {wf} step {step}: {outcome}", node.label));
+        }
+        if result.is_ok() {
+            match &step_commit {
+                Some((wf, step)) => {
+                    world
+                        .crash_point(
+                            &node.name,
+                            Site::CrashAfterStepCommit,
+                            &format!("after COMMIT of {wf} step {step}"),
+                        )
+                        .await
+                }
+                None => {
+                    world
+                        .crash_point(&node.name, Site::CrashAfterCommit, "after COMMIT")
+                        .await
+                }
+            }
+        }
+        // The acknowledgement travels back: a random kill here is also a
+        // crash between COMMIT and the engine learning its outcome.
+        world.latency().await;
+        result
+    }
+
+    async fn rollback(self) -> StorageResult<()> {
+        self.world.latency().await;
+        self.tx.rollback().await
+    }
+}

@@ -1,0 +1,518 @@
+//! The bank workload, in FoundationDB's setup / run / check shape.
+//!
+//! Setup: accounts with a known total. Run: workflows that mix
+//! transactional steps (move money between accounts and append a ledger
+//! row, in the step's own transaction) with plain steps (calls to a
+//! simulated external service that logs every call). Check: the ledger
+//! matches the checkpoints one to one, money is conserved, every plain
+//! checkpoint has a call behind it, and every workflow ended with the
+//! output a fault-free run gives.
+//!
+//! Extension points for the queue/outbox/executor engine (issue 4): an
+//! `Op::Enqueue` that enqueues a child workflow from the app transaction and
+//! randomly rolls back, an `Op::Sleep` using the durable sleep, and
+//! lease-based takeover across executors once workflows are claimed from a
+//! queue instead of owned by the starting executor.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tandem::storage::StepKind;
+use tandem::storage::memory::{Key, MemConn, MemError};
+use tandem::{RetryPolicy, Status, Workflow, WorkflowContext, WorkflowError};
+
+use crate::faults::Site;
+use crate::storage::{NodeLabel, SimStorage};
+use crate::world::{ServiceCall, World};
+
+/// The application's tables.
+pub const ACCOUNTS: &str = "accounts";
+/// One row per applied transfer, keyed uniquely per attempt so that a
+/// double application shows up as two rows.
+pub const LEDGER: &str = "ledger";
+/// Every account's opening balance.
+pub const OPENING_BALANCE: i64 = 1_000;
+/// Attempts of a plain step (the service fails fewer times than this).
+const CALL_ATTEMPTS: u32 = 4;
+
+/// One step of a bank workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// A transactional step moving `amount` between two accounts.
+    Transfer {
+        /// Debited account.
+        from: i64,
+        /// Credited account.
+        to: i64,
+        /// How much.
+        amount: i64,
+    },
+    /// A plain step calling the external service.
+    Call,
+}
+
+/// One workflow of the workload.
+#[derive(Debug, Clone)]
+pub struct WorkflowSpec {
+    /// Its ID.
+    pub id: String,
+    /// The executor (index) whose client starts it.
+    pub owner: usize,
+    /// Its steps.
+    pub ops: Vec<Op>,
+    /// The output a fault-free run produces.
+    pub expected: Vec<i64>,
+}
+
+/// What one run executes.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Executors (madsim nodes `exec-0`, ...).
+    pub executors: usize,
+    /// Accounts `0..accounts`.
+    pub accounts: i64,
+    /// The workflows.
+    pub workflows: Vec<WorkflowSpec>,
+}
+
+impl Workload {
+    /// A random workload from `seed`, independent of the fault stream.
+    pub fn generate(seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_b0ad_feed);
+        let executors = rng.gen_range(2..=3);
+        let accounts = rng.gen_range(3..=5);
+        let count = rng.gen_range(4..=8);
+        let workflows = (0..count)
+            .map(|i| {
+                let ops: Vec<Op> = (0..rng.gen_range(1..=8))
+                    .map(|_| {
+                        if rng.gen_bool(0.55) {
+                            let from = rng.gen_range(0..accounts);
+                            let to = (from + rng.gen_range(1..accounts)) % accounts;
+                            Op::Transfer {
+                                from,
+                                to,
+                                amount: rng.gen_range(1..=50),
+                            }
+                        } else {
+                            Op::Call
+                        }
+                    })
+                    .collect();
+                let expected = ops
+                    .iter()
+                    .enumerate()
+                    .map(|(step, op)| match op {
+                        Op::Transfer { amount, .. } => *amount,
+                        Op::Call => service_value(i, step as i32),
+                    })
+                    .collect();
+                WorkflowSpec {
+                    id: format!("wf-{i}"),
+                    owner: rng.gen_range(0..executors),
+                    ops,
+                    expected,
+                }
+            })
+            .collect();
+        Self {
+            executors,
+            accounts,
+            workflows,
+        }
+    }
+
+    /// Setup: the accounts, in one committed transaction.
+    pub async fn setup(&self, world: &World) {
+        let accounts = self.accounts;
+        world
+            .mem
+            .with_conn(async |conn| {
+                for a in 0..accounts {
+                    conn.insert(ACCOUNTS, a, json!(OPENING_BALANCE)).await?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("setup runs without faults");
+    }
+}
+
+/// What the external service answers for a workflow's step: a pure
+/// function, so the fault-free output is known in advance.
+fn service_value(workflow: usize, step: i32) -> i64 {
+    workflow as i64 * 100 + i64::from(step)
+}
+
+/// The workflow every executor registers.
+pub struct Bank {
+    /// The run.
+    pub world: Arc<World>,
+    /// The node incarnation it runs on.
+    pub node: Arc<NodeLabel>,
+}
+
+/// An error of the simulated service.
+#[derive(Debug, thiserror::Error)]
+#[error("service unavailable")]
+pub struct ServiceError;
+
+impl Workflow<SimStorage> for Bank {
+    const NAME: &'static str = "bank";
+    type Input = Vec<Op>;
+    type Output = Vec<i64>;
+
+    async fn run(
+        &self,
+        ctx: &mut WorkflowContext<SimStorage>,
+        ops: Vec<Op>,
+    ) -> Result<Vec<i64>, WorkflowError> {
+        let wf = ctx.workflow_id().to_owned();
+        // The checkpoints this execution started from (empty on a first
+        // execution, which loads nothing).
+        let history = self
+            .world
+            .state()
+            .loads
+            .remove(&(self.node.label.clone(), wf.clone()))
+            .unwrap_or_default();
+        let index: usize = wf.trim_start_matches("wf-").parse().unwrap_or(0);
+        let mut output = Vec::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            let step = i as i32;
+            let value = match op {
+                Op::Transfer { from, to, amount } => {
+                    let world = self.world.clone();
+                    let wf = wf.clone();
+                    ctx.transaction("transfer", async move |conn| {
+                        transfer(&world, conn, &wf, step, from, to, amount).await
+                    })
+                    .await?
+                }
+                Op::Call => {
+                    let policy = RetryPolicy {
+                        backoff_initial: Duration::from_millis(5),
+                        backoff_max: Duration::from_millis(50),
+                        ..RetryPolicy::exponential(CALL_ATTEMPTS)
+                    };
+                    let in_history = history.contains(&step);
+                    ctx.step_with("call", policy, || self.call(&wf, index, step, in_history))
+                        .await?
+                }
+            };
+            output.push(value);
+        }
+        Ok(output)
+    }
+}
+
+impl Bank {
+    /// The external service: logs the call, may fail transiently, and may
+    /// kill the executor right after the effect (before the checkpoint).
+    async fn call(
+        &self,
+        wf: &str,
+        index: usize,
+        step: i32,
+        in_history: bool,
+    ) -> Result<i64, ServiceError> {
+        let world = &self.world;
+        world.latency().await;
+        if in_history {
+            world.violation(format!(
+                "plain step re-executed: {wf} step {step} on {} although its checkpoint was in the history this execution loaded",
+                self.node.label
+            ));
+        }
+        let checkpoint_existed = world
+            .mem
+            .steps()
+            .iter()
+            .any(|s| s.workflow_id == wf && s.step_id == step);
+        if checkpoint_existed {
+            // Allowed: a zombie, or a replay racing the checkpoint's COMMIT.
+            world
+                .faults
+                .observe("plain.call_after_checkpoint_by_other_execution");
+        }
+        let ok = {
+            let budget_left = world
+                .state()
+                .failures_used
+                .get(&(wf.to_owned(), step))
+                .copied()
+                .unwrap_or(0)
+                < CALL_ATTEMPTS - 1;
+            !(budget_left
+                && world
+                    .fire(Site::ServiceError, &format!("{wf} step {step}"))
+                    .is_some())
+        };
+        {
+            let mut state = world.state();
+            if !ok {
+                *state
+                    .failures_used
+                    .entry((wf.to_owned(), step))
+                    .or_insert(0) += 1;
+            }
+            state.calls.push(ServiceCall {
+                workflow_id: wf.to_owned(),
+                step_id: step,
+                node: self.node.label.clone(),
+                ok,
+                checkpoint_existed,
+            });
+        }
+        world.log(format!(
+            "{} call {wf} step {step} {}",
+            self.node.label,
+            if ok { "ok" } else { "failed" }
+        ));
+        if !ok {
+            return Err(ServiceError);
+        }
+        world
+            .crash_point(
+                &self.node.name,
+                Site::CrashAfterPlainEffect,
+                &format!("after call {wf} step {step}"),
+            )
+            .await;
+        Ok(service_value(index, step))
+    }
+}
+
+/// The body of a transfer step: debit, credit, ledger row. Locks in
+/// from/to order, so opposite transfers can deadlock (the backend picks a
+/// victim and the engine retries it).
+async fn transfer(
+    world: &World,
+    conn: &mut MemConn,
+    wf: &str,
+    step: i32,
+    from: i64,
+    to: i64,
+    amount: i64,
+) -> Result<i64, MemError> {
+    let seq = {
+        let mut state = world.state();
+        state.ledger_seq += 1;
+        state.ledger_seq
+    };
+    let result = async {
+        conn.update(ACCOUNTS, from, |v| Some(json!(v.as_i64()? - amount)))
+            .await?;
+        // App latency between statements: lets transfers interleave.
+        let us = madsim::rand::thread_rng().gen_range(0..1500);
+        madsim::time::sleep(Duration::from_micros(us)).await;
+        conn.update(ACCOUNTS, to, |v| Some(json!(v.as_i64()? + amount)))
+            .await?;
+        conn.insert(
+            LEDGER,
+            format!("{wf}/{step}/{seq}"),
+            json!({ "wf": wf, "step": step, "from": from, "to": to, "amount": amount }),
+        )
+        .await?;
+        Ok(amount)
+    }
+    .await;
+    if let Err(MemError::Deadlock) = &result {
+        world.faults.observe("storage.deadlock (natural)");
+    }
+    result
+}
+
+/// Check phase: every invariant over the final state. Returns violations.
+pub fn check(world: &World) -> Vec<String> {
+    let mut v = Vec::new();
+    let w = &world.workload;
+    let rows: BTreeMap<String, _> = world
+        .mem
+        .workflows()
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    // One terminal status per workflow, with the fault-free output.
+    for spec in &w.workflows {
+        match rows.get(&spec.id) {
+            None => v.push(format!("{} was never created", spec.id)),
+            Some(r) if r.status != Status::Success => v.push(format!(
+                "{} ended {:?} (error {:?}), expected SUCCESS",
+                spec.id, r.status, r.error
+            )),
+            Some(r) => {
+                let got: Option<Vec<i64>> = r
+                    .output
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str(o).ok());
+                if got.as_ref() != Some(&spec.expected) {
+                    v.push(format!(
+                        "{} output {:?}, fault-free output {:?}",
+                        spec.id, r.output, spec.expected
+                    ));
+                }
+            }
+        }
+    }
+    // Transactional steps: exactly one ledger row per checkpoint, none
+    // without one.
+    let steps = world.mem.steps();
+    let tx_checkpoints: BTreeSet<(String, i32)> = steps
+        .iter()
+        .filter(|s| s.kind == StepKind::Transaction && s.output.is_some())
+        .map(|s| (s.workflow_id.clone(), s.step_id))
+        .collect();
+    let mut ledger: BTreeMap<(String, i32), u32> = BTreeMap::new();
+    let mut deltas: BTreeMap<i64, i64> = BTreeMap::new();
+    for (_, row) in world.mem.rows(LEDGER) {
+        let key = (
+            row["wf"].as_str().unwrap_or_default().to_owned(),
+            row["step"].as_i64().unwrap_or_default() as i32,
+        );
+        *ledger.entry(key).or_insert(0) += 1;
+        let amount = row["amount"].as_i64().unwrap_or_default();
+        *deltas
+            .entry(row["from"].as_i64().unwrap_or_default())
+            .or_insert(0) -= amount;
+        *deltas
+            .entry(row["to"].as_i64().unwrap_or_default())
+            .or_insert(0) += amount;
+    }
+    for (key, n) in &ledger {
+        if *n != 1 {
+            v.push(format!(
+                "transactional step {} step {} applied {n} times",
+                key.0, key.1
+            ));
+        }
+        if !tx_checkpoints.contains(key) {
+            v.push(format!(
+                "ledger row for {} step {} without a checkpoint",
+                key.0, key.1
+            ));
+        }
+    }
+    for key in &tx_checkpoints {
+        if !ledger.contains_key(key) {
+            v.push(format!(
+                "transactional step {} step {} checkpointed but never applied",
+                key.0, key.1
+            ));
+        }
+    }
+    // Every step of every workflow, counted against the spec: a transfer
+    // applied exactly once, a call made (successfully) at least once.
+    let calls_ok: BTreeSet<(String, i32)> = world
+        .state()
+        .calls
+        .iter()
+        .filter(|c| c.ok)
+        .map(|c| (c.workflow_id.clone(), c.step_id))
+        .collect();
+    for spec in &w.workflows {
+        for (i, op) in spec.ops.iter().enumerate() {
+            let key = (spec.id.clone(), i as i32);
+            match op {
+                Op::Transfer { .. } => {
+                    if !ledger.contains_key(&key) {
+                        v.push(format!("transfer {} step {i} never applied", spec.id));
+                    }
+                }
+                Op::Call => {
+                    if !calls_ok.contains(&key) {
+                        v.push(format!("call {} step {i} never made", spec.id));
+                    }
+                }
+            }
+        }
+    }
+    // Money: conserved, and each balance explained by the ledger.
+    let balances: BTreeMap<i64, i64> = world
+        .mem
+        .rows(ACCOUNTS)
+        .into_iter()
+        .filter_map(|(k, val)| match k {
+            Key::Int(a) => Some((a, val.as_i64().unwrap_or_default())),
+            Key::Text(_) => None,
+        })
+        .collect();
+    let total: i64 = balances.values().sum();
+    if total != OPENING_BALANCE * w.accounts {
+        v.push(format!(
+            "money not conserved: total {total}, expected {}",
+            OPENING_BALANCE * w.accounts
+        ));
+    }
+    for (a, b) in &balances {
+        let expected = OPENING_BALANCE + deltas.get(a).copied().unwrap_or(0);
+        if *b != expected {
+            v.push(format!("account {a} holds {b}, the ledger says {expected}"));
+        }
+    }
+    // Plain steps: at least once (a successful call behind every checkpoint).
+    let state = world.state();
+    for s in steps
+        .iter()
+        .filter(|s| s.kind == StepKind::Plain && s.output.is_some())
+    {
+        let called = state
+            .calls
+            .iter()
+            .any(|c| c.ok && c.workflow_id == s.workflow_id && c.step_id == s.step_id);
+        if !called {
+            v.push(format!(
+                "plain step {} step {} checkpointed without a successful call",
+                s.workflow_id, s.step_id
+            ));
+        }
+    }
+    v
+}
+
+/// A cheap check run during the run: a terminal outcome never changes and
+/// money is conserved at every committed state.
+pub fn monitor(world: &World) {
+    let mut changed = Vec::new();
+    for r in world.mem.workflows() {
+        if !r.status.is_terminal() {
+            continue;
+        }
+        let outcome = (r.status.to_string(), r.output.clone().or(r.error.clone()));
+        let state = world.state();
+        match state.terminal.get(&r.id) {
+            None => {
+                drop(state);
+                world.log(format!(
+                    "{} {} {:?}",
+                    r.id,
+                    outcome.0,
+                    outcome.1.as_deref().unwrap_or("")
+                ));
+                world.state().terminal.insert(r.id.clone(), outcome);
+            }
+            Some(first) if *first != outcome => changed.push(format!(
+                "{} changed terminal outcome {first:?} -> {outcome:?}",
+                r.id
+            )),
+            Some(_) => {}
+        }
+    }
+    let total: i64 = world
+        .mem
+        .rows(ACCOUNTS)
+        .iter()
+        .map(|(_, v)| v.as_i64().unwrap_or_default())
+        .sum();
+    if total != OPENING_BALANCE * world.workload.accounts {
+        changed.push(format!("money not conserved mid-run: total {total}"));
+    }
+    for c in changed {
+        world.violation(c);
+    }
+}
