@@ -337,37 +337,10 @@ impl<K: Ord + Clone + Hash, V> Table<K, V> {
     /// The unique-index check an INSERT makes: it sees rows of transactions
     /// still in progress (PostgreSQL's dirty snapshot) and waits for them.
     pub(crate) fn unique(&self, txs: &Txs, me: Xid, key: &K) -> Unique {
-        for v in self.versions(key) {
-            let inserted = if v.xmin == me {
-                true
-            } else {
-                match txs.status(v.xmin) {
-                    TxStatus::Aborted => false,
-                    TxStatus::InProgress => {
-                        // Unless its own inserter already deleted it again.
-                        if v.xmax.is_some_and(|(x, _)| x == v.xmin) {
-                            false
-                        } else {
-                            return Unique::WaitFor(v.xmin);
-                        }
-                    }
-                    TxStatus::Committed(_) => true,
-                }
-            };
-            if !inserted {
-                continue;
-            }
-            match v.xmax {
-                None => return Unique::Conflict,
-                Some((x, _)) if x == me => {}
-                Some((x, _)) => match txs.status(x) {
-                    TxStatus::Aborted => return Unique::Conflict,
-                    TxStatus::InProgress => return Unique::WaitFor(x),
-                    TxStatus::Committed(_) => {}
-                },
-            }
-        }
-        Unique::Free
+        self.versions(key)
+            .iter()
+            .find_map(|v| index_entry(txs, me, v))
+            .unwrap_or(Unique::Free)
     }
 
     /// The check of a unique index over something other than the primary
@@ -376,38 +349,12 @@ impl<K: Ord + Clone + Hash, V> Table<K, V> {
     /// `_bt_check_unique`, an entry whose inserter or deleter is still in
     /// progress makes the inserter wait, a live one is a conflict.
     pub(crate) fn unique_where(&self, txs: &Txs, me: Xid, matches: impl Fn(&V) -> bool) -> Unique {
-        for versions in self.rows.values() {
-            for v in versions.iter().filter(|v| matches(&v.data)) {
-                let inserted = if v.xmin == me {
-                    true
-                } else {
-                    match txs.status(v.xmin) {
-                        TxStatus::Aborted => false,
-                        TxStatus::InProgress => {
-                            if v.xmax.is_some_and(|(x, _)| x == v.xmin) {
-                                false
-                            } else {
-                                return Unique::WaitFor(v.xmin);
-                            }
-                        }
-                        TxStatus::Committed(_) => true,
-                    }
-                };
-                if !inserted {
-                    continue;
-                }
-                match v.xmax {
-                    None => return Unique::Conflict,
-                    Some((x, _)) if x == me => {}
-                    Some((x, _)) => match txs.status(x) {
-                        TxStatus::Aborted => return Unique::Conflict,
-                        TxStatus::InProgress => return Unique::WaitFor(x),
-                        TxStatus::Committed(_) => {}
-                    },
-                }
-            }
-        }
-        Unique::Free
+        self.rows
+            .values()
+            .flatten()
+            .filter(|v| matches(&v.data))
+            .find_map(|v| index_entry(txs, me, v))
+            .unwrap_or(Unique::Free)
     }
 
     /// Adds a new row.
@@ -966,5 +913,35 @@ impl Db {
             LockRef::Message(k) => self.messages.dequeue(xid, k),
             LockRef::Event(w, k) => self.events.dequeue(xid, &(w.clone(), k.clone())),
         }
+    }
+}
+
+/// What one index entry (a row version) means for an inserter of the same
+/// key: `None` when the entry is dead to it (inserted by an aborted
+/// transaction, or deleted by a committed one or by the inserter itself), so
+/// the check goes on to the next entry.
+fn index_entry<V>(txs: &Txs, me: Xid, v: &Version<V>) -> Option<Unique> {
+    let inserted = if v.xmin == me {
+        true
+    } else {
+        match txs.status(v.xmin) {
+            TxStatus::Aborted => false,
+            // Unless its own inserter already deleted it again.
+            TxStatus::InProgress if v.xmax.is_some_and(|(x, _)| x == v.xmin) => false,
+            TxStatus::InProgress => return Some(Unique::WaitFor(v.xmin)),
+            TxStatus::Committed(_) => true,
+        }
+    };
+    if !inserted {
+        return None;
+    }
+    match v.xmax {
+        None => Some(Unique::Conflict),
+        Some((x, _)) if x == me => None,
+        Some((x, _)) => match txs.status(x) {
+            TxStatus::Aborted => Some(Unique::Conflict),
+            TxStatus::InProgress => Some(Unique::WaitFor(x)),
+            TxStatus::Committed(_) => None,
+        },
     }
 }
