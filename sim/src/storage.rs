@@ -179,6 +179,21 @@ impl Transaction for SimTx {
         self.world.latency().await;
         let rows = self.tx.workflows_claim(p).await?;
         self.claims.extend(rows.iter().map(|r| r.id.clone()));
+        // A claimed workflow's execution knows at least the checkpoints
+        // committed before the claim (it loads them unless it never ran;
+        // a load afterwards replaces this).
+        let steps = self.world.mem.steps();
+        let mut state = self.world.state();
+        for r in &rows {
+            state.loads.insert(
+                (self.node.label.clone(), r.id.clone()),
+                steps
+                    .iter()
+                    .filter(|s| s.workflow_id == r.id)
+                    .map(|s| s.step_id)
+                    .collect(),
+            );
+        }
         Ok(rows)
     }
 
