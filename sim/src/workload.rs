@@ -8,11 +8,11 @@
 //! checkpoint has a call behind it, and every workflow ended with the
 //! output a fault-free run gives.
 //!
-//! Extension points for the queue/outbox/executor engine (issue 4): an
-//! `Op::Enqueue` that enqueues a child workflow from the app transaction and
-//! randomly rolls back, an `Op::Sleep` using the durable sleep, and
-//! lease-based takeover across executors once workflows are claimed from a
-//! queue instead of owned by the starting executor.
+//! Queues, the outbox and sleeps (issue 4): executors claim from the
+//! `orders` queue, an application client ([`app_client`]) inserts orders
+//! and enqueues their workflows in the same transaction, committing or
+//! rolling back, and workflows may contain durable sleeps ([`Op::Sleep`]).
+//! Not used yet: messages, events, child workflows, cancel, queue limits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
