@@ -33,11 +33,17 @@ pub enum Bug {
     /// Recovery runs a workflow under its old owner epoch instead of the
     /// bumped one: every write of the new execution is fenced off.
     StaleEpochOnRecovery,
+    /// Leases never expire: the workflows of a dead executor are never
+    /// reclaimed by the others.
+    LeaseNeverExpires,
+    /// A claimed workflow always starts with an empty history (as if it
+    /// had never run), so a reclaimed one re-executes its recorded steps.
+    ClaimSkipsHistory,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 9] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -45,6 +51,8 @@ impl Bug {
         Bug::CommitAssumedOnError,
         Bug::NoRecoveryOnLaunch,
         Bug::StaleEpochOnRecovery,
+        Bug::LeaseNeverExpires,
+        Bug::ClaimSkipsHistory,
     ];
 }
 

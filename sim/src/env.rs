@@ -24,13 +24,12 @@ impl MadsimEnv {
 }
 
 /// Where the simulated wall clock starts: a fixed date, so runs replay.
-const EPOCH_OFFSET: Duration = Duration::from_secs(1_750_000_000);
+pub(crate) const EPOCH_OFFSET: Duration = Duration::from_secs(1_750_000_000);
 
 impl Env for MadsimEnv {
     fn now(&self) -> SystemTime {
         // Virtual time plus the run's clock jumps (which may go backwards).
-        let ms =
-            (EPOCH_OFFSET + self.world.elapsed()).as_millis() as i64 + self.world.clock_offset();
+        let ms = self.world.now_ms();
         UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
     }
 

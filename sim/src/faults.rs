@@ -56,11 +56,17 @@ pub enum Site {
     DuplicateStart,
     /// A workflow is also started through another executor's engine.
     CrossStart,
+    /// The supervisor kills an executor for good: other executors must
+    /// reclaim its workflows once its lease expires.
+    CrashPermanent,
+    /// The supervisor pauses an executor (often past its lease) and resumes
+    /// it later: a zombie whose writes must be fenced.
+    Pause,
 }
 
 impl Site {
     /// Every site.
-    pub const ALL: [Site; 16] = [
+    pub const ALL: [Site; 18] = [
         Site::CrashAfterPlainEffect,
         Site::CrashBeforeCommit,
         Site::CrashAfterStepCommit,
@@ -77,6 +83,8 @@ impl Site {
         Site::ServiceError,
         Site::DuplicateStart,
         Site::CrossStart,
+        Site::CrashPermanent,
+        Site::Pause,
     ];
 
     /// The name used in traces and docs.
@@ -98,6 +106,8 @@ impl Site {
             Site::ServiceError => "service.transient_error",
             Site::DuplicateStart => "client.duplicate_start",
             Site::CrossStart => "client.cross_executor_start",
+            Site::CrashPermanent => "crash.permanent",
+            Site::Pause => "pause.past_lease",
         }
     }
 
@@ -113,6 +123,7 @@ impl Site {
             }
             Site::CrashAfterStepCommit | Site::CrashAfterPlainEffect => (0.02, 0.15),
             Site::CrashRandom | Site::Zombie | Site::ClockJump => (0.01, 0.05),
+            Site::CrashPermanent | Site::Pause => (0.01, 0.05),
             Site::ServiceError => (0.05, 0.3),
             Site::DuplicateStart | Site::CrossStart => (0.1, 0.5),
         }

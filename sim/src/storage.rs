@@ -8,6 +8,7 @@
 //! an execution loaded (the plain-step invariant needs them).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tandem::MemStorage;
 use tandem::storage::memory::{MemConn, MemTx};
@@ -50,6 +51,8 @@ pub struct SimTx {
     node: Arc<NodeLabel>,
     /// Whether a transactional step's checkpoint is in this transaction.
     step_commit: Option<(String, i32)>,
+    /// Workflows this transaction claims or reclaims (traced at COMMIT).
+    claims: Vec<String>,
 }
 
 impl Storage for SimStorage {
@@ -58,7 +61,12 @@ impl Storage for SimStorage {
     type Listener = <MemStorage as Storage>::Listener;
 
     async fn listen(&self) -> StorageResult<Self::Listener> {
-        self.world.mem.listen().await
+        // A listener that never fires: executors find queued work by
+        // polling only. The claim loop's `tokio::select!` polls its ready
+        // branches in an order drawn from tokio's own unseeded generator,
+        // so a NOTIFY racing a timer made runs diverge (see
+        // `docs/simulation.md`, "Known engine issues").
+        self.world.quiet.listen().await
     }
 
     async fn begin(&self) -> StorageResult<SimTx> {
@@ -69,6 +77,7 @@ impl Storage for SimStorage {
             world: self.world.clone(),
             node: self.node.clone(),
             step_commit: None,
+            claims: Vec::new(),
         })
     }
 
@@ -100,7 +109,11 @@ impl Transaction for SimTx {
 
     async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {
         self.world.latency().await;
-        self.tx.workflow_complete(params).await
+        self.tx.workflow_complete(params).await.inspect_err(|e| {
+            if e.kind() == ErrorKind::Fenced {
+                self.world.faults.observe("fence.rejected_write");
+            }
+        })
     }
 
     async fn workflows_recover(
@@ -127,7 +140,11 @@ impl Transaction for SimTx {
         self.world.latency().await;
         let step = (params.kind == StepKind::Transaction && params.output.is_some())
             .then(|| (params.workflow_id.clone(), params.step_id));
-        let recorded = self.tx.step_record(params).await?;
+        let recorded = self.tx.step_record(params).await.inspect_err(|e| {
+            if e.kind() == ErrorKind::Fenced {
+                self.world.faults.observe("fence.rejected_write");
+            }
+        })?;
         if recorded == StepRecorded::Recorded && step.is_some() {
             self.step_commit = step;
         }
@@ -151,12 +168,33 @@ impl Transaction for SimTx {
 
     async fn workflows_reclaim(&mut self, now_ms: i64) -> StorageResult<u64> {
         self.world.latency().await;
-        self.tx.workflows_reclaim(now_ms).await
+        let n = self.tx.workflows_reclaim(now_ms).await?;
+        if n > 0 {
+            self.world.faults.observe("lease.reclaimed_after_expiry");
+        }
+        Ok(n)
     }
 
     async fn workflows_claim(&mut self, p: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
         self.world.latency().await;
-        self.tx.workflows_claim(p).await
+        let rows = self.tx.workflows_claim(p).await?;
+        self.claims.extend(rows.iter().map(|r| r.id.clone()));
+        // A claimed workflow's execution knows at least the checkpoints
+        // committed before the claim (it loads them unless it never ran;
+        // a load afterwards replaces this).
+        let steps = self.world.mem.steps();
+        let mut state = self.world.state();
+        for r in &rows {
+            state.loads.insert(
+                (self.node.label.clone(), r.id.clone()),
+                steps
+                    .iter()
+                    .filter(|s| s.workflow_id == r.id)
+                    .map(|s| s.step_id)
+                    .collect(),
+            );
+        }
+        Ok(rows)
     }
 
     async fn workflows_release(&mut self, id: &str, now_ms: i64) -> StorageResult<u64> {
@@ -179,7 +217,9 @@ impl Transaction for SimTx {
         self.world.latency().await;
         self.tx
             .workflow_suspend(id, epoch, run_after_ms, now_ms)
-            .await
+            .await?;
+        self.world.faults.observe("sleep.suspended_to_queue");
+        Ok(())
     }
 
     async fn message_send(
@@ -260,19 +300,35 @@ impl Transaction for SimTx {
             world,
             node,
             step_commit,
+            claims,
         } = self;
         world.latency().await;
         // Dying here drops the open transaction: it rolls back.
         world
             .crash_point(&node.name, Site::CrashBeforeCommit, "before COMMIT")
             .await;
+        // A guard, not a pair of calls: a kill drops the future mid-COMMIT.
+        let guard = (!claims.is_empty() && !world.claim_lost_ack.load(Ordering::Relaxed))
+            .then(|| ClaimCommit::new(&world));
         let result = tx.commit().await;
+        drop(guard);
         if let Some((wf, step)) = &step_commit {
             let outcome = match &result {
                 Ok(()) => "ok".to_owned(),
                 Err(e) => e.to_string(),
             };
             world.log(format!("{} COMMIT {wf} step {step}: {outcome}", node.label));
+        }
+        if !claims.is_empty() {
+            let outcome = match &result {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            world.log(format!(
+                "{} COMMIT claim of {}: {outcome}",
+                node.label,
+                claims.join(", ")
+            ));
         }
         if result.is_ok() {
             match &step_commit {
@@ -301,5 +357,21 @@ impl Transaction for SimTx {
     async fn rollback(self) -> StorageResult<()> {
         self.world.latency().await;
         self.tx.rollback().await
+    }
+}
+
+/// A queue claim's COMMIT in flight: no lost acknowledgement meanwhile.
+struct ClaimCommit(Arc<World>);
+
+impl ClaimCommit {
+    fn new(world: &Arc<World>) -> Self {
+        world.claim_commits.fetch_add(1, Ordering::Relaxed);
+        Self(world.clone())
+    }
+}
+
+impl Drop for ClaimCommit {
+    fn drop(&mut self) {
+        self.0.claim_commits.fetch_sub(1, Ordering::Relaxed);
     }
 }

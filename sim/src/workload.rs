@@ -8,11 +8,11 @@
 //! checkpoint has a call behind it, and every workflow ended with the
 //! output a fault-free run gives.
 //!
-//! Extension points for the queue/outbox/executor engine (issue 4): an
-//! `Op::Enqueue` that enqueues a child workflow from the app transaction and
-//! randomly rolls back, an `Op::Sleep` using the durable sleep, and
-//! lease-based takeover across executors once workflows are claimed from a
-//! queue instead of owned by the starting executor.
+//! Queues, the outbox and sleeps (issue 4): executors claim from the
+//! `orders` queue, an application client ([`app_client`]) inserts orders
+//! and enqueues their workflows in the same transaction, committing or
+//! rolling back, and workflows may contain durable sleeps ([`Op::Sleep`]).
+//! Not used yet: messages, events, child workflows, cancel, queue limits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -54,6 +54,35 @@ pub enum Op {
     },
     /// A plain step calling the external service.
     Call,
+    /// A durable sleep of `ms` milliseconds (longer than
+    /// [`SLEEP_SUSPEND_AFTER`]: the workflow is handed back to its queue).
+    Sleep {
+        /// How long.
+        ms: u64,
+    },
+}
+
+/// The engines' `sleep_suspend_after`: longer sleeps suspend to the queue.
+pub const SLEEP_SUSPEND_AFTER: Duration = Duration::from_millis(100);
+/// The application's orders table (the outbox workload).
+pub const ORDERS: &str = "orders";
+/// The queue orders' workflows are enqueued to.
+pub const ORDERS_QUEUE: &str = "orders";
+
+/// One order of the outbox workload: an application transaction inserts
+/// the order row and enqueues its workflow (ID `order-<n>`) atomically.
+#[derive(Debug, Clone)]
+pub struct OrderSpec {
+    /// The order number.
+    pub n: i64,
+    /// The workflow ID.
+    pub id: String,
+    /// The workflow's steps.
+    pub ops: Vec<Op>,
+    /// The output a fault-free run produces.
+    pub expected: Vec<i64>,
+    /// Whether the client rolls the transaction back instead of committing.
+    pub rollback: bool,
 }
 
 /// One workflow of the workload.
@@ -78,6 +107,61 @@ pub struct Workload {
     pub accounts: i64,
     /// The workflows.
     pub workflows: Vec<WorkflowSpec>,
+    /// The orders the application client places (outbox).
+    pub orders: Vec<OrderSpec>,
+}
+
+/// The index a workflow ID stands for in [`service_value`]: `wf-<i>` is
+/// `i`, `order-<n>` is `1000 + n`.
+pub fn workflow_index(id: &str) -> usize {
+    if let Some(n) = id.strip_prefix("order-") {
+        1000 + n.parse::<usize>().unwrap_or(0)
+    } else {
+        id.trim_start_matches("wf-").parse().unwrap_or(0)
+    }
+}
+
+/// Random steps for workflow `index`, and their fault-free output.
+fn random_ops(
+    rng: &mut ChaCha8Rng,
+    accounts: i64,
+    index: usize,
+    max: usize,
+) -> (Vec<Op>, Vec<i64>) {
+    let ops: Vec<Op> = (0..rng.gen_range(1..=max))
+        .map(|_| {
+            let r: f64 = rng.r#gen();
+            if r < 0.5 {
+                let from = rng.gen_range(0..accounts);
+                let to = (from + rng.gen_range(1..accounts)) % accounts;
+                Op::Transfer {
+                    from,
+                    to,
+                    amount: rng.gen_range(1..=50),
+                }
+            } else if r < 0.9 {
+                Op::Call
+            } else if rng.gen_bool(0.5) {
+                Op::Sleep {
+                    ms: rng.gen_range(1..=40),
+                }
+            } else {
+                Op::Sleep {
+                    ms: rng.gen_range(150..=400),
+                }
+            }
+        })
+        .collect();
+    let expected = ops
+        .iter()
+        .enumerate()
+        .map(|(step, op)| match op {
+            Op::Transfer { amount, .. } => *amount,
+            Op::Call => service_value(index, step as i32),
+            Op::Sleep { ms } => *ms as i64,
+        })
+        .collect();
+    (ops, expected)
 }
 
 impl Workload {
@@ -89,29 +173,7 @@ impl Workload {
         let count = rng.gen_range(4..=8);
         let workflows = (0..count)
             .map(|i| {
-                let ops: Vec<Op> = (0..rng.gen_range(1..=8))
-                    .map(|_| {
-                        if rng.gen_bool(0.55) {
-                            let from = rng.gen_range(0..accounts);
-                            let to = (from + rng.gen_range(1..accounts)) % accounts;
-                            Op::Transfer {
-                                from,
-                                to,
-                                amount: rng.gen_range(1..=50),
-                            }
-                        } else {
-                            Op::Call
-                        }
-                    })
-                    .collect();
-                let expected = ops
-                    .iter()
-                    .enumerate()
-                    .map(|(step, op)| match op {
-                        Op::Transfer { amount, .. } => *amount,
-                        Op::Call => service_value(i, step as i32),
-                    })
-                    .collect();
+                let (ops, expected) = random_ops(&mut rng, accounts, i, 8);
                 WorkflowSpec {
                     id: format!("wf-{i}"),
                     owner: rng.gen_range(0..executors),
@@ -120,10 +182,24 @@ impl Workload {
                 }
             })
             .collect();
+        let orders = (0..rng.gen_range(2..=6))
+            .map(|n| {
+                let id = format!("order-{n}");
+                let (ops, expected) = random_ops(&mut rng, accounts, workflow_index(&id), 4);
+                OrderSpec {
+                    n,
+                    id,
+                    ops,
+                    expected,
+                    rollback: rng.gen_bool(0.3),
+                }
+            })
+            .collect();
         Self {
             executors,
             accounts,
             workflows,
+            orders,
         }
     }
 
@@ -181,7 +257,7 @@ impl Workflow<SimStorage> for Bank {
             .loads
             .remove(&(self.node.label.clone(), wf.clone()))
             .unwrap_or_default();
-        let index: usize = wf.trim_start_matches("wf-").parse().unwrap_or(0);
+        let index = workflow_index(&wf);
         let mut output = Vec::new();
         for (i, op) in ops.into_iter().enumerate() {
             let step = i as i32;
@@ -203,6 +279,33 @@ impl Workflow<SimStorage> for Bank {
                     let in_history = history.contains(&step);
                     ctx.step_with("call", policy, || self.call(&wf, index, step, in_history))
                         .await?
+                }
+                Op::Sleep { ms } => {
+                    ctx.sleep(Duration::from_millis(ms)).await?;
+                    // The step after a sleep never runs before the recorded
+                    // wake-up time, on the engine's clock.
+                    let now = self.world.now_ms();
+                    let wake: Option<i64> = self
+                        .world
+                        .mem
+                        .steps()
+                        .iter()
+                        .find(|s| s.workflow_id == wf && s.step_id == step)
+                        .and_then(|s| s.output.as_deref())
+                        .and_then(|o| serde_json::from_str(o).ok());
+                    match wake {
+                        Some(wake) if now < wake => self.world.violation(format!(
+                            "{wf} step {step}: woke at {now}, before the recorded wake-up time {wake} ({} ms early)",
+                            wake - now
+                        )),
+                        Some(_) => {}
+                        None => self.world.violation(format!(
+                            "{wf} step {step}: sleep returned without a recorded wake-up time"
+                        )),
+                    }
+                    self.world
+                        .log(format!("{} {wf} step {step} woke", self.node.label));
+                    ms as i64
                 }
             };
             output.push(value);
@@ -360,6 +463,67 @@ pub fn check(world: &World) -> Vec<String> {
             }
         }
     }
+    // Outbox: a committed order (its row is the truth, whatever the client
+    // was told) has its workflow, which succeeded with the fault-free
+    // output; a rolled-back order has none.
+    let committed: BTreeSet<i64> = world
+        .mem
+        .rows(ORDERS)
+        .into_iter()
+        .filter_map(|(k, _)| match k {
+            Key::Int(n) => Some(n),
+            Key::Text(_) => None,
+        })
+        .collect();
+    let mut checked: Vec<(String, Vec<Op>)> = w
+        .workflows
+        .iter()
+        .map(|s| (s.id.clone(), s.ops.clone()))
+        .collect();
+    for o in &w.orders {
+        let row = rows.get(&o.id);
+        if !committed.contains(&o.n) {
+            if let Some(r) = row {
+                v.push(format!(
+                    "order {} is not committed but its workflow {} exists ({})",
+                    o.n, o.id, r.status
+                ));
+            }
+            continue;
+        }
+        if o.rollback {
+            v.push(format!("order {} was rolled back but its row exists", o.n));
+        }
+        checked.push((o.id.clone(), o.ops.clone()));
+        match row {
+            None => v.push(format!(
+                "order {} committed but {} never created",
+                o.n, o.id
+            )),
+            Some(r) if r.status != Status::Success => v.push(format!(
+                "{} ended {:?} (error {:?}), expected SUCCESS",
+                o.id, r.status, r.error
+            )),
+            Some(r) => {
+                let got: Option<Vec<i64>> = r
+                    .output
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str(o).ok());
+                if got.as_ref() != Some(&o.expected) || r.queue != ORDERS_QUEUE {
+                    v.push(format!(
+                        "{} output {:?} on queue {}, fault-free output {:?} on {ORDERS_QUEUE}",
+                        o.id, r.output, r.queue, o.expected
+                    ));
+                }
+            }
+        }
+    }
+    let expected_ids: BTreeSet<&String> = checked.iter().map(|(id, _)| id).collect();
+    for id in rows.keys() {
+        if !expected_ids.contains(id) {
+            v.push(format!("unexpected workflow {id}"));
+        }
+    }
     // Transactional steps: exactly one ledger row per checkpoint, none
     // without one.
     let steps = world.mem.steps();
@@ -415,18 +579,26 @@ pub fn check(world: &World) -> Vec<String> {
         .filter(|c| c.ok)
         .map(|c| (c.workflow_id.clone(), c.step_id))
         .collect();
-    for spec in &w.workflows {
-        for (i, op) in spec.ops.iter().enumerate() {
-            let key = (spec.id.clone(), i as i32);
+    for (id, ops) in &checked {
+        for (i, op) in ops.iter().enumerate() {
+            let key = (id.clone(), i as i32);
             match op {
                 Op::Transfer { .. } => {
                     if !ledger.contains_key(&key) {
-                        v.push(format!("transfer {} step {i} never applied", spec.id));
+                        v.push(format!("transfer {id} step {i} never applied"));
                     }
                 }
                 Op::Call => {
                     if !calls_ok.contains(&key) {
-                        v.push(format!("call {} step {i} never made", spec.id));
+                        v.push(format!("call {id} step {i} never made"));
+                    }
+                }
+                Op::Sleep { .. } => {
+                    if !steps
+                        .iter()
+                        .any(|s| s.workflow_id == *id && s.step_id == i as i32)
+                    {
+                        v.push(format!("sleep {id} step {i} never recorded"));
                     }
                 }
             }
@@ -515,4 +687,80 @@ pub fn monitor(world: &World) {
     for c in changed {
         world.violation(c);
     }
+}
+
+/// The application client of the outbox workload: for each order, one
+/// transaction inserts the order row and enqueues its workflow, then
+/// commits or (as planned) rolls back. Storage faults apply; after an error
+/// the client sometimes tries again (the insert ignores an existing row and
+/// the enqueue is idempotent on the workflow ID), and otherwise gives up:
+/// what counts is the committed order row, not what the client was told.
+pub async fn app_client(world: Arc<World>) {
+    use tandem::storage::{Storage as _, Transaction as _, WorkflowEnqueue};
+    let orders = world.workload.orders.clone();
+    for o in &orders {
+        madsim::time::sleep(Duration::from_millis(
+            madsim::rand::thread_rng().gen_range(5..60),
+        ))
+        .await;
+        for attempt in 0.. {
+            world.latency().await;
+            let result: Result<&str, String> = async {
+                let mut tx = world.mem.begin().await.map_err(|e| e.to_string())?;
+                tx.conn()
+                    .insert_or_ignore(ORDERS, o.n, json!({ "order": o.n }))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                world.latency().await;
+                let input = serde_json::to_string(&o.ops).expect("ops serialize");
+                tx.workflow_enqueue(WorkflowEnqueue {
+                    name: "bank".to_owned(),
+                    input,
+                    queue: ORDERS_QUEUE.to_owned(),
+                    workflow_id: Some(o.id.clone()),
+                    priority: 0,
+                    dedup_key: None,
+                    delay_ms: None,
+                    dedup_error: false,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                world.latency().await;
+                if o.rollback {
+                    tx.rollback().await.map_err(|e| e.to_string())?;
+                    Ok("rolled back")
+                } else {
+                    tx.commit().await.map_err(|e| e.to_string())?;
+                    Ok("committed")
+                }
+            }
+            .await;
+            match result {
+                Ok(what) => {
+                    world.faults.observe(if o.rollback {
+                        "outbox.rolled_back"
+                    } else {
+                        "outbox.committed_acked"
+                    });
+                    world.log(format!("app order {} ({}): {what}", o.n, o.id));
+                    break;
+                }
+                Err(e) => {
+                    world.log(format!("app order {} attempt {attempt}: {e}", o.n));
+                    if e.contains("Unavailable") {
+                        world.faults.observe("outbox.outcome_unknown");
+                    }
+                    // Before any executor registered the name and queue the
+                    // enqueue is rejected: always try again then.
+                    let invalid = e.contains("unknown");
+                    if attempt >= 20 || (!invalid && madsim::rand::thread_rng().gen_bool(0.4)) {
+                        world.log(format!("app order {} given up", o.n));
+                        break;
+                    }
+                    madsim::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    world.state().app_done = true;
 }

@@ -3,7 +3,7 @@
 //! call log. It lives outside every node, so it survives their crashes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -52,6 +52,12 @@ pub struct State {
     pub violations: Vec<String>,
     /// The first terminal outcome seen per workflow.
     pub terminal: BTreeMap<String, (String, Option<String>)>,
+    /// The application client has finished all its orders.
+    pub app_done: bool,
+    /// Nodes killed for good (their work must be reclaimed by others).
+    pub permanent: BTreeSet<String>,
+    /// Paused nodes and when the supervisor resumes them.
+    pub paused: BTreeMap<String, Instant>,
 }
 
 /// Everything a run shares.
@@ -60,12 +66,20 @@ pub struct World {
     pub seed: u64,
     /// The one database every executor uses.
     pub mem: MemStorage,
+    /// A database nobody writes to: its listener never fires (see
+    /// `SimStorage::listen`).
+    pub quiet: MemStorage,
     /// The fault injector.
     pub faults: Faults,
     /// What runs: accounts, workflows, nodes.
     pub workload: Workload,
     /// Offset of the simulated wall clock (clock jumps), in milliseconds.
     pub clock_offset_ms: AtomicI64,
+    /// Queue-claim COMMITs in flight whose acknowledgement must not be
+    /// lost (see `Options::claim_lost_ack`).
+    pub claim_commits: AtomicU32,
+    /// `Options::claim_lost_ack`.
+    pub claim_lost_ack: AtomicBool,
     start: Instant,
     trace: Arc<Mutex<Vec<String>>>,
     state: Mutex<State>,
@@ -82,9 +96,12 @@ impl World {
         Self {
             seed,
             mem: MemStorage::new(),
+            quiet: MemStorage::new(),
             faults,
             workload,
             clock_offset_ms: AtomicI64::new(0),
+            claim_commits: AtomicU32::new(0),
+            claim_lost_ack: AtomicBool::new(false),
             start: Instant::now(),
             trace,
             state: Mutex::new(State::default()),
@@ -129,7 +146,7 @@ impl World {
 
     /// Marks `node` dead; the supervisor restarts it after a short delay.
     pub fn mark_dead(&self, node: &str) {
-        let delay = Duration::from_millis(madsim::rand::thread_rng().gen_range(1..200));
+        let delay = Duration::from_millis(madsim::rand::thread_rng().gen_range(1..500));
         self.state()
             .dead
             .insert(node.to_owned(), Instant::now() + delay);
@@ -151,6 +168,12 @@ impl World {
     pub async fn latency(&self) {
         let us = madsim::rand::thread_rng().gen_range(100..2000);
         madsim::time::sleep(Duration::from_micros(us)).await;
+    }
+
+    /// The engine's clock (virtual time plus clock jumps), in Unix
+    /// milliseconds: what `MadsimEnv::now` returns.
+    pub fn now_ms(&self) -> i64 {
+        (crate::env::EPOCH_OFFSET + self.elapsed()).as_millis() as i64 + self.clock_offset()
     }
 
     /// The offset the clock has jumped by.

@@ -1330,7 +1330,9 @@ impl MemConn {
             let mut expired = Vec::new();
             let mut known = std::collections::HashSet::new();
             for (k, i) in t.scan(txs, &snap, ..) {
-                if t.data(k, i).lease_expires_ms < now_ms {
+                if t.data(k, i).lease_expires_ms < now_ms
+                    && !crate::bugs::active(crate::bugs::Bug::LeaseNeverExpires)
+                {
                     expired.push(k.clone());
                 }
                 known.insert(k.clone());

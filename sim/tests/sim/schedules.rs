@@ -22,6 +22,7 @@ fn run(seed: u64, schedule: Vec<Scheduled>, bug: Option<Bug>) -> Result<(), Test
         &Options {
             plan: Plan::Schedule(schedule),
             bug,
+            ..Options::default()
         },
     );
     if report.passed() {
