@@ -398,7 +398,9 @@ impl<S: Storage> WorkflowContext<S> {
                     let _ = tx.rollback().await;
                     let wait = Duration::from_millis((deadline_ms - now_ms) as u64)
                         .min(self.shared.config.queue_poll_interval);
+                    // `biased`: a deterministic poll order for simulation.
                     tokio::select! {
+                        biased;
                         () = &mut notified => {}
                         result = shared.sleep_unless_shutdown(wait) => self.note(result)?,
                     }

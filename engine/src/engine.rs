@@ -21,9 +21,9 @@ use crate::env::{Env, TokioEnv, unix_ms};
 use crate::error::Error;
 use crate::queue::{DEFAULT_QUEUE, EnqueueOptions, Queue};
 use crate::storage::{
-    ErrorKind, ExecutorRegister, Listener, Status, StepRow, Storage, StorageError,
-    WorkflowComplete, WorkflowEnqueue, WorkflowInsert, WorkflowInserted, WorkflowRow,
-    WorkflowsClaim, WorkflowsRecover,
+    ErrorKind, ExecutorRegister, Listener, Status, StepRow, Storage, StorageError, Transaction,
+    WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowInsert, WorkflowInserted,
+    WorkflowRow, WorkflowsClaim, WorkflowsRecover,
 };
 use crate::workflow::{ErasedWorkflow, Workflow};
 
@@ -126,7 +126,10 @@ impl<S: Storage> Shared<S> {
         if *shutdown.borrow_and_update() {
             return Err(Error::Shutdown);
         }
+        // `biased`: branches are polled in order, never in an order drawn
+        // from tokio's own (unseeded) generator, so simulated runs replay.
         tokio::select! {
+            biased;
             () = self.env.sleep(delay) => Ok(()),
             _ = shutdown.wait_for(|down| *down) => Err(Error::Shutdown),
         }
@@ -374,7 +377,19 @@ impl<S: Storage> Shared<S> {
         let mut reclaimed_ms = i64::MIN;
         let names = self.workflow_names();
         let mut errors = 0u32;
+        // Queues where a claim's outcome was unknown: adopt what it may have
+        // claimed, until a look succeeds.
+        let mut orphans: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         while !self.is_shutting_down() {
+            let mut adopted = Vec::new();
+            for queue in &orphans {
+                if self.adopt_orphans(queue).await {
+                    adopted.push(queue.clone());
+                }
+            }
+            for queue in adopted {
+                orphans.remove(&queue);
+            }
             if listener.is_none() {
                 match self.storage.listen().await {
                     Ok(l) => listener = Some(l),
@@ -435,6 +450,12 @@ impl<S: Storage> Shared<S> {
                     Err(error) => {
                         tracing::debug!(%error, queue = queue.name(), "claim failed");
                         failed = true;
+                        // After an unknown outcome the claim may have
+                        // committed: its workflows would then be RUNNING here
+                        // but run by no one, kept alive by our heartbeats.
+                        if error.kind() == ErrorKind::Unavailable {
+                            orphans.insert(queue.name().to_owned());
+                        }
                     }
                 }
             }
@@ -445,7 +466,9 @@ impl<S: Storage> Shared<S> {
                 self.config.queue_poll_interval
             };
             let mut shutdown = self.shutdown.subscribe();
+            // `biased`: a deterministic poll order (see sleep_unless_shutdown).
             let woke_by_listener = tokio::select! {
+                biased;
                 received = async {
                     match listener.as_mut() {
                         Some(l) => l.recv().await,
@@ -468,6 +491,39 @@ impl<S: Storage> Shared<S> {
         }
     }
 
+    /// Runs the workflows of `queue` that the storage says this executor owns
+    /// but that do not run here (a claim whose acknowledgement was lost).
+    /// Each is taken over with a bumped epoch, as at launch. Returns whether
+    /// the look (and every takeover) succeeded.
+    async fn adopt_orphans(self: &Arc<Self>, queue: &str) -> bool {
+        let filter = WorkflowFilter {
+            status: Some(Status::Running),
+            queue: Some(queue.to_owned()),
+            limit: u32::MAX,
+            ..WorkflowFilter::default()
+        };
+        let listed = self
+            .storage
+            .autocommit(move |tx| Box::pin(async move { tx.workflows_list(filter).await }))
+            .await;
+        let Ok(rows) = listed else {
+            return false;
+        };
+        let mut complete = true;
+        for info in rows {
+            let row = info.row;
+            let ours = row.executor_id.as_deref() == Some(self.config.executor_id.as_str());
+            if ours && !self.lock_running().contains_key(&row.id) {
+                tracing::info!(workflow_id = %row.id, "adopting a workflow claimed by a claim whose outcome was unknown");
+                if let Err(error) = self.recover(Some(&row.id)).await {
+                    tracing::debug!(%error, "adoption failed; retrying at the next claim");
+                    complete = false;
+                }
+            }
+        }
+        complete
+    }
+
     /// Renews this executor's lease every third of the lease.
     async fn heartbeat_loop(self: Arc<Self>) {
         while self
@@ -486,7 +542,7 @@ impl<S: Storage> Shared<S> {
     }
 
     /// Bumps the epoch of this executor's unfinished workflows (all, or just
-    /// `only`) and runs the ones not already running here.
+    /// `only`) and runs them here.
     async fn recover(self: &Arc<Self>, only: Option<&str>) -> Result<usize, Error> {
         if only.is_none() && crate::bugs::active(crate::bugs::Bug::NoRecoveryOnLaunch) {
             return Ok(0);
@@ -502,9 +558,10 @@ impl<S: Storage> Shared<S> {
         let mut count = 0;
         for row in rows {
             let row = crate::bugs::stale_epoch(row);
-            if self.lock_running().contains_key(&row.id) {
-                continue;
-            }
+            // Always run the new epoch, even if an execution of this
+            // workflow is registered here (it registered while the bump was
+            // in flight): the bump fenced that execution, which stops at its
+            // next write and removes only its own entry.
             tracing::info!(workflow_id = %row.id, name = %row.name, epoch = row.owner_epoch, "recovering workflow");
             self.execute(row, None);
             count += 1;

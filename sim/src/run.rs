@@ -38,9 +38,8 @@ pub struct Options {
     pub plan: Plan,
     /// A planted engine bug to switch on, if any.
     pub bug: Option<Bug>,
-    /// Let lost acknowledgements hit the COMMIT of a queue claim. Off by
-    /// default: the engine then orphans the claimed workflows (known bug,
-    /// see `docs/simulation.md`, "Known engine bugs").
+    /// Let lost acknowledgements hit the COMMIT of a queue claim (on by
+    /// default; a switch so that the claim path can be isolated).
     pub claim_lost_ack: bool,
 }
 
@@ -49,7 +48,7 @@ impl Default for Options {
         Self {
             plan: Plan::Random,
             bug: None,
-            claim_lost_ack: false,
+            claim_lost_ack: true,
         }
     }
 }

@@ -61,12 +61,10 @@ impl Storage for SimStorage {
     type Listener = <MemStorage as Storage>::Listener;
 
     async fn listen(&self) -> StorageResult<Self::Listener> {
-        // A listener that never fires: executors find queued work by
-        // polling only. The claim loop's `tokio::select!` polls its ready
-        // branches in an order drawn from tokio's own unseeded generator,
-        // so a NOTIFY racing a timer made runs diverge (see
-        // `docs/simulation.md`, "Known engine issues").
-        self.world.quiet.listen().await
+        // Real wake-ups (the model's NOTIFY): the engine's `select!`s are
+        // `biased`, so a wake-up racing a timer resolves the same way on
+        // every replay.
+        self.world.mem.listen().await
     }
 
     async fn begin(&self) -> StorageResult<SimTx> {

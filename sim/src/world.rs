@@ -66,9 +66,7 @@ pub struct World {
     pub seed: u64,
     /// The one database every executor uses.
     pub mem: MemStorage,
-    /// A database nobody writes to: its listener never fires (see
-    /// `SimStorage::listen`).
-    pub quiet: MemStorage,
+
     /// The fault injector.
     pub faults: Faults,
     /// What runs: accounts, workflows, nodes.
@@ -96,7 +94,7 @@ impl World {
         Self {
             seed,
             mem: MemStorage::new(),
-            quiet: MemStorage::new(),
+
             faults,
             workload,
             clock_offset_ms: AtomicI64::new(0),
