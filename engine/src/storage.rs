@@ -332,6 +332,19 @@ pub struct QueueLimits {
 }
 
 impl QueueLimits {
+    /// How many more workflows may start now, given how many of the queue's
+    /// workflows are running and how many started within the rate period.
+    pub fn budget(&self, running: i64, recent: i64) -> u32 {
+        let mut budget = i64::from(u32::MAX);
+        if let Some(global) = self.concurrency_global {
+            budget = budget.min(i64::from(global) - running);
+        }
+        if let Some((count, _)) = self.rate_limit {
+            budget = budget.min(i64::from(count) - recent);
+        }
+        u32::try_from(budget.max(0)).unwrap_or(u32::MAX)
+    }
+
     /// Whether claimers of this queue must be serialized.
     pub fn is_limited(&self) -> bool {
         self.concurrency_global.is_some() || self.rate_limit.is_some()

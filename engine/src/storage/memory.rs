@@ -1403,14 +1403,7 @@ impl MemConn {
             }
             (running, recent)
         };
-        let mut budget = i64::from(u32::MAX);
-        if let Some(global) = p.queue.concurrency_global {
-            budget = budget.min(i64::from(global) - running);
-        }
-        if let Some((count, _)) = p.queue.rate_limit {
-            budget = budget.min(i64::from(count) - recent);
-        }
-        Ok(Some(budget.max(0) as u32))
+        Ok(Some(p.queue.budget(running, recent)))
     }
 
     async fn workflows_claim(&mut self, p: WorkflowsClaim) -> Result<Vec<WorkflowRow>, MemError> {
