@@ -9,9 +9,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::engine::encode_json;
 use crate::env::{Env, TokioEnv, unix_ms};
 use crate::error::Error;
+use crate::payload;
 use crate::storage::{StepInfo, Storage, Transaction, WorkflowFilter, WorkflowFork, WorkflowInfo};
 
 /// A workflow with its steps, as management tools show it.
@@ -153,7 +153,7 @@ impl<S: Storage> Admin<S> {
         topic: &str,
         message: &T,
     ) -> Result<(), Error> {
-        let payload = encode_json(message, || format!("message on topic {topic:?}"))?;
+        let payload = payload::encode(message, || format!("message on topic {topic:?}"))?;
         let (id, topic) = (id.to_owned(), topic.to_owned());
         let now_ms = self.now_ms();
         Ok(self
@@ -184,12 +184,8 @@ impl<S: Storage> Admin<S> {
                 })
                 .await?;
             if let Some(json) = value {
-                return serde_json::from_str(&json)
-                    .map(Some)
-                    .map_err(|source| Error::Decode {
-                        what: format!("event {key:?} of workflow {id:?}"),
-                        source,
-                    });
+                return payload::decode(&json, || format!("event {key:?} of workflow {id:?}"))
+                    .map(Some);
             }
             let now_ms = self.now_ms();
             if now_ms >= deadline_ms {

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::engine::{Outcome, Shared};
 use crate::error::{Error, WorkflowError};
+use crate::payload;
 use crate::retry::RetryPolicy;
 use crate::storage::{
     ErrorKind, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, Transaction,
@@ -418,13 +419,8 @@ impl<S: Storage> WorkflowContext<S> {
             );
             match self.finish_in_tx(tx, params, attempts).await? {
                 Finished::Committed => {
-                    return serde_json::from_str(&payload).map_err(|source| {
-                        Error::Decode {
-                            what: format!("message on topic {topic:?}"),
-                            source,
-                        }
-                        .into()
-                    });
+                    return payload::decode(&payload, || format!("message on topic {topic:?}"))
+                        .map_err(Into::into);
                 }
                 Finished::Exists => return self.replay_winner(step_id, &name).await,
                 Finished::Retry { maybe_committed: m } => {
@@ -592,13 +588,10 @@ impl<S: Storage> WorkflowContext<S> {
             .storage_retry(|| storage.step_record(params.clone()))
             .await?
         {
-            StepRecorded::Recorded => serde_json::from_str(&json).map_err(|source| {
-                Error::Decode {
-                    what: format!("output of step {step_id} ({name:?})"),
-                    source,
-                }
-                .into()
-            }),
+            StepRecorded::Recorded => {
+                payload::decode(&json, || format!("output of step {step_id} ({name:?})"))
+                    .map_err(Into::into)
+            }
             StepRecorded::Exists => self.replay_winner(step_id, name).await,
         }
     }
@@ -758,13 +751,10 @@ impl<S: Storage> WorkflowContext<S> {
 
     fn decode_recorded<T: DeserializeOwned>(&self, row: StepRow) -> Result<T, WorkflowError> {
         match (row.output, row.error) {
-            (Some(json), _) => serde_json::from_str(&json).map_err(|source| {
-                Error::Decode {
-                    what: format!("recorded output of step {} ({:?})", row.step_id, row.name),
-                    source,
-                }
-                .into()
-            }),
+            (Some(json), _) => payload::decode(&json, || {
+                format!("recorded output of step {} ({:?})", row.step_id, row.name)
+            })
+            .map_err(Into::into),
             (None, Some(message)) => Err(self.step_failed(row.step_id, &row.name, message)),
             (None, None) => Err(Error::Storage(StorageError::new(
                 ErrorKind::Other,

@@ -19,6 +19,7 @@ use crate::admin::Admin;
 use crate::context::WorkflowContext;
 use crate::env::{Env, TokioEnv, unix_ms};
 use crate::error::Error;
+use crate::payload;
 use crate::queue::{DEFAULT_QUEUE, EnqueueOptions, Queue};
 use crate::storage::{
     ErrorKind, ExecutorRegister, Listener, Status, StepRow, Storage, StorageError, Transaction,
@@ -184,7 +185,7 @@ impl<S: Storage> Shared<S> {
         value: &T,
         what: impl Fn() -> String,
     ) -> Result<String, Error> {
-        let json = encode_json(value, &what)?;
+        let json = payload::encode(value, &what)?;
         self.check_size(json, what)
     }
 
@@ -733,10 +734,9 @@ impl<O: DeserializeOwned> WorkflowHandle<O> {
     /// [`Error::WorkflowFailed`] with the recorded error message.
     pub async fn result(&self) -> Result<O, Error> {
         match self.source.outcome(&self.id).await? {
-            Outcome::Success(json) => serde_json::from_str(&json).map_err(|source| Error::Decode {
-                what: format!("output of workflow {:?}", self.id),
-                source,
-            }),
+            Outcome::Success(json) => {
+                payload::decode(&json, || format!("output of workflow {:?}", self.id))
+            }
             Outcome::Error(message) => Err(Error::WorkflowFailed {
                 id: self.id.clone(),
                 message,
@@ -1146,15 +1146,4 @@ pub(crate) fn workflow_enqueue_params(
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         dedup_error: options.dedup_error,
     }
-}
-
-/// Encodes a payload as JSON, naming it in the error.
-pub(crate) fn encode_json<T: Serialize>(
-    value: &T,
-    what: impl Fn() -> String,
-) -> Result<String, Error> {
-    serde_json::to_string(value).map_err(|source| Error::Encode {
-        what: what(),
-        source,
-    })
 }

@@ -98,6 +98,7 @@ pub mod context;
 pub mod engine;
 pub mod env;
 pub mod error;
+pub mod payload;
 pub mod queue;
 pub mod retry;
 pub mod storage;

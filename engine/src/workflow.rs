@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::context::WorkflowContext;
 use crate::error::{Error, WorkflowError};
+use crate::payload;
 use crate::storage::Storage;
 
 /// A durable workflow: a deterministic function of its input and of the
@@ -98,10 +99,7 @@ fn json_types_of<T: DeserializeOwned>() -> Vec<&'static str> {
 }
 
 fn decode_input<S: Storage, W: Workflow<S>>(input: &str) -> Result<W::Input, Error> {
-    serde_json::from_str(input).map_err(|source| Error::Decode {
-        what: format!("input of workflow {:?}", W::NAME),
-        source,
-    })
+    payload::decode(input, || format!("input of workflow {:?}", W::NAME))
 }
 
 impl<S: Storage, W: Workflow<S>> ErasedWorkflow<S> for W {
@@ -109,10 +107,7 @@ impl<S: Storage, W: Workflow<S>> ErasedWorkflow<S> for W {
         Box::pin(async move {
             let input = decode_input::<S, W>(input)?;
             let output = self.run(ctx, input).await?;
-            let json = serde_json::to_string(&output).map_err(|source| Error::Encode {
-                what: format!("output of workflow {:?}", W::NAME),
-                source,
-            })?;
+            let json = payload::encode(&output, || format!("output of workflow {:?}", W::NAME))?;
             Ok(json)
         })
     }

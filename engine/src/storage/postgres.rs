@@ -17,8 +17,9 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::engine::{encode_json, workflow_enqueue_params};
+use crate::engine::workflow_enqueue_params;
 use crate::error::Error;
+use crate::payload;
 use crate::queue::EnqueueOptions;
 use crate::workflow::Workflow;
 
@@ -111,7 +112,7 @@ impl PgStorage {
         input: &W::Input,
         options: EnqueueOptions,
     ) -> Result<String, Error> {
-        let input = encode_json(input, || format!("input of workflow {:?}", W::NAME))?;
+        let input = payload::encode(input, || format!("input of workflow {:?}", W::NAME))?;
         let params = workflow_enqueue_params(W::NAME, input, options);
         Ok(workflow_enqueue(conn, params).await?)
     }
@@ -125,7 +126,7 @@ impl PgStorage {
         topic: &str,
         message: &T,
     ) -> Result<(), Error> {
-        let payload = encode_json(message, || format!("message on topic {topic:?}"))?;
+        let payload = payload::encode(message, || format!("message on topic {topic:?}"))?;
         Ok(message_send(conn, workflow_id, topic, &payload).await?)
     }
 

@@ -1,0 +1,1 @@
+//! The stable twin of `enqueue_args` (to be written).

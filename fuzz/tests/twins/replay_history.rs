@@ -1,0 +1,1 @@
+//! The stable twin of `replay_history` (to be written).
