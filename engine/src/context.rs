@@ -159,10 +159,10 @@ impl<S: Storage> WorkflowContext<S> {
                 match f().await {
                     Ok(value) => match self.encode(&value, step_id, name) {
                         Ok(json) => break (Some(value), Ok(json)),
-                        Err(e) => break (None, Err(e.to_string())),
+                        Err(e) => break (None, Err(payload::error_text(e.to_string()))),
                     },
                     Err(e) => {
-                        let message = e.into().to_string();
+                        let message = payload::error_text(e.into().to_string());
                         if attempts >= policy.attempts_max {
                             break (None, Err(message));
                         }
@@ -801,6 +801,7 @@ impl<S: Storage> WorkflowContext<S> {
         started_ms: i64,
         message: String,
     ) -> Result<T, WorkflowError> {
+        let message = payload::error_text(message);
         let params = StepRecord {
             workflow_id: self.workflow_id.clone(),
             step_id,

@@ -46,8 +46,19 @@ pub(crate) struct Config {
 /// The default `payload_max_bytes`: 1 MiB of JSON.
 pub const PAYLOAD_MAX_BYTES_DEFAULT: usize = 1 << 20;
 
-/// The longest accepted workflow ID, in bytes.
-pub const WORKFLOW_ID_MAX_BYTES: usize = 256;
+/// The longest accepted workflow ID, in characters (as the SQL function
+/// `tandem.enqueue_workflow` counts them: the two paths accept the same IDs).
+pub const WORKFLOW_ID_MAX_CHARS: usize = 256;
+
+/// Checks a workflow ID: 1 to [`WORKFLOW_ID_MAX_CHARS`] characters, and no
+/// NUL, which PostgreSQL's `text` cannot hold.
+pub(crate) fn check_workflow_id(id: String) -> Result<String, Error> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > WORKFLOW_ID_MAX_CHARS || id.contains('\0') {
+        return Err(Error::InvalidWorkflowId { id });
+    }
+    Ok(id)
+}
 
 /// How a finished workflow ended, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -189,7 +200,8 @@ impl<S: Storage> Shared<S> {
         self.check_size(json, what)
     }
 
-    fn check_size(&self, json: String, what: impl FnOnce() -> String) -> Result<String, Error> {
+    fn check_size(&self, json: String, what: impl Fn() -> String) -> Result<String, Error> {
+        payload::check_storable(&json, &what)?;
         if json.len() > self.config.payload_max_bytes {
             return Err(Error::PayloadTooLarge {
                 what: what(),
@@ -304,10 +316,10 @@ impl<S: Storage> Shared<S> {
             Ok(json) => {
                 match self.check_size(json, || format!("output of workflow {:?}", row.name)) {
                     Ok(json) => Outcome::Success(json),
-                    Err(e) => Outcome::Error(e.to_string()),
+                    Err(e) => Outcome::Error(payload::error_text(e.to_string())),
                 }
             }
-            Err(e) => Outcome::Error(e.to_string()),
+            Err(e) => Outcome::Error(payload::error_text(e.to_string())),
         };
         let (status, output, error) = match &outcome {
             Outcome::Success(json) => (Status::Success, Some(json.clone()), None),
@@ -585,9 +597,7 @@ impl<S: Storage> Shared<S> {
                 name: name.to_owned(),
             });
         };
-        if id.is_empty() || id.len() > WORKFLOW_ID_MAX_BYTES {
-            return Err(Error::InvalidWorkflowId { id });
-        }
+        let id = check_workflow_id(id)?;
         workflow.check_input(&input)?;
         let params = WorkflowInsert {
             id: id.clone(),

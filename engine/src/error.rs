@@ -31,8 +31,9 @@ pub enum Error {
         /// The workflow ID.
         id: String,
     },
-    /// A workflow ID is empty or longer than `WORKFLOW_ID_MAX_BYTES`.
-    #[error("invalid workflow ID {id:?}: it must be 1 to 256 bytes long")]
+    /// A workflow ID is empty, longer than `WORKFLOW_ID_MAX_CHARS`, or holds
+    /// a NUL character.
+    #[error("invalid workflow ID {id:?}: it must be 1 to 256 characters, none of them NUL")]
     InvalidWorkflowId {
         /// The rejected ID.
         id: String,
@@ -46,6 +47,15 @@ pub enum Error {
         size: usize,
         /// The engine's `payload_max_bytes`.
         max: usize,
+    },
+    /// A payload holds what PostgreSQL's `jsonb` cannot store (a NUL
+    /// character, `\u0000`), refused on every backend alike.
+    #[error("{what} cannot be stored: {reason}")]
+    UnstorablePayload {
+        /// Which payload.
+        what: String,
+        /// Why.
+        reason: &'static str,
     },
     /// A payload could not be encoded as JSON.
     #[error("cannot encode {what} as JSON: {source}")]
@@ -149,6 +159,7 @@ impl Error {
             | Error::InvalidWorkflowId { .. }
             | Error::InvalidTransition { .. }
             | Error::PayloadTooLarge { .. }
+            | Error::UnstorablePayload { .. }
             | Error::Encode { .. }
             | Error::Decode { .. } => ErrorKind::Invalid,
             _ => ErrorKind::Other,

@@ -11,16 +11,48 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 
-/// Encodes `value` as JSON; `what` names the payload in the error (for
-/// example `output of step 2 ("charge")`).
+/// Encodes `value` as JSON that PostgreSQL's `jsonb` can store; `what`
+/// names the payload in the error (for example `output of step 2
+/// ("charge")`).
 pub fn encode<T: Serialize + ?Sized>(
     value: &T,
-    what: impl FnOnce() -> String,
+    what: impl Fn() -> String,
 ) -> Result<String, Error> {
-    serde_json::to_string(value).map_err(|source| Error::Encode {
+    let json = serde_json::to_string(value).map_err(|source| Error::Encode {
         what: what(),
         source,
-    })
+    })?;
+    check_storable(&json, what)?;
+    Ok(json)
+}
+
+/// Refuses JSON text that `jsonb` cannot store: a string holding NUL
+/// (`\u0000`; PostgreSQL fails the whole statement with 22P05). Refused
+/// here, before anything is written, so both backends fail alike and the
+/// error names the payload. Expects valid JSON: outside strings there are
+/// no backslashes, and inside them every escape is skipped whole.
+pub fn check_storable(json: &str, what: impl FnOnce() -> String) -> Result<(), Error> {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if bytes[i + 1..].starts_with(b"u0000") {
+            return Err(Error::UnstorablePayload {
+                what: what(),
+                reason: "it holds a NUL character (\\u0000), which PostgreSQL's jsonb refuses",
+            });
+        }
+        // `\uXXXX` or a one-character escape: never a NUL, skip it.
+        i += if bytes.get(i + 1) == Some(&b'u') {
+            6
+        } else {
+            2
+        };
+    }
+    Ok(())
 }
 
 /// Decodes a recorded JSON payload into `T`, or fails with
@@ -32,9 +64,21 @@ pub fn decode<T: DeserializeOwned>(json: &str, what: impl FnOnce() -> String) ->
     })
 }
 
+/// An error message as it is stored: PostgreSQL's `text` cannot hold NUL,
+/// so a message with one (a foreign library's, an unknown name's) would fail
+/// the very write that records the failure. NUL becomes U+FFFD; the rest of
+/// the message is kept.
+pub fn error_text(message: String) -> String {
+    if message.contains('\0') {
+        message.replace('\0', "\u{fffd}")
+    } else {
+        message
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{decode, encode};
+    use super::{check_storable, decode, encode, error_text};
 
     /// A step that returned this float must replay the very same float. With
     /// serde_json's default (fast, inexact) float parser it came back 1 ULP
@@ -57,5 +101,23 @@ mod tests {
                 "{x:e} encoded as {json} decodes to {back:e}"
             );
         }
+    }
+
+    /// Only a real NUL is refused, not the text `\u0000` (an escaped
+    /// backslash followed by `u0000`).
+    #[test]
+    fn nul_is_refused_wherever_it_hides() {
+        let what = || "payload".to_owned();
+        for refused in ["a\0", "\\\0", "\u{1}\0"] {
+            let json = serde_json::to_string(refused).unwrap();
+            assert!(check_storable(&json, what).is_err(), "{json}");
+            assert!(encode(&vec![refused], what).is_err(), "{json}");
+            assert!(encode(&std::collections::BTreeMap::from([(refused, 1)]), what).is_err());
+        }
+        for stored in ["\\u0000", "\\\\u0000", "u0000", "\u{1}", ""] {
+            let json = encode(stored, what).unwrap();
+            assert_eq!(decode::<String>(&json, what).unwrap(), stored);
+        }
+        assert_eq!(error_text("a\0b".to_owned()), "a\u{fffd}b");
     }
 }

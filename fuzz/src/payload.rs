@@ -74,9 +74,17 @@ where
     let what = || "recorded output of step 0 (\"fuzz\")".to_owned();
     match payload::decode::<T>(json, what) {
         Ok(value) => {
-            let encoded = payload::encode(&value, what).unwrap_or_else(|e| {
-                panic!("decoded {value:?} from {json:?} but cannot re-encode it: {e}")
-            });
+            let encoded = match payload::encode(&value, what) {
+                Ok(encoded) => encoded,
+                // Only a value holding NUL may be refused, and only so.
+                Err(Error::UnstorablePayload { .. }) => {
+                    let plain = serde_json::to_string(&value).expect("serializable");
+                    let parsed: serde_json::Value = serde_json::from_str(&plain).expect("valid JSON");
+                    assert!(holds_nul(&parsed), "{value:?} refused as unstorable without a NUL");
+                    return;
+                }
+                Err(e) => panic!("decoded {value:?} from {json:?} but cannot re-encode it: {e}"),
+            };
             let again: T = payload::decode(&encoded, what).unwrap_or_else(|e| {
                 panic!("re-encoded {value:?} as {encoded:?}, which does not decode: {e}")
             });
@@ -102,12 +110,88 @@ where
     }
 }
 
+/// Whether any string of a JSON text, keys and values, duplicates
+/// included, holds NUL: what PostgreSQL's jsonb refuses (its lexer refuses
+/// `\u0000` even in a duplicate key's value that parsing then drops).
+pub(crate) struct AnyNul(pub(crate) bool);
+
+impl<'de> Deserialize<'de> for AnyNul {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AnyNulVisitor)
+    }
+}
+
+struct AnyNulVisitor;
+
+impl<'de> serde::de::Visitor<'de> for AnyNulVisitor {
+    type Value = AnyNul;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON")
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<AnyNul, E> {
+        Ok(AnyNul(s.contains('\0')))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<AnyNul, E> {
+        Ok(AnyNul(false))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<AnyNul, E> {
+        Ok(AnyNul(false))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<AnyNul, E> {
+        Ok(AnyNul(false))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<AnyNul, E> {
+        Ok(AnyNul(false))
+    }
+
+    fn visit_unit<E>(self) -> Result<AnyNul, E> {
+        Ok(AnyNul(false))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AnyNul, A::Error> {
+        let mut nul = false;
+        while let Some(AnyNul(n)) = seq.next_element()? {
+            nul |= n;
+        }
+        Ok(AnyNul(nul))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AnyNul, A::Error> {
+        let mut nul = false;
+        while let Some((AnyNul(k), AnyNul(v))) = map.next_entry()? {
+            nul |= k | v;
+        }
+        Ok(AnyNul(nul))
+    }
+}
+
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 /// Runs one input.
 pub fn run(data: &[u8]) {
     // PostgreSQL hands back text, always UTF-8; invalid bytes are what a
     // corrupted row or a foreign writer could at worst look like once read.
     let json = String::from_utf8_lossy(data);
     let json = json.as_ref();
+    // The engine's storability check (a byte scan, no parse) refuses valid
+    // JSON exactly when jsonb would: when a string in it holds NUL.
+    if let Ok(AnyNul(nul)) = serde_json::from_str::<AnyNul>(json) {
+        let refused = payload::check_storable(json, || "payload".to_owned()).is_err();
+        assert_eq!(refused, nul, "check_storable on {json:?}");
+    }
     check::<serde_json::Value>(json);
     check::<()>(json);
     check::<bool>(json);

@@ -25,7 +25,7 @@ use tandem::storage::memory::{Key, WorkflowRecord};
 use tandem::storage::{StepKind, StepRecord, Storage, Transaction, WorkflowInsert};
 use tandem::{Engine, MemStorage, Status, Workflow, WorkflowContext, WorkflowError};
 
-use crate::virtual_env::{VirtualEnv, runtime};
+use crate::virtual_env::{START_MS, VirtualEnv, runtime};
 
 /// How long a recovered workflow may take, in virtual time.
 const BOUND: Duration = Duration::from_secs(120);
@@ -77,7 +77,7 @@ fn step_b(a: u32) -> String {
 }
 
 fn step_c(a: u32) -> Result<Vec<u16>, String> {
-    if a % 7 == 0 {
+    if a.is_multiple_of(7) {
         Err(format!("c refused a={a}"))
     } else {
         Ok(vec![a as u16, (a >> 16) as u16])
@@ -143,9 +143,8 @@ struct Case {
     rows: Vec<Row>,
 }
 
-/// The virtual clock's start, as [`VirtualEnv`] reports it (ms).
 fn start_ms() -> i64 {
-    1_767_225_600_000
+    START_MS
 }
 
 fn json_of(u: &mut Unstructured<'_>, shape: Shape) -> arbitrary::Result<String> {

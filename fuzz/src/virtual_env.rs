@@ -7,6 +7,10 @@ use std::time::{Duration, SystemTime};
 use tandem::Env;
 use tandem::env::BoxFuture;
 
+/// The virtual clock's start (2026-01-01), in ms since the epoch: fixed, so
+/// stored times are the same every run.
+pub(crate) const START_MS: i64 = 1_767_225_600_000;
+
 /// Time is `start` plus the paused tokio clock's elapsed time.
 #[derive(Debug)]
 pub(crate) struct VirtualEnv {
@@ -19,9 +23,7 @@ impl VirtualEnv {
     /// Must be created inside a runtime whose clock is paused.
     pub(crate) fn new(seed: u64) -> Self {
         Self {
-            // A fixed, realistic epoch (2026-01-01), so stored times are
-            // the same every run.
-            start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600),
+            start: SystemTime::UNIX_EPOCH + Duration::from_millis(START_MS as u64),
             origin: tokio::time::Instant::now(),
             seed,
         }

@@ -645,11 +645,14 @@ impl MemConn {
             let (t, txs) = sel.split(&mut db);
             let mut candidates = Vec::new();
             for (k, i) in t.scan(txs, &snap, ..) {
+                // Checked before taking the row, so that `LIMIT 0` returns
+                // nothing (the mvcc_model fuzz target found it returning one
+                // row). A locking scan applies its limit after the locks.
+                if scan.lock.is_none() && scan.limit.is_some_and(|n| candidates.len() >= n) {
+                    break;
+                }
                 if (scan.filter)(k, t.data(k, i)) {
                     candidates.push((k.clone(), i));
-                    if scan.lock.is_none() && scan.limit.is_some_and(|n| candidates.len() >= n) {
-                        break;
-                    }
                 }
             }
             if scan.lock.is_none() {
@@ -1613,6 +1616,7 @@ impl MemConn {
         let mut db = self.storage.db();
         db.tick(now_ms);
         let checked = (|| {
+            text_args([&workflow_id.to_owned(), &topic.to_owned()])?;
             let payload = jsonb_text(payload)?;
             if read(&Workflows, &mut db, &snap, &workflow_id.to_owned()).is_none() {
                 return Err(raise(
@@ -1957,6 +1961,13 @@ fn enqueue_checked(
     p: &WorkflowEnqueue,
 ) -> Result<(String, WorkflowRecord, bool), MemError> {
     const F: &str = "tandem.enqueue_workflow";
+    // PostgreSQL refuses the arguments before the function runs.
+    text_args(
+        [&p.name, &p.queue]
+            .into_iter()
+            .chain(p.workflow_id.as_ref())
+            .chain(p.dedup_key.as_ref()),
+    )?;
     // The `$2::jsonb` cast happens before the function runs.
     let input = jsonb_text(&p.input)?;
     let id = match &p.workflow_id {
@@ -2052,9 +2063,29 @@ fn jsonb_text(json: &str) -> Result<String, MemError> {
         sqlstate: "22P02",
         message: format!("invalid input syntax for type json: {e}"),
     })?;
+    if crate::payload::check_storable(json, String::new).is_err() {
+        // jsonb keeps strings as text, which cannot hold NUL; its lexer
+        // refuses `\u0000` anywhere, even in a duplicate key's value.
+        return Err(MemError::Raised {
+            sqlstate: "22P05",
+            message: "unsupported Unicode escape sequence".to_owned(),
+        });
+    }
     let mut out = String::new();
     write_jsonb(&value, &mut out);
     Ok(out)
+}
+
+/// PostgreSQL's `text` cannot hold NUL: a parameter with one is refused
+/// before the statement runs.
+fn text_args<'a>(args: impl IntoIterator<Item = &'a String>) -> Result<(), MemError> {
+    if args.into_iter().any(|a| a.contains('\0')) {
+        return Err(MemError::Raised {
+            sqlstate: "22021",
+            message: "invalid byte sequence for encoding \"UTF8\": 0x00".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn write_jsonb(value: &Value, out: &mut String) {

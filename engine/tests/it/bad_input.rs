@@ -10,6 +10,7 @@ use crate::support::{self, App, Bank, Transfer, both};
 both!(
     rejected_starts_write_nothing,
     an_oversized_step_output_fails_the_step_and_rolls_back_its_writes,
+    nul_characters_fail_cleanly_and_ids_count_characters,
 );
 
 /// Echoes its input through a transactional step that writes a ledger row
@@ -114,6 +115,11 @@ async fn rejected_starts_write_nothing<A: App>() {
         "invalid workflow ID",
     )
     .await;
+    check("echo", Some("a\0b"), "[\"x\", 1]", "invalid workflow ID").await;
+    // jsonb cannot hold NUL: refused up front on every backend (PostgreSQL
+    // alone would fail the insert with 22P05).
+    let err = check("echo", None, "[\"a\\u0000\", 1]", "NUL").await;
+    assert!(matches!(err, Error::UnstorablePayload { .. }), "{err}");
     assert_nothing_written(&bank).await;
 
     let err = engine
@@ -155,5 +161,70 @@ async fn an_oversized_step_output_fails_the_step_and_rolls_back_its_writes<A: Ap
     let ok = engine.start::<Echo<A>>(("z".into(), 3)).await.unwrap();
     assert_eq!(ok.result().await.unwrap(), "zzz");
     assert_eq!(bank.ledger_rows(None).await, 1);
+    engine.shutdown().await;
+}
+
+/// A step that returns a string holding a NUL character (`true`), or fails
+/// with an error message holding one (`false`).
+struct Nul;
+
+impl<S: Storage> Workflow<S> for Nul {
+    const NAME: &'static str = "nul";
+    type Input = bool;
+    type Output = String;
+
+    async fn run(&self, ctx: &mut WorkflowContext<S>, ok: bool) -> Result<String, WorkflowError> {
+        ctx.step("nul", || async move {
+            if ok {
+                Ok("a\0b".to_owned())
+            } else {
+                Err(std::io::Error::other("bad\0byte"))
+            }
+        })
+        .await
+    }
+}
+
+/// PostgreSQL's `text` and `jsonb` cannot hold NUL. Found by the
+/// `enqueue_args` and `payload_decode` fuzz targets' rules: the memory model
+/// stored such values while PostgreSQL refused them, so a step output or a
+/// failure message with a NUL would have failed the very write that records
+/// it. Now both backends behave alike: a NUL in a step's output fails the
+/// step with a clear error, a NUL in a failure message is stored as U+FFFD,
+/// and workflow IDs are measured in characters, as the SQL function does.
+async fn nul_characters_fail_cleanly_and_ids_count_characters<A: App>() {
+    let (storage, bank) = support::bank::<A>().await;
+    let engine = Engine::builder(storage)
+        .register(Echo::<A>::new())
+        .register(Nul)
+        .launch()
+        .await
+        .unwrap();
+    // A step output holding NUL: the step fails with a clear error.
+    let handle = engine.start::<Nul>(true).await.unwrap();
+    let err = handle.result().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::WorkflowFailed { message, .. }
+            if message.contains("output of step 0 (\"nul\") cannot be stored") && message.contains("NUL")),
+        "{err}"
+    );
+
+    // A failure message holding NUL is recorded, NUL replaced.
+    let handle = engine.start::<Nul>(false).await.unwrap();
+    let err = handle.result().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::WorkflowFailed { message, .. } if message.contains("bad\u{fffd}byte")),
+        "{err}"
+    );
+    let steps = bank.steps_of(handle.workflow_id()).await;
+    assert_eq!(steps[0].error.as_deref(), Some("bad\u{fffd}byte"));
+
+    // 200 two-byte characters: 400 bytes, a valid ID on both paths.
+    let id = "é".repeat(200);
+    let handle = engine
+        .start_with_id::<Echo<A>>(&id, ("c".into(), 2))
+        .await
+        .unwrap();
+    assert_eq!(handle.result().await.unwrap(), "cc");
     engine.shutdown().await;
 }

@@ -214,6 +214,13 @@ async fn bad_sql_calls_fail_with_their_documented_errors_and_spare_the_callers_w
             "22023",
             "tandem.enqueue_workflow: delay must not be negative",
         ),
+        // Refused by the jsonb cast itself; the memory model (and the
+        // enqueue_args fuzz target's oracle) rely on it.
+        (
+            "'process_order', '{\"a\": \"\\u0000\"}'::jsonb",
+            "22P05",
+            "unsupported Unicode escape sequence",
+        ),
     ];
     for (order, (args, code, message)) in cases.iter().enumerate() {
         let order = order as i64;
@@ -261,6 +268,25 @@ async fn bad_sql_calls_fail_with_their_documented_errors_and_spare_the_callers_w
         .await
         .unwrap();
     assert_eq!(workflows, 0);
+
+    // A NUL in a text argument is refused before the function runs (the
+    // memory model refuses it alike), and the ID limit counts characters:
+    // 200 two-byte characters are a valid ID, as for `Engine::start`.
+    let err = sqlx::query("SELECT tandem.enqueue_workflow($1, '{}')")
+        .bind("process\0order")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    let db = err.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("22021"), "{db}");
+    let long: String = sqlx::query_scalar(
+        "SELECT tandem.enqueue_workflow('process_order', '{\"order_id\": 9}', workflow_id => $1, delay => interval '1 hour')",
+    )
+    .bind("é".repeat(200))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(long, "é".repeat(200));
 
     // An ID owned by another workflow is an error; the same ID again is not.
     let first: String = sqlx::query_scalar(
