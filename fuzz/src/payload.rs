@@ -79,8 +79,12 @@ where
                 // Only a value holding NUL may be refused, and only so.
                 Err(Error::UnstorablePayload { .. }) => {
                     let plain = serde_json::to_string(&value).expect("serializable");
-                    let parsed: serde_json::Value = serde_json::from_str(&plain).expect("valid JSON");
-                    assert!(holds_nul(&parsed), "{value:?} refused as unstorable without a NUL");
+                    let parsed: serde_json::Value =
+                        serde_json::from_str(&plain).expect("valid JSON");
+                    assert!(
+                        holds_nul(&parsed),
+                        "{value:?} refused as unstorable without a NUL"
+                    );
                     return;
                 }
                 Err(e) => panic!("decoded {value:?} from {json:?} but cannot re-encode it: {e}"),
