@@ -210,7 +210,14 @@ fn decode(data: &[u8]) -> (usize, Vec<Action>) {
 /// Runs one input: panics, naming the step, on any difference between the
 /// model and the reference or on a broken invariant.
 pub fn run(data: &[u8]) {
-    drive(data, None);
+    drive(data, None, &MemStorage::new);
+}
+
+/// Runs one input like [`run`] against the storages `storage` makes (at the
+/// start and at each restart): how tests show that a deliberately wrong
+/// model (`MemStorage::with_defect`) fails the target.
+pub fn run_on(data: &[u8], storage: &dyn Fn() -> MemStorage) {
+    drive(data, None, storage);
 }
 
 /// Runs one input like [`run`] and returns what happened, a line per step
@@ -219,13 +226,13 @@ pub fn run(data: &[u8]) {
 /// a scenario.
 pub fn transcript(data: &[u8]) -> Vec<String> {
     let mut lines = Vec::new();
-    drive(data, Some(&mut lines));
+    drive(data, Some(&mut lines), &MemStorage::new);
     lines
 }
 
-fn drive(data: &[u8], log: Option<&mut Vec<String>>) {
+fn drive(data: &[u8], log: Option<&mut Vec<String>>, storage: &dyn Fn() -> MemStorage) {
     let (sessions, actions) = decode(data);
-    let mut h = Harness::new(sessions);
+    let mut h = Harness::new(sessions, storage);
     h.log = log;
     for (i, action) in actions.iter().enumerate() {
         h.step(*action).unwrap_or_else(|why| {
@@ -275,6 +282,7 @@ enum Write {
 
 struct Harness<'l> {
     log: Option<&'l mut Vec<String>>,
+    new_storage: &'l dyn Fn() -> MemStorage,
     storage: MemStorage,
     reference: Reference,
     sessions: Vec<Session>,
@@ -283,10 +291,11 @@ struct Harness<'l> {
 }
 
 impl<'l> Harness<'l> {
-    fn new(sessions: usize) -> Self {
+    fn new(sessions: usize, new_storage: &'l dyn Fn() -> MemStorage) -> Self {
         Self {
             log: None,
-            storage: MemStorage::new(),
+            new_storage,
+            storage: new_storage(),
             reference: Reference::new(sessions),
             sessions: (0..sessions)
                 .map(|_| {
@@ -360,7 +369,7 @@ impl<'l> Harness<'l> {
                 }
                 self.reference.crash();
                 if fresh {
-                    self.storage = restart(&self.ledger);
+                    self.storage = restart(&self.ledger, self.new_storage);
                 }
                 self.note(|| format!("crash (fresh: {fresh})"));
             }
@@ -667,8 +676,8 @@ fn outcome(r: Result<(), tandem::StorageError>) -> Outcome {
 }
 
 /// A database restarted from its committed rows.
-fn restart(rows: &BTreeMap<u8, i64>) -> MemStorage {
-    let storage = MemStorage::new();
+fn restart(rows: &BTreeMap<u8, i64>, new_storage: &dyn Fn() -> MemStorage) -> MemStorage {
+    let storage = new_storage();
     poll_once(storage.with_conn(async |c| {
         for (&k, &v) in rows {
             c.insert(TABLE, i64::from(k), json!(v)).await?;

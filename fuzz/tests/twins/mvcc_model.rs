@@ -156,3 +156,27 @@ fn regression_own_insert_deleted_again_hides_no_later_commit() {
         ],
     );
 }
+
+/// The target can fail: a deliberately wrong model (`model-defects`) breaks
+/// it, on the seed corpus alone and on random inputs.
+#[test]
+fn a_wrong_model_is_caught() {
+    use tandem::storage::memory::Defect;
+    let inputs = tandem_fuzz::committed_inputs("mvcc_model");
+    for defect in [Defect::SkipLockedDoesNotSkip, Defect::NoRecheckAfterWait] {
+        let wrong = move || MemStorage::new().with_defect(defect);
+        let caught = inputs.iter().any(|(_, bytes)| {
+            std::panic::catch_unwind(|| tandem_fuzz::mvcc::run_on(bytes, &wrong)).is_err()
+        });
+        assert!(caught, "the seed corpus does not catch {defect:?}");
+    }
+    let caught = crate::inputs(20_000, 256).any(|bytes| {
+        std::panic::catch_unwind(|| {
+            tandem_fuzz::mvcc::run_on(&bytes, &|| {
+                MemStorage::new().with_defect(Defect::SkipLockedDoesNotSkip)
+            })
+        })
+        .is_err()
+    });
+    assert!(caught, "random inputs do not catch SkipLockedDoesNotSkip");
+}
