@@ -850,7 +850,11 @@ fn expect_start(
     if NAMES.contains(&name) && output_of(name, input).is_err() {
         v.push(format!("cannot decode input of workflow {name:?}"));
     }
-    if any_nul(input) {
+    // A NUL in valid JSON is refused; in text that is not JSON at all,
+    // `\u0000` may be refused as unstorable before the parse fails.
+    if any_nul(input)
+        || (serde_json::from_str::<Value>(input).is_err() && input.contains("\\u0000"))
+    {
         v.push(format!("input of workflow {name:?} cannot be stored"));
     }
     if !v.is_empty() {
