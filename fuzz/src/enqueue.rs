@@ -429,6 +429,28 @@ fn enqueue_violations(
     v
 }
 
+/// Checks a send's result against the rules it breaks; whether it was
+/// accepted.
+fn check_send(
+    what: &str,
+    result: Result<(), (&'static str, String)>,
+    violations: &[(&'static str, String)],
+) -> bool {
+    match result {
+        Ok(()) => {
+            assert!(
+                violations.is_empty(),
+                "{what}: accepted, though it breaks {violations:?}"
+            );
+            true
+        }
+        Err((state, message)) => {
+            assert_refused(&message, state, violations, what);
+            false
+        }
+    }
+}
+
 /// Where a refused call's error must come from.
 fn assert_refused(error: &str, sqlstate: &str, violations: &[(&'static str, String)], what: &str) {
     assert!(
@@ -624,20 +646,8 @@ async fn drive(ops: Vec<Op>) {
                         .await
                         .expect("the application's insert");
                     let result = tx.message_send(to, topic, message, START_MS).await;
-                    let ok = match result {
-                        Ok(()) => {
-                            assert!(
-                                violations.is_empty(),
-                                "{what}: accepted, though it breaks {violations:?}"
-                            );
-                            true
-                        }
-                        Err(e) => {
-                            let (state, message) = sql_error(&what, &e);
-                            assert_refused(&message, state, &violations, &what);
-                            false
-                        }
-                    };
+                    let ok =
+                        check_send(&what, result.map_err(|e| sql_error(&what, &e)), &violations);
                     if *commit {
                         tx.commit().await.expect("commit");
                         if ok {
@@ -651,20 +661,8 @@ async fn drive(ops: Vec<Op>) {
                 } else {
                     // The Rust API takes a value; it can only send JSON.
                     let Some(value) = &value else { continue };
-                    match engine.send(to, topic, value).await {
-                        Ok(()) => {
-                            assert!(
-                                violations.is_empty(),
-                                "{what}: accepted, though it breaks {violations:?}"
-                            );
-                            true
-                        }
-                        Err(e) => {
-                            let (state, message) = api_error(&what, &e);
-                            assert_refused(&message, state, &violations, &what);
-                            false
-                        }
-                    }
+                    let result = engine.send(to, topic, value).await;
+                    check_send(&what, result.map_err(|e| api_error(&what, &e)), &violations)
                 };
                 if delivered {
                     oracle
