@@ -196,10 +196,11 @@ impl<S: Storage> Shared<S> {
         value: &T,
         what: impl Fn() -> String,
     ) -> Result<String, Error> {
-        let json = payload::encode(value, &what)?;
+        let json = payload::to_json(value, &what)?;
         self.check_size(json, what)
     }
 
+    /// Checks a payload against what `jsonb` can store and the size limit.
     fn check_size(&self, json: String, what: impl Fn() -> String) -> Result<String, Error> {
         payload::check_storable(&json, &what)?;
         if json.len() > self.config.payload_max_bytes {

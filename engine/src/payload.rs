@@ -18,19 +18,29 @@ pub fn encode<T: Serialize + ?Sized>(
     value: &T,
     what: impl Fn() -> String,
 ) -> Result<String, Error> {
-    let json = serde_json::to_string(value).map_err(|source| Error::Encode {
-        what: what(),
-        source,
-    })?;
+    let json = to_json(value, &what)?;
     check_storable(&json, what)?;
     Ok(json)
+}
+
+/// [`encode`] without the storability check, for callers that check it
+/// together with the size limit (`Shared::check_size`).
+pub(crate) fn to_json<T: Serialize + ?Sized>(
+    value: &T,
+    what: impl FnOnce() -> String,
+) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|source| Error::Encode {
+        what: what(),
+        source,
+    })
 }
 
 /// Refuses JSON text that `jsonb` cannot store: a string holding NUL
 /// (`\u0000`; PostgreSQL fails the whole statement with 22P05). Refused
 /// here, before anything is written, so both backends fail alike and the
-/// error names the payload. Expects valid JSON: outside strings there are
-/// no backslashes, and inside them every escape is skipped whole.
+/// error names the payload. Exact on valid JSON (outside strings there are
+/// no backslashes, and inside them every escape is skipped whole); on other
+/// text it never panics, and may refuse a literal `\u0000` there too.
 pub fn check_storable(json: &str, what: impl FnOnce() -> String) -> Result<(), Error> {
     let bytes = json.as_bytes();
     let mut i = 0;

@@ -107,7 +107,9 @@ impl<S: Storage, W: Workflow<S>> ErasedWorkflow<S> for W {
         Box::pin(async move {
             let input = decode_input::<S, W>(input)?;
             let output = self.run(ctx, input).await?;
-            let json = payload::encode(&output, || format!("output of workflow {:?}", W::NAME))?;
+            // Checked for storability and size by the caller, which records
+            // a failure of either as the workflow's error.
+            let json = payload::to_json(&output, || format!("output of workflow {:?}", W::NAME))?;
             Ok(json)
         })
     }
