@@ -557,12 +557,8 @@ async fn drain(
 }
 
 fn main() -> anyhow::Result<()> {
-    // `cargo test --benches` runs this binary without `--bench`: a smoke test.
-    let plan = if std::env::args().any(|a| a == "--bench") {
-        FULL
-    } else {
-        SMOKE
-    };
+    // A smoke run (see `benches::bench_mode`) uses the small plan.
+    let plan = if benches::bench_mode() { FULL } else { SMOKE };
     let rt = tokio::runtime::Runtime::new()?;
     let server = rt.block_on(Server::start())?;
     println!("{}", rt.block_on(server.describe())?);

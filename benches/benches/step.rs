@@ -148,7 +148,7 @@ struct Measured {
 fn main() -> anyhow::Result<()> {
     // `cargo test --benches` runs this binary without `--bench`: criterion
     // then only checks each benchmark once; skip the interleaved rounds too.
-    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let bench_mode = benches::bench_mode();
     let rt = tokio::runtime::Runtime::new()?;
     let server = rt.block_on(Server::start())?;
     println!("{}", rt.block_on(server.describe())?);

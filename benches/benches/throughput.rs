@@ -58,7 +58,7 @@ struct Peer {
 fn main() -> anyhow::Result<()> {
     // `cargo test --benches` runs this binary without `--bench`: criterion
     // then only checks each benchmark once, and the slow extras are skipped.
-    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let bench_mode = benches::bench_mode();
     let extras = bench_mode && std::env::var("TANDEM_BENCH_PEERS").as_deref() != Ok("0");
     let rt = tokio::runtime::Runtime::new()?;
     let server = rt.block_on(Server::start())?;

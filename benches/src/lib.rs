@@ -16,3 +16,19 @@ pub mod peers;
 pub mod report;
 pub mod server;
 pub mod workloads;
+
+/// Whether this is a measuring run. `cargo bench` passes `--bench`; a smoke
+/// run is `cargo bench -p benches -- --test` (criterion's check mode, which
+/// CI runs so that a broken benchmark cannot land) or `cargo test --benches`
+/// (no `--bench`): each benchmark runs once and the slow extras are skipped.
+pub fn bench_mode() -> bool {
+    let mut bench = false;
+    for arg in std::env::args() {
+        match arg.as_str() {
+            "--bench" => bench = true,
+            "--test" => return false,
+            _ => {}
+        }
+    }
+    bench
+}

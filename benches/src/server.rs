@@ -213,13 +213,19 @@ const SETTLE_MAX: Duration = Duration::from_secs(15);
 /// report waits up to 10 s (`PGSTAT_IDLE_INTERVAL`) before reporting again.
 /// A pool's idle connections would thus hide up to 10 s of work from
 /// `pg_stat_database`. `pg_stat_force_next_flush()` makes the calling
-/// backend report at the end of its statement, so it is run on every
+/// backend report at the end of its statement, so it is run on every idle
 /// connection, all held at once so that each is a distinct backend.
+///
+/// Only idle ones: a running engine holds one connection of its pool for
+/// good (the `LISTEN` connection for wake-ups, which commits nothing after
+/// its `LISTEN`) and may be using others, so waiting for `pool.size()`
+/// connections would wait for the pool's acquire timeout and fail (issue
+/// 20). A connection busy at that moment is missed: the engine's are busy
+/// only for a claim poll or a heartbeat, a few commits within the noise.
 pub async fn flush_pool(pool: &sqlx::PgPool) -> anyhow::Result<u64> {
-    let open = pool.size();
     let mut held = Vec::new();
-    for _ in 0..open {
-        held.push(pool.acquire().await?);
+    while let Some(conn) = pool.try_acquire() {
+        held.push(conn);
     }
     for conn in &mut held {
         sqlx::query("SELECT pg_stat_force_next_flush()")

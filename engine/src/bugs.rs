@@ -28,8 +28,9 @@ pub enum Bug {
     /// A COMMIT whose outcome is unknown (lost connection) is assumed to
     /// have succeeded: the step may never be applied at all.
     CommitAssumedOnError,
-    /// Launch does not resume the executor's unfinished workflows.
-    NoRecoveryOnLaunch,
+    /// Neither launch nor the claim loop's adoption look resumes the
+    /// workflows the storage says this executor ID owns.
+    NoOwnRecovery,
     /// Recovery runs a workflow under its old owner epoch instead of the
     /// bumped one: every write of the new execution is fenced off.
     StaleEpochOnRecovery,
@@ -49,7 +50,7 @@ impl Bug {
         Bug::ConnLossNotRetried,
         Bug::ConflictNotRetried,
         Bug::CommitAssumedOnError,
-        Bug::NoRecoveryOnLaunch,
+        Bug::NoOwnRecovery,
         Bug::StaleEpochOnRecovery,
         Bug::LeaseNeverExpires,
         Bug::ClaimSkipsHistory,

@@ -23,8 +23,8 @@ use crate::payload;
 use crate::queue::{DEFAULT_QUEUE, EnqueueOptions, Queue};
 use crate::storage::{
     ErrorKind, ExecutorRegister, Listener, Status, StepRow, Storage, StorageError, Transaction,
-    WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowInsert, WorkflowInserted,
-    WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    WorkflowComplete, WorkflowEnqueue, WorkflowInsert, WorkflowInserted, WorkflowRow,
+    WorkflowsClaim, WorkflowsRecover,
 };
 use crate::workflow::{ErasedWorkflow, Workflow};
 
@@ -93,6 +93,9 @@ struct Running {
     /// execution itself stops only at its next step boundary.
     settle: Arc<OutcomeSender>,
     queue: String,
+    /// The owner epoch this execution runs under: a row owned here under a
+    /// newer epoch is not run by it (it is fenced at its next write).
+    epoch: i64,
 }
 
 /// State shared by the engine, its running workflows and their handles.
@@ -252,6 +255,7 @@ impl<S: Storage> Shared<S> {
                 outcome: receiver,
                 settle: Arc::clone(&sender),
                 queue: row.queue.clone(),
+                epoch: row.owner_epoch,
             },
         );
         let shared = Arc::clone(self);
@@ -367,6 +371,13 @@ impl<S: Storage> Shared<S> {
         self.saturated.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether an execution here runs workflow `id` under `epoch`.
+    fn runs_here(&self, id: &str, epoch: i64) -> bool {
+        self.lock_running()
+            .get(id)
+            .is_some_and(|r| r.epoch == epoch)
+    }
+
     fn running_in(&self, queue: &str) -> usize {
         self.lock_running()
             .values()
@@ -391,18 +402,11 @@ impl<S: Storage> Shared<S> {
         let mut reclaimed_ms = i64::MIN;
         let names = self.workflow_names();
         let mut errors = 0u32;
-        // Queues where a claim's outcome was unknown: adopt what it may have
-        // claimed, until a look succeeds.
-        let mut orphans: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let mut orphans = Orphans::default();
         while !self.is_shutting_down() {
-            let mut adopted = Vec::new();
-            for queue in &orphans {
-                if self.adopt_orphans(queue).await {
-                    adopted.push(queue.clone());
-                }
-            }
-            for queue in adopted {
-                orphans.remove(&queue);
+            let now_ms = self.now_ms();
+            if orphans.due(now_ms, self.lease_ms() / 2) {
+                self.adopt_orphans(&mut orphans, now_ms).await;
             }
             if listener.is_none() {
                 match self.storage.listen().await {
@@ -412,7 +416,9 @@ impl<S: Storage> Shared<S> {
             }
             let now_ms = self.now_ms();
             let mut failed = false;
-            if now_ms.saturating_sub(reclaimed_ms) >= self.lease_ms() / 2 {
+            // `now_ms < reclaimed_ms`: the clock went back; do not wait for
+            // it to catch up.
+            if now_ms.saturating_sub(reclaimed_ms) >= self.lease_ms() / 2 || now_ms < reclaimed_ms {
                 match self.storage.workflows_reclaim(now_ms).await {
                     Ok(n) => {
                         reclaimed_ms = now_ms;
@@ -467,8 +473,9 @@ impl<S: Storage> Shared<S> {
                         // After an unknown outcome the claim may have
                         // committed: its workflows would then be RUNNING here
                         // but run by no one, kept alive by our heartbeats.
+                        // Look now rather than at the next periodic look.
                         if error.kind() == ErrorKind::Unavailable {
-                            orphans.insert(queue.name().to_owned());
+                            orphans.urgent = true;
                         }
                     }
                 }
@@ -505,37 +512,53 @@ impl<S: Storage> Shared<S> {
         }
     }
 
-    /// Runs the workflows of `queue` that the storage says this executor owns
-    /// but that do not run here (a claim whose acknowledgement was lost).
-    /// Each is taken over with a bumped epoch, as at launch. Returns whether
-    /// the look (and every takeover) succeeded.
-    async fn adopt_orphans(self: &Arc<Self>, queue: &str) -> bool {
-        let filter = WorkflowFilter {
-            status: Some(Status::Running),
-            queue: Some(queue.to_owned()),
-            limit: u32::MAX,
-            ..WorkflowFilter::default()
-        };
-        let listed = self
+    /// Takes over the workflows the storage says this executor runs but that
+    /// no execution here runs under their current epoch. Such rows are left
+    /// by any operation whose commit was acknowledged to no one: a claim
+    /// (the claimer believes it got nothing), or a claim or recovery of a
+    /// workflow whose older execution is still registered here. Heartbeats
+    /// keep this executor's lease alive, so no other executor would ever
+    /// take them. A row is adopted when two looks in a row find it orphaned
+    /// under the same epoch, so a start between its insert and its
+    /// registration here is never mistaken for one; adoption bumps the epoch
+    /// (fencing any older execution) and runs the workflow, as at launch.
+    async fn adopt_orphans(self: &Arc<Self>, orphans: &mut Orphans, now_ms: i64) {
+        if crate::bugs::active(crate::bugs::Bug::NoOwnRecovery) {
+            return;
+        }
+        let executor_id = self.config.executor_id.clone();
+        let owned = self
             .storage
-            .autocommit(move |tx| Box::pin(async move { tx.workflows_list(filter).await }))
+            .autocommit(move |tx| Box::pin(async move { tx.workflows_owned(&executor_id).await }))
             .await;
-        let Ok(rows) = listed else {
-            return false;
+        let owned = match owned {
+            Ok(owned) => owned,
+            Err(error) => {
+                // Look again at the next iteration.
+                tracing::debug!(%error, "could not list this executor's workflows");
+                orphans.urgent = true;
+                return;
+            }
         };
-        let mut complete = true;
-        for info in rows {
-            let row = info.row;
-            let ours = row.executor_id.as_deref() == Some(self.config.executor_id.as_str());
-            if ours && !self.lock_running().contains_key(&row.id) {
-                tracing::info!(workflow_id = %row.id, "adopting a workflow claimed by a claim whose outcome was unknown");
-                if let Err(error) = self.recover(Some(&row.id)).await {
-                    tracing::debug!(%error, "adoption failed; retrying at the next claim");
-                    complete = false;
-                }
+        let seen = std::mem::take(&mut orphans.suspects);
+        orphans.looked_ms = now_ms;
+        orphans.urgent = false;
+        for (id, epoch) in owned {
+            if self.runs_here(&id, epoch) {
+                continue;
+            }
+            if seen.get(&id) != Some(&epoch) {
+                orphans.suspects.insert(id, epoch);
+                continue;
+            }
+            tracing::info!(workflow_id = %id, epoch, "adopting a workflow owned here but run by no execution");
+            if let Err(error) = self.recover(Some(&id)).await {
+                tracing::debug!(%error, "adoption failed; retrying at the next look");
+                orphans.suspects.insert(id, epoch);
             }
         }
-        complete
+        // Confirm the suspects soon rather than a period later.
+        orphans.urgent |= !orphans.suspects.is_empty();
     }
 
     /// Renews this executor's lease every third of the lease.
@@ -558,7 +581,7 @@ impl<S: Storage> Shared<S> {
     /// Bumps the epoch of this executor's unfinished workflows (all, or just
     /// `only`) and runs them here.
     async fn recover(self: &Arc<Self>, only: Option<&str>) -> Result<usize, Error> {
-        if only.is_none() && crate::bugs::active(crate::bugs::Bug::NoRecoveryOnLaunch) {
+        if only.is_none() && crate::bugs::active(crate::bugs::Bug::NoOwnRecovery) {
             return Ok(0);
         }
         let params = WorkflowsRecover {
@@ -644,7 +667,7 @@ impl<S: Storage> Shared<S> {
                 // over (the epoch bump fences any older execution).
                 if row.status == Status::Running
                     && row.executor_id.as_deref() == Some(self.config.executor_id.as_str())
-                    && !self.lock_running().contains_key(&id)
+                    && !self.runs_here(&id, row.owner_epoch)
                 {
                     self.recover(Some(&id)).await?;
                 }
@@ -682,6 +705,27 @@ impl<S: Storage> Shared<S> {
                     .await?;
             }
         }
+    }
+}
+
+/// The claim loop's look for workflows owned here but run by no execution
+/// (see `Shared::adopt_orphans`).
+#[derive(Default)]
+struct Orphans {
+    /// Found orphaned by the last look, with their epochs.
+    suspects: HashMap<String, i64>,
+    /// When the last look succeeded (engine clock).
+    looked_ms: i64,
+    /// Look at the next iteration: a claim's outcome was unknown, a look
+    /// failed, or suspects await confirmation.
+    urgent: bool,
+}
+
+impl Orphans {
+    /// Whether to look now: when urgent, else every `period_ms` (and at
+    /// once if the clock went back).
+    fn due(&self, now_ms: i64, period_ms: i64) -> bool {
+        self.urgent || now_ms.saturating_sub(self.looked_ms) >= period_ms || now_ms < self.looked_ms
     }
 }
 

@@ -836,6 +836,15 @@ pub trait Transaction: Send + Sized {
         params: WorkflowFork,
     ) -> impl Future<Output = StorageResult<bool>> + Send;
 
+    /// The workflows `RUNNING` under `executor_id`, each with its owner
+    /// epoch, by ID: what an executor compares with the executions it really
+    /// runs, to adopt rows that an operation with a lost acknowledgement
+    /// left on it.
+    fn workflows_owned(
+        &mut self,
+        executor_id: &str,
+    ) -> impl Future<Output = StorageResult<Vec<(String, i64)>>> + Send;
+
     /// Lists workflows, newest first.
     fn workflows_list(
         &mut self,

@@ -277,6 +277,11 @@ impl Transaction for SimTx {
         self.tx.workflow_fork(p).await
     }
 
+    async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
+        self.world.latency().await;
+        self.tx.workflows_owned(executor_id).await
+    }
+
     async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
         self.world.latency().await;
         self.tx.workflows_list(f).await

@@ -1869,6 +1869,20 @@ impl MemConn {
         Ok(true)
     }
 
+    async fn workflows_owned(&mut self, executor_id: &str) -> Result<Vec<(String, i64)>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "workflows_owned")?;
+        let (t, txs) = Workflows.split(&mut db);
+        // ORDER BY id: the scan is in key order.
+        Ok(t.scan(txs, &snap, ..)
+            .map(|(k, i)| t.data(k, i))
+            .filter(|w| {
+                w.status == Status::Running && w.executor_id.as_deref() == Some(executor_id)
+            })
+            .map(|w| (w.id.clone(), w.owner_epoch))
+            .collect())
+    }
+
     async fn workflows_list(&mut self, f: WorkflowFilter) -> Result<Vec<WorkflowInfo>, MemError> {
         let mut db = self.storage.db();
         let snap = self.s.statement(&mut db, "workflows_list")?;
@@ -2345,6 +2359,10 @@ impl Transaction for MemTx {
 
     async fn workflow_fork(&mut self, params: WorkflowFork) -> StorageResult<bool> {
         Ok(self.conn.workflow_fork(params).await?)
+    }
+
+    async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
+        Ok(self.conn.workflows_owned(executor_id).await?)
     }
 
     async fn workflows_list(&mut self, filter: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {

@@ -585,6 +585,19 @@ impl Transaction for PgTx {
         Ok(true)
     }
 
+    async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
+        // Served by the partial index workflows_running_by_executor.
+        sqlx::query_as(
+            "SELECT id, owner_epoch FROM tandem.workflows
+              WHERE executor_id = $1 AND status = 'RUNNING'
+              ORDER BY id",
+        )
+        .bind(executor_id)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)
+    }
+
     async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
         let rows: Vec<InfoTuple> = sqlx::query_as(concat!(
             "SELECT ",

@@ -11,6 +11,7 @@ mod executors;
 mod faults;
 mod outbox;
 mod pg_restart;
+mod small_pool;
 mod steering;
 mod support;
 mod workflows;

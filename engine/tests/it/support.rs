@@ -897,6 +897,10 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
         self.inner.workflow_fork(p).await
     }
 
+    async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
+        self.inner.workflows_owned(executor_id).await
+    }
+
     async fn workflows_list(
         &mut self,
         f: WorkflowFilter,

@@ -41,7 +41,7 @@ fn a_replay_that_reruns_recorded_steps_is_caught() {
         crate::inputs(500, 64)
     ));
     assert!(crate::catches(
-        Bug::NoRecoveryOnLaunch,
+        Bug::NoOwnRecovery,
         tandem_fuzz::replay::run,
         crate::inputs(500, 64)
     ));

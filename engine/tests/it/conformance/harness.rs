@@ -81,6 +81,8 @@ pub enum Op {
     Claim(&'static str, u32),
     /// Re-enqueues the workflows of executors whose lease expired.
     Reclaim,
+    /// The workflows `RUNNING` under executor `.0`, with their epochs.
+    Owned(&'static str),
     /// `tandem.send` to workflow `.0` on topic `t`.
     MsgSend(&'static str, &'static str),
     /// Takes workflow `.0`'s oldest message on topic `t` under epoch `.1`.
@@ -338,6 +340,10 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
         // The model takes the engine's clock as the database's, PostgreSQL
         // reads its own: leases here are far from expiry either way.
         Op::Reclaim => label(tx.workflows_reclaim(0).await, |n| n.to_string()),
+        Op::Owned(executor) => label(tx.workflows_owned(executor).await, |rows| {
+            let rows: Vec<String> = rows.iter().map(|(id, e)| format!("{id}:e{e}")).collect();
+            format!("[{}]", rows.join(" "))
+        }),
         Op::MsgSend(id, payload) => match tx.message_send(id, "t", payload, 0).await {
             Ok(()) => "ok".to_owned(),
             Err(e) => raised_label(&e),

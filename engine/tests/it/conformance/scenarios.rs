@@ -51,6 +51,7 @@ scenarios!(
     an_enqueue_with_a_held_dedup_key_waits_then_returns_the_holder,
     concurrent_claims_skip_each_others_rows,
     reclaim_rechecks_a_lease_renewed_while_it_waited,
+    owned_rows_are_the_committed_running_ones_of_the_executor,
     a_message_is_taken_once_and_returns_after_a_rollback,
     cancel_cascades_to_unfinished_descendants_after_a_wait,
 );
@@ -643,6 +644,45 @@ s2 Reclaim: 1
 s2 Commit: ok
 jobs 1:null 2:null
 workflows e1:ENQUEUED:e2: w1:RUNNING:e1:a
+steps 
+executors a
+",
+    )
+}
+
+/// What adoption reads (`Transaction::workflows_owned`): only committed
+/// `RUNNING` rows of that executor, ordered by ID, without waiting on a
+/// concurrent claim's row locks.
+fn owned_rows_are_the_committed_running_ones_of_the_executor() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::Register("a", LONG_LEASE)),
+            (0, enqueue("e2", "wf", "{}")),
+            (0, enqueue("e1", "wf", "{}")),
+            (0, Op::Commit),
+            (0, Op::Claim("a", 2)),
+            (1, Op::Owned("a")),
+            (0, Op::Commit),
+            (1, Op::Owned("a")),
+            (1, Op::WfComplete("e1", 1)),
+            (1, Op::Owned("a")),
+            (1, Op::Commit),
+        ],
+        "\
+s1 Register(\"a\", 3600000): ok
+s1 Enqueue { id: \"e2\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e2
+s1 Enqueue { id: \"e1\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e1
+s1 Commit: ok
+s1 Claim(\"a\", 2): [e1:e1, e2:e1]
+s2 Owned(\"a\"): [w1:e1]
+s1 Commit: ok
+s2 Owned(\"a\"): [e1:e1 e2:e1 w1:e1]
+s2 WfComplete(\"e1\", 1): ok
+s2 Owned(\"a\"): [e2:e1 w1:e1]
+s2 Commit: ok
+jobs 1:null 2:null
+workflows e1:SUCCESS:e1:a e2:RUNNING:e1:a w1:RUNNING:e1:a
 steps 
 executors a
 ",
