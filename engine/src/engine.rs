@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::payload;
 use crate::queue::{DEFAULT_QUEUE, EnqueueOptions, Queue};
 use crate::storage::{
-    ErrorKind, ExecutorRegister, Listener, Status, StepRow, Storage, StorageError, Transaction,
+    ErrorKind, ExecutorRegister, Listener, Status, StepRow, Storage, StorageError,
     WorkflowComplete, WorkflowEnqueue, WorkflowInsert, WorkflowInserted, WorkflowRow,
     WorkflowsClaim, WorkflowsRecover,
 };
@@ -402,7 +402,12 @@ impl<S: Storage> Shared<S> {
         let mut reclaimed_ms = i64::MIN;
         let names = self.workflow_names();
         let mut errors = 0u32;
-        let mut orphans = Orphans::default();
+        // Launch has just recovered everything owned here: the first look
+        // is due half a lease from now.
+        let mut orphans = Orphans {
+            looked_ms: self.now_ms(),
+            ..Orphans::default()
+        };
         while !self.is_shutting_down() {
             let now_ms = self.now_ms();
             if orphans.due(now_ms, self.lease_ms() / 2) {
@@ -526,11 +531,7 @@ impl<S: Storage> Shared<S> {
         if crate::bugs::active(crate::bugs::Bug::NoOwnRecovery) {
             return;
         }
-        let executor_id = self.config.executor_id.clone();
-        let owned = self
-            .storage
-            .autocommit(move |tx| Box::pin(async move { tx.workflows_owned(&executor_id).await }))
-            .await;
+        let owned = self.storage.workflows_owned(&self.config.executor_id).await;
         let owned = match owned {
             Ok(owned) => owned,
             Err(error) => {

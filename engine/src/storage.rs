@@ -639,6 +639,19 @@ pub trait Storage: Clone + Send + Sync + 'static {
         }
     }
 
+    /// [`Transaction::workflows_owned`] in its own transaction.
+    fn workflows_owned(
+        &self,
+        executor_id: &str,
+    ) -> impl Future<Output = StorageResult<Vec<(String, i64)>>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            let owned = tx.workflows_owned(executor_id).await?;
+            tx.commit().await?;
+            Ok(owned)
+        }
+    }
+
     /// [`Transaction::workflow_enqueue`] in its own commit.
     fn workflow_enqueue(
         &self,

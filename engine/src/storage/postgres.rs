@@ -316,6 +316,12 @@ impl Storage for PgStorage {
         workflows_release(&mut conn, executor_id, now_ms).await
     }
 
+    async fn workflows_owned(&self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
+        // One autocommit statement: no BEGIN and COMMIT round trips.
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        workflows_owned(&mut conn, executor_id).await
+    }
+
     async fn workflow_enqueue(&self, params: WorkflowEnqueue) -> StorageResult<String> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         workflow_enqueue(&mut conn, params).await
@@ -586,16 +592,7 @@ impl Transaction for PgTx {
     }
 
     async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
-        // Served by the partial index workflows_running_by_executor.
-        sqlx::query_as(
-            "SELECT id, owner_epoch FROM tandem.workflows
-              WHERE executor_id = $1 AND status = 'RUNNING'
-              ORDER BY id",
-        )
-        .bind(executor_id)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(map_err)
+        workflows_owned(&mut self.tx, executor_id).await
     }
 
     async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
@@ -1143,6 +1140,22 @@ async fn workflows_claim(
     .await
     .map_err(map_err)?;
     rows.into_iter().map(workflow_from_row).collect()
+}
+
+async fn workflows_owned(
+    conn: &mut PgConnection,
+    executor_id: &str,
+) -> StorageResult<Vec<(String, i64)>> {
+    // Served by the partial index workflows_running_by_executor.
+    sqlx::query_as(
+        "SELECT id, owner_epoch FROM tandem.workflows
+          WHERE executor_id = $1 AND status = 'RUNNING'
+          ORDER BY id",
+    )
+    .bind(executor_id)
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)
 }
 
 async fn workflows_release(

@@ -742,6 +742,11 @@ impl<S: Storage> Storage for Probe<S> {
         self.inner.workflows_release(id, now_ms).await
     }
 
+    async fn workflows_owned(&self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
+        self.background();
+        self.inner.workflows_owned(executor_id).await
+    }
+
     async fn workflow_enqueue(&self, p: WorkflowEnqueue) -> StorageResult<String> {
         self.commit();
         self.inner.workflow_enqueue(p).await
