@@ -1,0 +1,508 @@
+//! The memory backend's handle: [`MemStorage`], its errors, the fault
+//! API, wake-ups, and the [`Storage`] and [`Transaction`] implementations
+//! that forward to the operations on [`MemConn`].
+
+use super::*;
+
+/// Where the fault hook is consulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultPoint {
+    /// Opening a transaction (connecting).
+    Begin,
+    /// Before a statement runs; the name of the operation
+    /// (`"step_record"`, `"app.update"`, ...).
+    Statement(&'static str),
+    /// At commit.
+    Commit,
+}
+
+/// A fault the hook can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// At [`FaultPoint::Commit`]: the commit happens, but the client is told
+    /// the connection dropped (outcome unknown). Elsewhere: as
+    /// `ConnectionLost`.
+    LoseCommitAck,
+    /// The connection drops: the transaction rolls back and the operation
+    /// fails with [`ErrorKind::Unavailable`].
+    ConnectionLost,
+    /// The statement (or commit) fails with a serialization failure, as
+    /// PostgreSQL's SERIALIZABLE level may: the transaction rolls back and
+    /// the operation fails with [`ErrorKind::Conflict`].
+    SerializationFailure,
+}
+
+/// Decides, at each [`FaultPoint`], whether to inject a [`Fault`]. Called
+/// with the storage's lock held: it must not use the storage.
+pub type FaultHook = Arc<dyn Fn(FaultPoint) -> Option<Fault> + Send + Sync>;
+
+/// A deliberately wrong model, to show that the conformance suite catches
+/// such bugs.
+#[cfg(feature = "model-defects")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Defect {
+    /// `SKIP LOCKED` waits for a locked row instead of skipping it.
+    SkipLockedDoesNotSkip,
+    /// An UPDATE or locking read that finds a newer version does not
+    /// re-check its condition on it (no EvalPlanQual).
+    NoRecheckAfterWait,
+}
+
+/// An error of the memory backend, named like the PostgreSQL error it
+/// models (SQLSTATE in [`MemError::sqlstate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemError {
+    /// This transaction was chosen as a deadlock victim (40P01).
+    #[error("deadlock detected")]
+    Deadlock,
+    /// An injected serialization failure (40001).
+    #[error("could not serialize access due to concurrent update")]
+    SerializationFailure,
+    /// A `NOWAIT` lock request met a locked row (55P03).
+    #[error("could not obtain lock on row in relation {table:?}")]
+    LockNotAvailable {
+        /// The table.
+        table: String,
+    },
+    /// An INSERT met an existing key (23505).
+    #[error("duplicate key value violates unique constraint of {table:?}: key {key}")]
+    UniqueViolation {
+        /// The table.
+        table: String,
+        /// The key, as text.
+        key: String,
+    },
+    /// An earlier statement of this transaction failed; only rollback is
+    /// possible (25P02).
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    TransactionAborted,
+    /// The (simulated) connection dropped; the transaction rolled back, or
+    /// for a commit the outcome is unknown (08006).
+    #[error("connection to the database lost")]
+    ConnectionLost,
+    /// An error one of the engine's SQL functions raises
+    /// (`tandem.enqueue_workflow`, `tandem.send`), or a bad `jsonb` cast
+    /// (22P02): the same SQLSTATE and message as PostgreSQL's.
+    #[error("{message}")]
+    Raised {
+        /// The SQLSTATE.
+        sqlstate: &'static str,
+        /// The message, a stable contract of the SQL functions.
+        message: String,
+    },
+}
+
+impl MemError {
+    /// The storage error kind the engine's retry logic reads.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MemError::Deadlock | MemError::SerializationFailure => ErrorKind::Conflict,
+            MemError::ConnectionLost => ErrorKind::Unavailable,
+            MemError::UniqueViolation { .. } => ErrorKind::Invalid,
+            MemError::LockNotAvailable { .. } | MemError::TransactionAborted => ErrorKind::Other,
+            // Classified as `kind_of` in the PostgreSQL backend classifies
+            // the same SQLSTATE.
+            MemError::Raised { sqlstate, .. } => match *sqlstate {
+                "40001" => ErrorKind::Conflict,
+                _ => ErrorKind::Invalid,
+            },
+        }
+    }
+
+    /// The SQLSTATE PostgreSQL reports for the same failure.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            MemError::Deadlock => "40P01",
+            MemError::SerializationFailure => "40001",
+            MemError::LockNotAvailable { .. } => "55P03",
+            MemError::UniqueViolation { .. } => "23505",
+            MemError::TransactionAborted => "25P02",
+            MemError::ConnectionLost => "08006",
+            MemError::Raised { sqlstate, .. } => sqlstate,
+        }
+    }
+}
+
+impl From<MemError> for StorageError {
+    fn from(e: MemError) -> Self {
+        StorageError::new(e.kind(), e)
+    }
+}
+
+/// Workflow storage in memory: a model of PostgreSQL (see the module docs).
+/// Clones share one database.
+#[derive(Clone)]
+pub struct MemStorage {
+    pub(super) db: Arc<Mutex<Db>>,
+    /// `NOTIFY tandem_work`: one message per commit that enqueued work or
+    /// sent a message while `notify_on_enqueue` was on.
+    pub(super) wakeups: tokio::sync::broadcast::Sender<()>,
+}
+
+impl Default for MemStorage {
+    fn default() -> Self {
+        Self {
+            db: Arc::new(Mutex::new(Db::migrated())),
+            // Listeners only need to know that something happened: a
+            // lagging listener's missed wake-ups collapse into one.
+            wakeups: tokio::sync::broadcast::channel(16).0,
+        }
+    }
+}
+
+/// Wake-ups of a [`MemStorage`]: commits that enqueued work or sent a
+/// message (PostgreSQL's `LISTEN tandem_work`).
+#[derive(Debug)]
+pub struct MemListener {
+    pub(super) wakeups: tokio::sync::broadcast::Receiver<()>,
+}
+
+impl Listener for MemListener {
+    async fn recv(&mut self) -> StorageResult<()> {
+        use tokio::sync::broadcast::error::RecvError;
+        match self.wakeups.recv().await {
+            Ok(()) | Err(RecvError::Lagged(_)) => Ok(()),
+            Err(RecvError::Closed) => Err(MemError::ConnectionLost.into()),
+        }
+    }
+}
+
+impl fmt::Debug for MemStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemStorage").finish_non_exhaustive()
+    }
+}
+
+impl MemStorage {
+    /// An empty database.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This model with a deliberate bug (tests of the conformance suite).
+    #[cfg(feature = "model-defects")]
+    pub fn with_defect(self, defect: Defect) -> Self {
+        {
+            let mut db = self.db();
+            match defect {
+                Defect::SkipLockedDoesNotSkip => db.defects.skip_locked_does_not_skip = true,
+                Defect::NoRecheckAfterWait => db.defects.update_ignores_newer_versions = true,
+            }
+        }
+        self
+    }
+
+    /// Installs (or removes) the fault hook.
+    pub fn set_fault_hook(&self, hook: Option<FaultHook>) {
+        self.db().hook = hook;
+    }
+
+    /// Whether transaction `tx_id` ([`MemConn::tx_id`]) is blocked, waiting
+    /// for a lock or for another transaction to end.
+    pub fn is_waiting(&self, tx_id: u64) -> bool {
+        self.db().txs.is_waiting(tx_id)
+    }
+
+    /// Every committed workflow row, by ID (for tests and invariant checks).
+    pub fn workflows(&self) -> Vec<WorkflowRecord> {
+        let db = self.db();
+        db.workflows
+            .committed(&db.txs)
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Advances the database clock (see `docs/memory-backend.md`): the time
+    /// `workflow_enqueue` stamps, which has no `now_ms` of its own.
+    pub fn advance_clock(&self, now_ms: i64) {
+        self.db().tick(now_ms);
+    }
+
+    /// The IDs of the committed executor rows, in order.
+    pub fn executors(&self) -> Vec<String> {
+        let db = self.db();
+        db.executors
+            .committed(&db.txs)
+            .into_iter()
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Every committed message, in send order.
+    pub fn messages(&self) -> Vec<MessageRecord> {
+        let db = self.db();
+        db.messages
+            .committed(&db.txs)
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Every committed checkpoint row, by workflow ID and step ID.
+    pub fn steps(&self) -> Vec<StepRecordRow> {
+        let db = self.db();
+        db.steps
+            .committed(&db.txs)
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The committed rows of an application table, in key order.
+    pub fn rows(&self, table: &str) -> Vec<(Key, Value)> {
+        let db = self.db();
+        db.app.get(table).map_or_else(Vec::new, |t| {
+            t.committed(&db.txs)
+                .into_iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    /// Runs `f` in a transaction of its own and commits (application writes
+    /// outside any step, e.g. setting up tables).
+    pub async fn with_conn<R>(
+        &self,
+        f: impl AsyncFnOnce(&mut MemConn) -> Result<R, MemError>,
+    ) -> Result<R, MemError> {
+        let mut tx = self.begin_conn()?;
+        let r = f(&mut tx).await?;
+        tx.commit_conn()?;
+        Ok(r)
+    }
+
+    pub(super) fn db(&self) -> MutexGuard<'_, Db> {
+        // A panic while holding the lock leaves the model in some state; the
+        // tests that panicked report it, others may go on.
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn begin_conn(&self) -> Result<MemConn, MemError> {
+        let mut db = self.db();
+        if db.fault(FaultPoint::Begin).is_some() {
+            return Err(MemError::ConnectionLost);
+        }
+        let xid = db.begin();
+        Ok(MemConn {
+            storage: self.clone(),
+            s: Session {
+                xid,
+                cid: 0,
+                state: State::Open,
+                notify: false,
+            },
+        })
+    }
+}
+
+/// A transaction on [`MemStorage`]; the application sees its [`MemConn`].
+#[derive(Debug)]
+pub struct MemTx {
+    pub(super) conn: MemConn,
+}
+
+impl MemTx {
+    /// The transaction's ID (for [`MemStorage::is_waiting`]).
+    pub fn tx_id(&self) -> u64 {
+        self.conn.tx_id()
+    }
+}
+
+impl Storage for MemStorage {
+    type Tx = MemTx;
+    type Conn = MemConn;
+    type Listener = MemListener;
+
+    async fn listen(&self) -> StorageResult<MemListener> {
+        Ok(MemListener {
+            wakeups: self.wakeups.subscribe(),
+        })
+    }
+
+    async fn begin(&self) -> StorageResult<MemTx> {
+        Ok(MemTx {
+            conn: self.begin_conn()?,
+        })
+    }
+
+    async fn migrate(&self) -> StorageResult<()> {
+        // The engine's tables always exist in the model.
+        Ok(())
+    }
+
+    fn classify(error: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if let Some(mem) = e.downcast_ref::<MemError>() {
+                let kind = mem.kind();
+                return matches!(kind, ErrorKind::Conflict | ErrorKind::Unavailable)
+                    .then_some(kind);
+            }
+            current = e.source();
+        }
+        None
+    }
+}
+
+impl Transaction for MemTx {
+    type Conn = MemConn;
+
+    fn conn(&mut self) -> &mut MemConn {
+        &mut self.conn
+    }
+
+    async fn workflow_insert(&mut self, params: WorkflowInsert) -> StorageResult<WorkflowInserted> {
+        Ok(self.conn.workflow_insert(params).await?)
+    }
+
+    async fn workflow_get(&mut self, id: &str) -> StorageResult<Option<WorkflowRow>> {
+        Ok(self.conn.workflow_get(id).await?)
+    }
+
+    async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {
+        self.conn.workflow_complete(params).await
+    }
+
+    async fn workflows_recover(
+        &mut self,
+        params: WorkflowsRecover,
+    ) -> StorageResult<Vec<WorkflowRow>> {
+        Ok(self.conn.workflows_recover(params).await?)
+    }
+
+    async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
+        Ok(self.conn.steps_load(workflow_id).await?)
+    }
+
+    async fn step_record(&mut self, params: StepRecord) -> StorageResult<StepRecorded> {
+        self.conn.step_record(params).await
+    }
+
+    async fn executor_register(&mut self, params: ExecutorRegister) -> StorageResult<()> {
+        Ok(self.conn.executor_register(params).await?)
+    }
+
+    async fn executor_heartbeat(
+        &mut self,
+        executor_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StorageResult<()> {
+        Ok(self
+            .conn
+            .executor_heartbeat(executor_id, now_ms, lease_ms)
+            .await?)
+    }
+
+    async fn workflows_reclaim(&mut self, now_ms: i64) -> StorageResult<u64> {
+        Ok(self.conn.workflows_reclaim(now_ms).await?)
+    }
+
+    async fn workflows_claim(&mut self, params: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
+        Ok(self.conn.workflows_claim(params).await?)
+    }
+
+    async fn workflows_release(&mut self, executor_id: &str, now_ms: i64) -> StorageResult<u64> {
+        Ok(self.conn.workflows_release(executor_id, now_ms).await?)
+    }
+
+    async fn workflow_enqueue(&mut self, params: WorkflowEnqueue) -> StorageResult<String> {
+        Ok(self.conn.workflow_enqueue(params).await?)
+    }
+
+    async fn workflow_suspend(
+        &mut self,
+        id: &str,
+        owner_epoch: i64,
+        run_after_ms: i64,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        self.conn
+            .workflow_suspend(id, owner_epoch, run_after_ms, now_ms)
+            .await
+    }
+
+    async fn message_send(
+        &mut self,
+        workflow_id: &str,
+        topic: &str,
+        payload: &str,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        Ok(self
+            .conn
+            .message_send(workflow_id, topic, payload, now_ms)
+            .await?)
+    }
+
+    async fn message_take(
+        &mut self,
+        workflow_id: &str,
+        topic: &str,
+        owner_epoch: i64,
+    ) -> StorageResult<Option<String>> {
+        self.conn
+            .message_take(workflow_id, topic, owner_epoch)
+            .await
+    }
+
+    async fn event_set(
+        &mut self,
+        workflow_id: &str,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        Ok(self.conn.event_set(workflow_id, key, value, now_ms).await?)
+    }
+
+    async fn event_get(&mut self, workflow_id: &str, key: &str) -> StorageResult<Option<String>> {
+        Ok(self.conn.event_get(workflow_id, key).await?)
+    }
+
+    async fn workflows_cancel(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> StorageResult<Vec<String>> {
+        Ok(self.conn.workflows_cancel(id, reason, now_ms).await?)
+    }
+
+    async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
+        Ok(self.conn.workflow_resume(id, now_ms).await?)
+    }
+
+    async fn workflow_fork(&mut self, params: WorkflowFork) -> StorageResult<bool> {
+        Ok(self.conn.workflow_fork(params).await?)
+    }
+
+    async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
+        Ok(self.conn.workflows_owned(executor_id).await?)
+    }
+
+    async fn workflows_list(&mut self, filter: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
+        Ok(self.conn.workflows_list(filter).await?)
+    }
+
+    async fn workflow_info(&mut self, id: &str) -> StorageResult<Option<WorkflowInfo>> {
+        Ok(self.conn.workflow_info(id).await?)
+    }
+
+    async fn steps_info(&mut self, workflow_id: &str) -> StorageResult<Vec<StepInfo>> {
+        Ok(self.conn.steps_info(workflow_id).await?)
+    }
+
+    async fn commit(self) -> StorageResult<()> {
+        Ok(self.conn.commit_conn()?)
+    }
+
+    async fn rollback(self) -> StorageResult<()> {
+        Ok(self.conn.rollback_conn()?)
+    }
+}

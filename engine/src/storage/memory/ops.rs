@@ -1,0 +1,782 @@
+//! The engine's operations on the memory backend, each modelled on the SQL
+//! that `storage/postgres.rs` runs for it.
+
+use super::*;
+
+impl MemConn {
+    pub(super) async fn workflow_insert(
+        &mut self,
+        p: WorkflowInsert,
+    ) -> Result<WorkflowInserted, MemError> {
+        // INSERT ... ON CONFLICT (id) DO NOTHING: waits for a concurrent
+        // inserter of the same ID, then inserts nothing if it committed.
+        let snap = self.start("workflow_insert")?;
+        let row = WorkflowRecord {
+            id: p.id.clone(),
+            name: p.name,
+            status: Status::Running,
+            input: p.input,
+            output: None,
+            error: None,
+            executor_id: Some(p.executor_id),
+            owner_epoch: 1,
+            created_ms: p.now_ms,
+            updated_ms: p.now_ms,
+            completed_ms: None,
+            queue: DEFAULT_QUEUE.to_owned(),
+            priority: 0,
+            dedup_key: None,
+            run_after_ms: None,
+            // clock_timestamp(): the database clock, which the model takes
+            // from the engine.
+            started_ms: Some(p.now_ms),
+            parent_id: p.parent_id,
+            deadline_ms: p.deadline_ms,
+        };
+        if self
+            .insert_row(&Workflows, &snap, p.id.clone(), || row.clone(), true)
+            .await?
+        {
+            return Ok(WorkflowInserted::Inserted);
+        }
+        // A statement of its own: the INSERT's snapshot may predate the
+        // conflicting row's commit.
+        match self.workflow_get(&p.id).await? {
+            Some(row) => Ok(WorkflowInserted::Existing(Box::new(row))),
+            None => Err(MemError::SerializationFailure),
+        }
+    }
+
+    pub(super) async fn workflow_get(&mut self, id: &str) -> Result<Option<WorkflowRow>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "workflow_get")?;
+        let key = id.to_owned();
+        let (t, txs) = Workflows.split(&mut db);
+        Ok(t.visible(txs, &snap, &key)
+            .map(|i| workflow_row(t.data(&key, i))))
+    }
+
+    pub(super) async fn workflow_complete(&mut self, p: WorkflowComplete) -> StorageResult<()> {
+        // UPDATE ... WHERE id = $1 AND owner_epoch = $2 AND status =
+        // 'RUNNING': after waiting for a concurrent writer (an epoch bump)
+        // the condition is checked again on the newest version.
+        let snap = self.start("workflow_complete")?;
+        let updated = self
+            .update_row(&Workflows, &snap, &p.id, |w| {
+                (w.owner_epoch == p.owner_epoch && w.status == Status::Running).then(|| {
+                    WorkflowRecord {
+                        status: p.status,
+                        output: p.output.clone(),
+                        error: p.error.clone(),
+                        updated_ms: p.now_ms,
+                        completed_ms: Some(p.now_ms),
+                        ..w.clone()
+                    }
+                })
+            })
+            .await?;
+        match updated {
+            Some(_) => Ok(()),
+            None => Err(fenced(&p.id)),
+        }
+    }
+
+    pub(super) async fn workflows_recover(
+        &mut self,
+        p: WorkflowsRecover,
+    ) -> Result<Vec<WorkflowRow>, MemError> {
+        let snap = self.start("workflows_recover")?;
+        let matches = |w: &WorkflowRecord| {
+            w.executor_id.as_deref() == Some(p.executor_id.as_str())
+                && w.status == Status::Running
+                && p.workflow_id.as_ref().is_none_or(|id| *id == w.id)
+        };
+        let keys: Vec<String> = {
+            let mut db = self.storage.db();
+            let (t, txs) = Workflows.split(&mut db);
+            match &p.workflow_id {
+                Some(id) => t
+                    .visible(txs, &snap, id)
+                    .map(|_| id.clone())
+                    .into_iter()
+                    .collect(),
+                None => t.scan(txs, &snap, ..).map(|(k, _)| k.clone()).collect(),
+            }
+        };
+        let mut rows = Vec::new();
+        for key in keys {
+            let bumped = self
+                .update_row(&Workflows, &snap, &key, |w| {
+                    matches(w).then(|| WorkflowRecord {
+                        owner_epoch: w.owner_epoch + 1,
+                        updated_ms: p.now_ms,
+                        ..w.clone()
+                    })
+                })
+                .await?;
+            if let Some(w) = bumped {
+                rows.push(workflow_row(&w));
+            }
+        }
+        Ok(rows)
+    }
+
+    pub(super) async fn steps_load(&mut self, workflow_id: &str) -> Result<Vec<StepRow>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "steps_load")?;
+        let (t, txs) = Steps.split(&mut db);
+        let range = (workflow_id.to_owned(), i32::MIN)..=(workflow_id.to_owned(), i32::MAX);
+        Ok(t.scan(txs, &snap, range)
+            .map(|(k, i)| {
+                let s = t.data(k, i);
+                StepRow {
+                    step_id: s.step_id,
+                    name: s.name.clone(),
+                    kind: s.kind,
+                    output: s.output.clone(),
+                    error: s.error.clone(),
+                }
+            })
+            .collect())
+    }
+
+    pub(super) async fn step_record(&mut self, p: StepRecord) -> StorageResult<StepRecorded> {
+        // One statement: the fence reads the statement's snapshot; the
+        // insert then waits for a concurrent inserter of the same step and
+        // does nothing if it committed (ON CONFLICT DO NOTHING). The fence
+        // values stay those of the snapshot, as in the CTE.
+        let snap = self.start("step_record")?;
+        let fence = {
+            let mut db = self.storage.db();
+            let (t, txs) = Workflows.split(&mut db);
+            t.visible(txs, &snap, &p.workflow_id).map(|i| {
+                let w = t.data(&p.workflow_id, i);
+                (w.owner_epoch, w.status)
+            })
+        };
+        let owned = fence == Some((p.owner_epoch, Status::Running));
+        if !owned {
+            return Err(fenced(&p.workflow_id));
+        }
+        let row = StepRecordRow {
+            workflow_id: p.workflow_id.clone(),
+            step_id: p.step_id,
+            name: p.name,
+            kind: p.kind,
+            output: p.output,
+            error: p.error,
+            owner_epoch: p.owner_epoch,
+            attempts: p.attempts,
+            started_ms: p.started_ms,
+            completed_ms: p.now_ms,
+        };
+        let key = (p.workflow_id, p.step_id);
+        if self
+            .insert_row(&Steps, &snap, key, || row.clone(), true)
+            .await?
+        {
+            Ok(StepRecorded::Recorded)
+        } else {
+            Ok(StepRecorded::Exists)
+        }
+    }
+
+    pub(super) async fn executor_heartbeat(
+        &mut self,
+        executor_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<(), MemError> {
+        let snap = self.start("executor_heartbeat")?;
+        // clock_timestamp() + lease: the engine's clock is the database's.
+        let lease_expires_ms = now_ms.saturating_add(lease_ms);
+        let row = ExecutorRecord {
+            started_ms: now_ms,
+            heartbeat_ms: now_ms,
+            lease_expires_ms,
+        };
+        self.upsert(&Executors, &snap, executor_id.to_owned(), row, |e| {
+            ExecutorRecord {
+                heartbeat_ms: now_ms,
+                lease_expires_ms,
+                ..e.clone()
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn executor_register(&mut self, p: ExecutorRegister) -> Result<(), MemError> {
+        self.executor_heartbeat(&p.executor_id, p.now_ms, p.lease_ms)
+            .await?;
+        // In name order, as on PostgreSQL, so that executors launching at
+        // once lock the shared rows in the same order.
+        let mut workflows = p.workflows;
+        workflows.sort();
+        for (name, types) in workflows {
+            let snap = self.start("executor_register")?;
+            let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+            self.upsert(&WorkflowNames, &snap, name, types.clone(), |_| {
+                types.clone()
+            })
+            .await?;
+        }
+        let mut queues = p.queues;
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        for q in queues {
+            let snap = self.start("executor_register")?;
+            let row = QueueRecord {
+                concurrency_global: q.concurrency_global,
+                rate_limit: q.rate_limit,
+            };
+            self.upsert(&Queues, &snap, q.name, row.clone(), |_| row.clone())
+                .await?;
+        }
+        let snap = self.start("executor_register")?;
+        for (key, value) in [
+            ("notify_on_enqueue", p.notify_on_enqueue.to_string()),
+            ("payload_max_bytes", p.payload_max_bytes.to_string()),
+        ] {
+            self.upsert(&Settings, &snap, key.to_owned(), value.clone(), |_| {
+                value.clone()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn workflows_reclaim(&mut self, now_ms: i64) -> Result<u64, MemError> {
+        // One statement, one snapshot: DELETE the expired executors
+        // (re-checking each lease after a wait, so a heartbeat that
+        // committed meanwhile saves its executor), then UPDATE the RUNNING
+        // workflows of those executors or of executors the snapshot does not
+        // know. The snapshot still sees the executors this statement
+        // deletes, as in the CTE, so `dead` is checked explicitly.
+        let snap = self.start("workflows_reclaim")?;
+        let (expired, known) = {
+            let mut db = self.storage.db();
+            let (t, txs) = Executors.split(&mut db);
+            let mut expired = Vec::new();
+            let mut known = std::collections::HashSet::new();
+            for (k, i) in t.scan(txs, &snap, ..) {
+                if t.data(k, i).lease_expires_ms < now_ms
+                    && !crate::bugs::active(crate::bugs::Bug::LeaseNeverExpires)
+                {
+                    expired.push(k.clone());
+                }
+                known.insert(k.clone());
+            }
+            (expired, known)
+        };
+        let mut dead = std::collections::HashSet::new();
+        for key in expired {
+            if self
+                .delete_row(&Executors, &snap, &key, |e| e.lease_expires_ms < now_ms)
+                .await?
+            {
+                dead.insert(key);
+            }
+        }
+        let requeued = self
+            .update_all(&Workflows, &snap, |w| {
+                let orphaned = w.status == Status::Running
+                    && w.executor_id
+                        .as_ref()
+                        .is_none_or(|e| dead.contains(e) || !known.contains(e));
+                orphaned.then(|| WorkflowRecord {
+                    status: Status::Enqueued,
+                    executor_id: None,
+                    owner_epoch: w.owner_epoch + 1,
+                    updated_ms: now_ms,
+                    ..w.clone()
+                })
+            })
+            .await?;
+        Ok(requeued.len() as u64)
+    }
+
+    /// For a limited queue: locks the queue's row (`FOR UPDATE`, waiting),
+    /// then in a new statement counts the queue's running workflows and
+    /// recent starts. How many more may start; `None` if unlimited.
+    pub(super) async fn claim_budget(
+        &mut self,
+        p: &WorkflowsClaim,
+    ) -> Result<Option<u32>, MemError> {
+        if !p.queue.is_limited() {
+            return Ok(None);
+        }
+        let snap = self.start("workflows_claim")?;
+        let idx = {
+            let mut db = self.storage.db();
+            let (t, txs) = Queues.split(&mut db);
+            t.visible(txs, &snap, &p.queue.name)
+        };
+        if let Some(idx) = idx {
+            self.lock_row(&Queues, &snap, &p.queue.name, idx, LockWait::Block, |_| {
+                true
+            })
+            .await?;
+        }
+        let snap = self.start("workflows_claim")?;
+        let period_ms = p.queue.rate_limit.map_or(0, |(_, ms)| ms);
+        let since_ms = p.now_ms - period_ms;
+        let (running, recent) = {
+            let mut db = self.storage.db();
+            let (t, txs) = Workflows.split(&mut db);
+            let mut running = 0i64;
+            let mut recent = 0i64;
+            for (k, i) in t.scan(txs, &snap, ..) {
+                let w = t.data(k, i);
+                if w.queue != p.queue.name {
+                    continue;
+                }
+                running += i64::from(w.status == Status::Running);
+                recent += i64::from(w.started_ms.is_some_and(|s| s > since_ms));
+            }
+            (running, recent)
+        };
+        Ok(Some(p.queue.budget(running, recent)))
+    }
+
+    pub(super) async fn workflows_claim(
+        &mut self,
+        p: WorkflowsClaim,
+    ) -> Result<Vec<WorkflowRow>, MemError> {
+        let mut limit = p.limit;
+        if let Some(budget) = self.claim_budget(&p).await? {
+            limit = limit.min(budget);
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+        }
+        // SELECT ... ORDER BY priority, created_at LIMIT n FOR UPDATE SKIP
+        // LOCKED, then UPDATE the locked rows: concurrent claimers take
+        // different rows, and a row that changed since the snapshot is
+        // re-checked on its newest version.
+        let snap = self.start("workflows_claim")?;
+        let ready = |w: &WorkflowRecord| {
+            w.status == Status::Enqueued
+                && w.queue == p.queue.name
+                && p.names.contains(&w.name)
+                && w.run_after_ms.is_none_or(|t| t <= p.now_ms)
+        };
+        let mut candidates: Vec<(i32, i64, String, usize)> = {
+            let mut db = self.storage.db();
+            let (t, txs) = Workflows.split(&mut db);
+            t.scan(txs, &snap, ..)
+                .filter(|(k, i)| ready(t.data(k, *i)))
+                .map(|(k, i)| {
+                    let w = t.data(k, i);
+                    (w.priority, w.created_ms, k.clone(), i)
+                })
+                .collect()
+        };
+        candidates.sort();
+        let mut rows = Vec::new();
+        for (_, _, key, idx) in candidates {
+            if rows.len() >= limit as usize {
+                break;
+            }
+            let locked = self
+                .lock_row(&Workflows, &snap, &key, idx, LockWait::SkipLocked, ready)
+                .await?;
+            let Some(latest) = locked else { continue };
+            let mut db = self.storage.db();
+            let (t, _) = Workflows.split(&mut db);
+            let w = t.data(&key, latest);
+            let claimed = WorkflowRecord {
+                status: Status::Running,
+                executor_id: Some(p.executor_id.clone()),
+                owner_epoch: w.owner_epoch + 1,
+                started_ms: Some(p.now_ms),
+                updated_ms: p.now_ms,
+                ..w.clone()
+            };
+            t.write(&snap, &key, latest, Some(claimed.clone()));
+            rows.push(workflow_row(&claimed));
+        }
+        Ok(rows)
+    }
+
+    pub(super) async fn workflows_release(
+        &mut self,
+        executor_id: &str,
+        now_ms: i64,
+    ) -> Result<u64, MemError> {
+        let snap = self.start("workflows_release")?;
+        let released = self
+            .update_all(&Workflows, &snap, |w| {
+                (w.status == Status::Running && w.executor_id.as_deref() == Some(executor_id)).then(
+                    || WorkflowRecord {
+                        status: Status::Enqueued,
+                        executor_id: None,
+                        owner_epoch: w.owner_epoch + 1,
+                        updated_ms: now_ms,
+                        ..w.clone()
+                    },
+                )
+            })
+            .await?;
+        self.delete_row(&Executors, &snap, &executor_id.to_owned(), |_| true)
+            .await?;
+        Ok(released.len() as u64)
+    }
+
+    pub(super) async fn workflow_suspend(
+        &mut self,
+        id: &str,
+        owner_epoch: i64,
+        run_after_ms: i64,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        let snap = self.start("workflow_suspend")?;
+        let updated = self
+            .update_row(&Workflows, &snap, &id.to_owned(), |w| {
+                (w.owner_epoch == owner_epoch && w.status == Status::Running).then(|| {
+                    WorkflowRecord {
+                        status: Status::Enqueued,
+                        executor_id: None,
+                        run_after_ms: Some(run_after_ms),
+                        updated_ms: now_ms,
+                        ..w.clone()
+                    }
+                })
+            })
+            .await?;
+        match updated {
+            Some(_) => Ok(()),
+            None => Err(fenced(id)),
+        }
+    }
+
+    pub(super) async fn message_take(
+        &mut self,
+        workflow_id: &str,
+        topic: &str,
+        owner_epoch: i64,
+    ) -> StorageResult<Option<String>> {
+        // One statement: the fence reads the snapshot; the oldest message is
+        // locked SKIP LOCKED (a message another execution is taking is
+        // passed over, one that was taken since the snapshot is gone) and
+        // deleted.
+        let snap = self.start("message_take")?;
+        let (owned, candidates) = {
+            let mut db = self.storage.db();
+            let owned = read(&Workflows, &mut db, &snap, &workflow_id.to_owned())
+                .is_some_and(|w| w.owner_epoch == owner_epoch && w.status == Status::Running);
+            let (t, txs) = Messages.split(&mut db);
+            let candidates: Vec<(i64, usize)> = t
+                .scan(txs, &snap, ..)
+                .filter(|(k, i)| {
+                    let m = t.data(k, *i);
+                    m.workflow_id == workflow_id && m.topic == topic
+                })
+                .map(|(k, i)| (*k, i))
+                .collect();
+            (owned, candidates)
+        };
+        if !owned {
+            return Err(fenced(workflow_id));
+        }
+        for (key, idx) in candidates {
+            let locked = self
+                .lock_row(&Messages, &snap, &key, idx, LockWait::SkipLocked, |_| true)
+                .await?;
+            let Some(latest) = locked else { continue };
+            let mut db = self.storage.db();
+            let (t, _) = Messages.split(&mut db);
+            let payload = t.data(&key, latest).payload.clone();
+            t.write(&snap, &key, latest, None);
+            return Ok(Some(payload));
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn event_set(
+        &mut self,
+        workflow_id: &str,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> Result<(), MemError> {
+        let snap = self.start("event_set")?;
+        let value = match jsonb_text(value) {
+            Ok(v) => v,
+            Err(e) => return Err(self.s.fail(&mut self.storage.db(), e)),
+        };
+        let row = EventRecord {
+            value,
+            updated_ms: now_ms,
+        };
+        let key = (workflow_id.to_owned(), key.to_owned());
+        self.upsert(&Events, &snap, key, row.clone(), |_| row.clone())
+            .await
+    }
+
+    pub(super) async fn event_get(
+        &mut self,
+        workflow_id: &str,
+        key: &str,
+    ) -> Result<Option<String>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "event_get")?;
+        let key = (workflow_id.to_owned(), key.to_owned());
+        Ok(read(&Events, &mut db, &snap, &key).map(|e| e.value))
+    }
+
+    pub(super) async fn workflows_cancel(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, MemError> {
+        // WITH RECURSIVE tree over the snapshot (UNION: each ID once), then
+        // an UPDATE of its unfinished members, re-checked after a wait: a
+        // workflow that finished meanwhile is left alone.
+        let snap = self.start("workflows_cancel")?;
+        let tree: Vec<String> = {
+            let mut db = self.storage.db();
+            let (t, txs) = Workflows.split(&mut db);
+            let mut children: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+            for (k, i) in t.scan(txs, &snap, ..) {
+                if let Some(parent) = &t.data(k, i).parent_id {
+                    children
+                        .entry(parent.as_str())
+                        .or_default()
+                        .push(k.as_str());
+                }
+            }
+            let mut tree: Vec<String> = Vec::new();
+            if t.visible(txs, &snap, &id.to_owned()).is_some() {
+                tree.push(id.to_owned());
+            }
+            let mut next = 0;
+            while next < tree.len() {
+                for child in children.get(tree[next].as_str()).into_iter().flatten() {
+                    if !tree.iter().any(|t| t == child) {
+                        tree.push((*child).to_owned());
+                    }
+                }
+                next += 1;
+            }
+            tree
+        };
+        let mut cancelled = Vec::new();
+        for key in tree {
+            let updated = self
+                .update_row(&Workflows, &snap, &key, |w| {
+                    matches!(w.status, Status::Enqueued | Status::Running).then(|| WorkflowRecord {
+                        status: Status::Cancelled,
+                        error: Some(reason.to_owned()),
+                        executor_id: None,
+                        owner_epoch: w.owner_epoch + 1,
+                        updated_ms: now_ms,
+                        completed_ms: Some(now_ms),
+                        ..w.clone()
+                    })
+                })
+                .await?;
+            if updated.is_some() {
+                cancelled.push(key);
+            }
+        }
+        Ok(cancelled)
+    }
+
+    pub(super) async fn workflow_resume(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<bool, MemError> {
+        let snap = self.start("workflow_resume")?;
+        let updated = self
+            .update_row(&Workflows, &snap, &id.to_owned(), |w| {
+                (w.status == Status::Cancelled).then(|| WorkflowRecord {
+                    status: Status::Enqueued,
+                    error: None,
+                    executor_id: None,
+                    run_after_ms: None,
+                    deadline_ms: None,
+                    completed_ms: None,
+                    owner_epoch: w.owner_epoch + 1,
+                    updated_ms: now_ms,
+                    ..w.clone()
+                })
+            })
+            .await?;
+        Ok(updated.is_some())
+    }
+
+    pub(super) async fn workflow_fork(&mut self, p: WorkflowFork) -> Result<bool, MemError> {
+        let snap = self.start("workflow_fork")?;
+        let source = read(&Workflows, &mut self.storage.db(), &snap, &p.source_id);
+        let Some(source) = source else {
+            return Ok(false);
+        };
+        // Epoch 1, not 0: epoch 0 promises a claimer that there is no
+        // history to read, and the fork has copied checkpoints.
+        let row = WorkflowRecord {
+            id: p.new_id.clone(),
+            name: source.name,
+            status: Status::Enqueued,
+            input: source.input,
+            output: None,
+            error: None,
+            executor_id: None,
+            owner_epoch: 1,
+            created_ms: p.now_ms,
+            updated_ms: p.now_ms,
+            completed_ms: None,
+            queue: source.queue,
+            priority: source.priority,
+            dedup_key: None,
+            run_after_ms: None,
+            started_ms: None,
+            parent_id: None,
+            deadline_ms: None,
+        };
+        self.insert_row(&Workflows, &snap, p.new_id.clone(), || row.clone(), false)
+            .await?;
+        let snap = self.start("workflow_fork")?;
+        let steps: Vec<StepRecordRow> = {
+            let mut db = self.storage.db();
+            let (t, txs) = Steps.split(&mut db);
+            let range = (p.source_id.clone(), i32::MIN)..(p.source_id.clone(), p.from_step);
+            t.scan(txs, &snap, range)
+                .map(|(k, i)| t.data(k, i).clone())
+                .collect()
+        };
+        for step in steps {
+            // Copied checkpoints carry epoch 0: they replay for every
+            // execution of the fork.
+            let copy = StepRecordRow {
+                workflow_id: p.new_id.clone(),
+                owner_epoch: 0,
+                ..step
+            };
+            let key = (p.new_id.clone(), copy.step_id);
+            self.insert_row(&Steps, &snap, key, || copy.clone(), false)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    pub(super) async fn workflows_owned(
+        &mut self,
+        executor_id: &str,
+    ) -> Result<Vec<(String, i64)>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "workflows_owned")?;
+        let (t, txs) = Workflows.split(&mut db);
+        // ORDER BY id: the scan is in key order.
+        Ok(t.scan(txs, &snap, ..)
+            .map(|(k, i)| t.data(k, i))
+            .filter(|w| {
+                w.status == Status::Running && w.executor_id.as_deref() == Some(executor_id)
+            })
+            .map(|w| (w.id.clone(), w.owner_epoch))
+            .collect())
+    }
+
+    pub(super) async fn workflows_list(
+        &mut self,
+        f: WorkflowFilter,
+    ) -> Result<Vec<WorkflowInfo>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "workflows_list")?;
+        let (t, txs) = Workflows.split(&mut db);
+        let mut rows: Vec<&WorkflowRecord> = t
+            .scan(txs, &snap, ..)
+            .map(|(k, i)| t.data(k, i))
+            .filter(|w| {
+                f.status.is_none_or(|s| w.status == s)
+                    && f.name.as_ref().is_none_or(|n| w.name == *n)
+                    && f.queue.as_ref().is_none_or(|q| w.queue == *q)
+                    && f.created_from_ms.is_none_or(|ms| w.created_ms >= ms)
+                    && f.created_until_ms.is_none_or(|ms| w.created_ms < ms)
+            })
+            .collect();
+        // ORDER BY created_at DESC, id
+        rows.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
+        Ok(rows
+            .into_iter()
+            .skip(usize::try_from(f.offset).unwrap_or(usize::MAX))
+            .take(f.limit as usize)
+            .map(workflow_info)
+            .collect())
+    }
+
+    pub(super) async fn workflow_info(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<WorkflowInfo>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "workflow_info")?;
+        Ok(read(&Workflows, &mut db, &snap, &id.to_owned()).map(|w| workflow_info(&w)))
+    }
+
+    pub(super) async fn steps_info(
+        &mut self,
+        workflow_id: &str,
+    ) -> Result<Vec<StepInfo>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "steps_info")?;
+        let (t, txs) = Steps.split(&mut db);
+        let range = (workflow_id.to_owned(), i32::MIN)..=(workflow_id.to_owned(), i32::MAX);
+        Ok(t.scan(txs, &snap, range)
+            .map(|(k, i)| {
+                let s = t.data(k, i);
+                StepInfo {
+                    row: StepRow {
+                        step_id: s.step_id,
+                        name: s.name.clone(),
+                        kind: s.kind,
+                        output: s.output.clone(),
+                        error: s.error.clone(),
+                    },
+                    attempts: s.attempts,
+                    owner_epoch: s.owner_epoch,
+                    started_ms: s.started_ms,
+                    completed_ms: s.completed_ms,
+                }
+            })
+            .collect())
+    }
+}
+
+/// The queue of workflows started locally (the column default).
+pub(super) const DEFAULT_QUEUE: &str = "default";
+
+pub(super) fn workflow_info(w: &WorkflowRecord) -> WorkflowInfo {
+    WorkflowInfo {
+        row: workflow_row(w),
+        priority: w.priority,
+        created_ms: w.created_ms,
+        updated_ms: w.updated_ms,
+        started_ms: w.started_ms,
+        completed_ms: w.completed_ms,
+    }
+}
+
+/// The error of a fenced write, as the PostgreSQL backend words it.
+pub(super) fn fenced(workflow_id: &str) -> StorageError {
+    StorageError::new(
+        ErrorKind::Fenced,
+        format!("workflow {workflow_id:?} is no longer owned by this execution"),
+    )
+}
+
+pub(super) fn workflow_row(w: &WorkflowRecord) -> WorkflowRow {
+    WorkflowRow {
+        id: w.id.clone(),
+        name: w.name.clone(),
+        status: w.status,
+        input: w.input.clone(),
+        output: w.output.clone(),
+        error: w.error.clone(),
+        executor_id: w.executor_id.clone(),
+        owner_epoch: w.owner_epoch,
+        queue: w.queue.clone(),
+        parent_id: w.parent_id.clone(),
+        deadline_ms: w.deadline_ms,
+    }
+}
