@@ -16,7 +16,8 @@ use benches::workloads::{
     StepLoop, StepLoopInput, account_update, accounts_create, engine_close, engine_launch,
 };
 use criterion::{Criterion, SamplingMode, Throughput};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
+use tandem::storage::{StepKind, StepRecord, StepRecorded, Storage, Transaction};
 use tandem::{Engine, PgStorage};
 
 /// Criterion samples per benchmark; few, as every one costs real commits.
@@ -75,11 +76,12 @@ async fn run(
             Ok(start.elapsed())
         }
         Variant::Floor => {
+            let storage = engine.storage();
             let start = Instant::now();
             for _ in 0..iters {
-                let mut tx = pool.begin().await?;
+                let mut tx = storage.begin().await?;
                 let started_ms = unix_ms();
-                let balance = account_update(&mut tx, ACCOUNT).await?;
+                let balance = account_update(tx.conn(), ACCOUNT).await?;
                 *next_step_id += 1;
                 checkpoint_insert(&mut tx, *next_step_id, &balance.to_string(), started_ms).await?;
                 tx.commit().await?;
@@ -89,47 +91,33 @@ async fn run(
     }
 }
 
-/// The engine's checkpoint statement, copied from `step_record` in
-/// engine/src/storage/postgres.rs with the same binds, so the floor pays
-/// exactly what the protocol requires (fence read, PK insert, jsonb). Keep
-/// it in step with that file.
+/// The engine's own checkpoint ([`Transaction::step_record`], the statement
+/// a transactional step runs), so the floor pays exactly what the protocol
+/// requires (fence read, PK insert, jsonb) and cannot drift from it.
 async fn checkpoint_insert(
-    conn: &mut PgConnection,
+    tx: &mut <PgStorage as Storage>::Tx,
     step_id: i32,
     output: &str,
     started_ms: i64,
 ) -> anyhow::Result<()> {
-    let (_epoch, _status, inserted): (Option<i64>, Option<String>, bool) = sqlx::query_as(
-        "WITH fence AS (
-             SELECT owner_epoch, status FROM tandem.workflows WHERE id = $1
-         ), ins AS (
-             INSERT INTO tandem.steps
-                 (workflow_id, step_id, name, kind, output, error, owner_epoch, attempts,
-                  started_at, completed_at)
-             SELECT $1, $2, $3, $4, $5::jsonb, $6, $7, $8,
-                    to_timestamp($9::float8 / 1000), to_timestamp($10::float8 / 1000)
-               FROM fence
-              WHERE fence.owner_epoch = $7 AND fence.status = 'RUNNING'
-             ON CONFLICT (workflow_id, step_id) DO NOTHING
-             RETURNING 1
-         )
-         SELECT (SELECT owner_epoch FROM fence),
-                (SELECT status FROM fence),
-                EXISTS (SELECT 1 FROM ins)",
-    )
-    .bind(FLOOR_WORKFLOW)
-    .bind(step_id)
-    .bind("update")
-    .bind("transaction")
-    .bind(Some(output))
-    .bind(None::<String>)
-    .bind(1_i64)
-    .bind(1_i32)
-    .bind(started_ms)
-    .bind(unix_ms())
-    .fetch_one(conn)
-    .await?;
-    anyhow::ensure!(inserted, "floor checkpoint {step_id} was not inserted");
+    let recorded = tx
+        .step_record(StepRecord {
+            workflow_id: FLOOR_WORKFLOW.to_owned(),
+            step_id,
+            name: "update".to_owned(),
+            kind: StepKind::Transaction,
+            output: Some(output.to_owned()),
+            error: None,
+            owner_epoch: 1,
+            attempts: 1,
+            started_ms,
+            now_ms: unix_ms(),
+        })
+        .await?;
+    anyhow::ensure!(
+        recorded == StepRecorded::Recorded,
+        "floor checkpoint {step_id} was not inserted"
+    );
     Ok(())
 }
 
@@ -159,13 +147,18 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         accounts_create(&pool).await?;
         // The workflow row the floor's checkpoints are fenced on, as the
-        // engine leaves it for a running workflow.
-        sqlx::query(
-            "INSERT INTO tandem.workflows
+        // engine leaves it for a running workflow, owned by an executor
+        // whose lease outlives the run: an unowned RUNNING row would be
+        // re-enqueued by the engine's reclaim (with a bumped epoch) half a
+        // lease after launch, and every later floor checkpoint fenced off.
+        sqlx::raw_sql(
+            "INSERT INTO tandem.executors (id, started_at, heartbeat_at, lease_expires_at)
+             VALUES ('bench-floor', now(), now(), now() + interval '1 day');
+             INSERT INTO tandem.workflows
                  (id, name, status, input, executor_id, owner_epoch, created_at, updated_at)
-             VALUES ($1, 'bench.floor', 'RUNNING', 'null', 'bench-floor', 1, now(), now())",
+             VALUES ('bench-floor', 'bench.floor', 'RUNNING', 'null', 'bench-floor', 1,
+                     now(), now())",
         )
-        .bind(FLOOR_WORKFLOW)
         .execute(&pool)
         .await?;
         anyhow::Ok(())

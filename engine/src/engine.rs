@@ -22,9 +22,9 @@ use crate::error::Error;
 use crate::payload;
 use crate::queue::{DEFAULT_QUEUE, EnqueueOptions, Queue};
 use crate::storage::{
-    ErrorKind, ExecutorRegister, Listener, Status, StepRow, Storage, StorageError,
-    WorkflowComplete, WorkflowEnqueue, WorkflowInsert, WorkflowInserted, WorkflowRow,
-    WorkflowsClaim, WorkflowsRecover,
+    EPOCH_FIRST, ErrorKind, ExecutorRegister, Listener, Status, StepRow, Storage, StorageError,
+    WorkflowComplete, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim,
+    WorkflowsRecover,
 };
 use crate::workflow::{ErasedWorkflow, Workflow};
 
@@ -43,12 +43,7 @@ pub(crate) struct Config {
     pub(crate) sleep_suspend_after: Duration,
 }
 
-/// The default `payload_max_bytes`: 1 MiB of JSON.
-pub const PAYLOAD_MAX_BYTES_DEFAULT: usize = 1 << 20;
-
-/// The longest accepted workflow ID, in characters (as the SQL function
-/// `tandem.enqueue_workflow` counts them: the two paths accept the same IDs).
-pub const WORKFLOW_ID_MAX_CHARS: usize = 256;
+pub use crate::storage::{PAYLOAD_MAX_BYTES_DEFAULT, WORKFLOW_ID_MAX_CHARS};
 
 /// Checks a workflow ID: 1 to [`WORKFLOW_ID_MAX_CHARS`] characters, and no
 /// NUL, which PostgreSQL's `text` cannot hold.
@@ -466,7 +461,7 @@ impl<S: Storage> Shared<S> {
                         for row in rows {
                             // Epoch 1 after a claim: never ran, so no history
                             // to read.
-                            let history = (row.owner_epoch == 1
+                            let history = (row.owner_epoch == EPOCH_FIRST
                                 || crate::bugs::active(crate::bugs::Bug::ClaimSkipsHistory))
                             .then(Vec::new);
                             self.execute(row, history);
@@ -646,7 +641,7 @@ impl<S: Storage> Shared<S> {
                     output: None,
                     error: None,
                     executor_id: Some(self.config.executor_id.clone()),
-                    owner_epoch: 1,
+                    owner_epoch: EPOCH_FIRST,
                     queue: DEFAULT_QUEUE.to_owned(),
                     parent_id,
                     deadline_ms,
@@ -1140,7 +1135,7 @@ impl<S: Storage> Engine<S> {
         let input = self
             .shared
             .encode(&input, || format!("input of workflow {:?}", W::NAME))?;
-        let params = workflow_enqueue_params(W::NAME, input, options);
+        let params = options.into_params(W::NAME, input);
         let shared = &self.shared;
         let id = shared
             .retry(|| shared.storage.workflow_enqueue(params.clone()))
@@ -1181,25 +1176,5 @@ impl<S: Storage> Engine<S> {
                 tracing::warn!(%error, "could not hand workflows back; they wait for the lease to expire")
             }
         }
-    }
-}
-
-/// The storage parameters of an enqueue.
-pub(crate) fn workflow_enqueue_params(
-    name: &str,
-    input: String,
-    options: EnqueueOptions,
-) -> WorkflowEnqueue {
-    WorkflowEnqueue {
-        name: name.to_owned(),
-        input,
-        queue: options.queue,
-        workflow_id: options.workflow_id,
-        priority: options.priority,
-        dedup_key: options.dedup_key,
-        delay_ms: options
-            .delay
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        dedup_error: options.dedup_error,
     }
 }

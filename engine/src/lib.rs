@@ -98,6 +98,8 @@ pub mod context;
 pub mod engine;
 pub mod env;
 pub mod error;
+#[cfg(feature = "postgres")]
+mod outbox;
 pub mod payload;
 pub mod queue;
 pub mod retry;

@@ -38,29 +38,13 @@ pub(crate) fn to_json<T: Serialize + ?Sized>(
 /// Refuses JSON text that `jsonb` cannot store: a string holding NUL
 /// (`\u0000`; PostgreSQL fails the whole statement with 22P05). Refused
 /// here, before anything is written, so both backends fail alike and the
-/// error names the payload. Exact on valid JSON (outside strings there are
-/// no backslashes, and inside them every escape is skipped whole); on other
-/// text it never panics, and may refuse a literal `\u0000` there too.
+/// error names the payload ([`crate::storage::jsonb_refuses`] says which).
 pub fn check_storable(json: &str, what: impl FnOnce() -> String) -> Result<(), Error> {
-    let bytes = json.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'\\' {
-            i += 1;
-            continue;
-        }
-        if bytes[i + 1..].starts_with(b"u0000") {
-            return Err(Error::UnstorablePayload {
-                what: what(),
-                reason: "it holds a NUL character (\\u0000), which PostgreSQL's jsonb refuses",
-            });
-        }
-        // `\uXXXX` or a one-character escape: never a NUL, skip it.
-        i += if bytes.get(i + 1) == Some(&b'u') {
-            6
-        } else {
-            2
-        };
+    if crate::storage::jsonb_refuses(json) {
+        return Err(Error::UnstorablePayload {
+            what: what(),
+            reason: "it holds a NUL character (\\u0000), which PostgreSQL's jsonb refuses",
+        });
     }
     Ok(())
 }

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::storage::QueueLimits;
+use crate::storage::{QueueLimits, WorkflowEnqueue};
 
 /// The queue that always exists; workflows started locally belong to it.
-pub const DEFAULT_QUEUE: &str = "default";
+pub use crate::storage::DEFAULT_QUEUE;
 
 /// A named queue as this executor runs it.
 ///
@@ -87,6 +87,22 @@ impl Default for EnqueueOptions {
 }
 
 impl EnqueueOptions {
+    /// The storage parameters of an enqueue of `name` with `input` (JSON).
+    pub(crate) fn into_params(self, name: &str, input: String) -> WorkflowEnqueue {
+        WorkflowEnqueue {
+            name: name.to_owned(),
+            input,
+            queue: self.queue,
+            workflow_id: self.workflow_id,
+            priority: self.priority,
+            dedup_key: self.dedup_key,
+            delay_ms: self
+                .delay
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            dedup_error: self.dedup_error,
+        }
+    }
+
     /// Enqueue into `queue` (default: `default`).
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.queue = queue.into();

@@ -15,9 +15,15 @@
 //!
 //! [`Env`]: crate::Env
 
+mod contract;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+
+pub use contract::{
+    DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, PAYLOAD_MAX_BYTES_DEFAULT, WORKFLOW_ID_MAX_CHARS,
+    classify_sqlstate, fenced, jsonb_refuses,
+};
 
 use std::fmt;
 use std::future::Future;

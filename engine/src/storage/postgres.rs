@@ -17,17 +17,12 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::engine::workflow_enqueue_params;
-use crate::error::Error;
-use crate::payload;
-use crate::queue::EnqueueOptions;
-use crate::workflow::Workflow;
-
 use super::{
-    ErrorKind, ExecutorRegister, Listener, QueueLimits, Status, StepInfo, StepKind, StepRecord,
-    StepRecorded, StepRow, Storage, StorageError, StorageResult, Transaction, WorkflowComplete,
-    WorkflowEnqueue, WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted,
-    WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    EPOCH_FIRST, EPOCH_NEVER_RAN, ErrorKind, ExecutorRegister, Listener, QueueLimits, Status,
+    StepInfo, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
+    Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork, WorkflowInfo,
+    WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    classify_sqlstate, fenced,
 };
 
 /// The embedded migrations (`migrations/` at the workspace root).
@@ -98,36 +93,6 @@ impl PgStorage {
     /// The pool, for the application's own queries.
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    /// Enqueues workflow `W` inside the caller's transaction (the Rust side
-    /// of the outbox): it exists if and only if that transaction commits.
-    /// Same validation and deduplication as `tandem.enqueue_workflow`, which
-    /// it calls. Returns the workflow ID.
-    ///
-    /// A validation error aborts the caller's transaction like any failed
-    /// statement; wrap the call in a savepoint to recover from it.
-    pub async fn enqueue_in<W: Workflow<PgStorage>>(
-        conn: &mut PgConnection,
-        input: &W::Input,
-        options: EnqueueOptions,
-    ) -> Result<String, Error> {
-        let input = payload::encode(input, || format!("input of workflow {:?}", W::NAME))?;
-        let params = workflow_enqueue_params(W::NAME, input, options);
-        Ok(workflow_enqueue(conn, params).await?)
-    }
-
-    /// Sends a message to a workflow inside the caller's transaction: it is
-    /// delivered if and only if that transaction commits (the SQL function
-    /// `tandem.send`).
-    pub async fn send_in<T: serde::Serialize>(
-        conn: &mut PgConnection,
-        workflow_id: &str,
-        topic: &str,
-        message: &T,
-    ) -> Result<(), Error> {
-        let payload = payload::encode(message, || format!("message on topic {topic:?}"))?;
-        Ok(message_send(conn, workflow_id, topic, &payload).await?)
     }
 
     /// The declared queues, by name, with their limits and how many
@@ -557,7 +522,7 @@ impl Transaction for PgTx {
         let done = sqlx::query(
             "INSERT INTO tandem.workflows
                  (id, name, status, input, queue, priority, owner_epoch, created_at, updated_at)
-             SELECT $2, name, 'ENQUEUED', input, queue, priority, 1,
+             SELECT $2, name, 'ENQUEUED', input, queue, priority, $5,
                     to_timestamp($4::float8 / 1000), to_timestamp($4::float8 / 1000)
                FROM tandem.workflows WHERE id = $1",
         )
@@ -565,26 +530,28 @@ impl Transaction for PgTx {
         .bind(&p.new_id)
         .bind(p.from_step)
         .bind(p.now_ms)
+        .bind(EPOCH_FIRST)
         .execute(&mut *self.tx)
         .await
         .map_err(map_err)?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        // Copied checkpoints carry epoch 0: recorded before any execution of
-        // the fork, they replay for every one of them. The fork itself starts
-        // at epoch 1, not 0: epoch 0 promises a claimer that there is no
-        // history to read.
+        // Copied checkpoints carry EPOCH_NEVER_RAN: recorded before any
+        // execution of the fork, they replay for every one of them. The fork
+        // itself starts at EPOCH_FIRST, so that its first claim (EPOCH_FIRST
+        // + 1) loads this history.
         sqlx::query(
             "INSERT INTO tandem.steps
                  (workflow_id, step_id, name, kind, output, error, owner_epoch, attempts,
                   started_at, completed_at)
-             SELECT $2, step_id, name, kind, output, error, 0, attempts, started_at, completed_at
+             SELECT $2, step_id, name, kind, output, error, $4, attempts, started_at, completed_at
                FROM tandem.steps WHERE workflow_id = $1 AND step_id < $3",
         )
         .bind(&p.source_id)
         .bind(&p.new_id)
         .bind(p.from_step)
+        .bind(EPOCH_NEVER_RAN)
         .execute(&mut *self.tx)
         .await
         .map_err(map_err)?;
@@ -906,7 +873,7 @@ fn info_from_row(t: InfoTuple) -> StorageResult<WorkflowInfo> {
     })
 }
 
-async fn message_send(
+pub(crate) async fn message_send(
     conn: &mut PgConnection,
     workflow_id: &str,
     topic: &str,
@@ -1183,7 +1150,10 @@ async fn workflows_release(
     Ok(count as u64)
 }
 
-async fn workflow_enqueue(conn: &mut PgConnection, p: WorkflowEnqueue) -> StorageResult<String> {
+pub(crate) async fn workflow_enqueue(
+    conn: &mut PgConnection,
+    p: WorkflowEnqueue,
+) -> StorageResult<String> {
     // The Rust side of the outbox is the SQL function itself, so both paths
     // validate and deduplicate identically.
     sqlx::query_scalar(
@@ -1203,13 +1173,6 @@ async fn workflow_enqueue(conn: &mut PgConnection, p: WorkflowEnqueue) -> Storag
     .map_err(map_err)
 }
 
-fn fenced(workflow_id: &str) -> StorageError {
-    StorageError::new(
-        ErrorKind::Fenced,
-        format!("workflow {workflow_id:?} is no longer owned by this execution"),
-    )
-}
-
 /// The one place that maps sqlx errors to [`ErrorKind`].
 fn map_err(error: sqlx::Error) -> StorageError {
     StorageError::new(kind_of(&error), error)
@@ -1217,25 +1180,10 @@ fn map_err(error: sqlx::Error) -> StorageError {
 
 fn kind_of(error: &sqlx::Error) -> ErrorKind {
     match error {
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            // serialization_failure, deadlock_detected
-            Some("40001" | "40P01") => ErrorKind::Conflict,
-            // admin_shutdown, crash_shutdown, cannot_connect_now, and the
-            // connection_exception class: the server went away.
-            Some(code) if code.starts_with("57P") || code.starts_with("08") => {
-                ErrorKind::Unavailable
-            }
-            // data_exception, integrity_constraint_violation,
-            // program_limit_exceeded (an oversized payload)
-            Some(code)
-                if ["22", "23", "54"]
-                    .iter()
-                    .any(|class| code.starts_with(class)) =>
-            {
-                ErrorKind::Invalid
-            }
-            _ => ErrorKind::Other,
-        },
+        sqlx::Error::Database(db) => db
+            .code()
+            .as_deref()
+            .map_or(ErrorKind::Other, classify_sqlstate),
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)

@@ -242,11 +242,11 @@ pub(super) fn enqueue_checked(
     if p.delay_ms.is_some_and(|d| d < 0) {
         return Err(raise("22023", F, "delay must not be negative".to_owned()));
     }
-    if !(1..=256).contains(&id.chars().count()) {
+    if !(1..=WORKFLOW_ID_MAX_CHARS).contains(&id.chars().count()) {
         return Err(raise(
             "22023",
             F,
-            "workflow_id must be 1 to 256 characters".to_owned(),
+            format!("workflow_id must be 1 to {WORKFLOW_ID_MAX_CHARS} characters"),
         ));
     }
     // now(): the database clock.
@@ -259,7 +259,7 @@ pub(super) fn enqueue_checked(
         output: None,
         error: None,
         executor_id: None,
-        owner_epoch: 0,
+        owner_epoch: EPOCH_NEVER_RAN,
         created_ms: now_ms,
         updated_ms: now_ms,
         completed_ms: None,
@@ -284,7 +284,7 @@ pub(super) fn jsonb_text(json: &str) -> Result<String, MemError> {
         sqlstate: "22P02",
         message: format!("invalid input syntax for type json: {e}"),
     })?;
-    if crate::payload::check_storable(json, String::new).is_err() {
+    if jsonb_refuses(json) {
         // jsonb keeps strings as text, which cannot hold NUL; its lexer
         // refuses `\u0000` anywhere, even in a duplicate key's value.
         return Err(MemError::Raised {

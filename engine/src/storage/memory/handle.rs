@@ -99,18 +99,9 @@ pub enum MemError {
 impl MemError {
     /// The storage error kind the engine's retry logic reads.
     pub fn kind(&self) -> ErrorKind {
-        match self {
-            MemError::Deadlock | MemError::SerializationFailure => ErrorKind::Conflict,
-            MemError::ConnectionLost => ErrorKind::Unavailable,
-            MemError::UniqueViolation { .. } => ErrorKind::Invalid,
-            MemError::LockNotAvailable { .. } | MemError::TransactionAborted => ErrorKind::Other,
-            // Classified as `kind_of` in the PostgreSQL backend classifies
-            // the same SQLSTATE.
-            MemError::Raised { sqlstate, .. } => match *sqlstate {
-                "40001" => ErrorKind::Conflict,
-                _ => ErrorKind::Invalid,
-            },
-        }
+        // Through the one mapping the PostgreSQL backend uses, so that the
+        // same failure is retried (or not) alike on both.
+        classify_sqlstate(self.sqlstate())
     }
 
     /// The SQLSTATE PostgreSQL reports for the same failure.

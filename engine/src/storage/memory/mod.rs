@@ -63,8 +63,9 @@ use functions::*;
 use session::*;
 
 use super::{
-    ErrorKind, ExecutorRegister, Listener, Status, StepInfo, StepRecord, StepRecorded, StepRow,
-    Storage, StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue,
-    WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow,
-    WorkflowsClaim, WorkflowsRecover,
+    DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, ErrorKind, ExecutorRegister, Listener, Status,
+    StepInfo, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult, Transaction,
+    WORKFLOW_ID_MAX_CHARS, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork,
+    WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    classify_sqlstate, fenced, jsonb_refuses,
 };

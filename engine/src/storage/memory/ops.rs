@@ -19,7 +19,7 @@ impl MemConn {
             output: None,
             error: None,
             executor_id: Some(p.executor_id),
-            owner_epoch: 1,
+            owner_epoch: EPOCH_FIRST,
             created_ms: p.now_ms,
             updated_ms: p.now_ms,
             completed_ms: None,
@@ -612,8 +612,8 @@ impl MemConn {
         let Some(source) = source else {
             return Ok(false);
         };
-        // Epoch 1, not 0: epoch 0 promises a claimer that there is no
-        // history to read, and the fork has copied checkpoints.
+        // EPOCH_FIRST, not EPOCH_NEVER_RAN: a claim at EPOCH_FIRST skips
+        // loading the history, and the fork has copied checkpoints.
         let row = WorkflowRecord {
             id: p.new_id.clone(),
             name: source.name,
@@ -622,7 +622,7 @@ impl MemConn {
             output: None,
             error: None,
             executor_id: None,
-            owner_epoch: 1,
+            owner_epoch: EPOCH_FIRST,
             created_ms: p.now_ms,
             updated_ms: p.now_ms,
             completed_ms: None,
@@ -646,11 +646,11 @@ impl MemConn {
                 .collect()
         };
         for step in steps {
-            // Copied checkpoints carry epoch 0: they replay for every
+            // Copied checkpoints carry EPOCH_NEVER_RAN: they replay for every
             // execution of the fork.
             let copy = StepRecordRow {
                 workflow_id: p.new_id.clone(),
-                owner_epoch: 0,
+                owner_epoch: EPOCH_NEVER_RAN,
                 ..step
             };
             let key = (p.new_id.clone(), copy.step_id);
@@ -743,9 +743,6 @@ impl MemConn {
     }
 }
 
-/// The queue of workflows started locally (the column default).
-pub(super) const DEFAULT_QUEUE: &str = "default";
-
 pub(super) fn workflow_info(w: &WorkflowRecord) -> WorkflowInfo {
     WorkflowInfo {
         row: workflow_row(w),
@@ -755,14 +752,6 @@ pub(super) fn workflow_info(w: &WorkflowRecord) -> WorkflowInfo {
         started_ms: w.started_ms,
         completed_ms: w.completed_ms,
     }
-}
-
-/// The error of a fenced write, as the PostgreSQL backend words it.
-pub(super) fn fenced(workflow_id: &str) -> StorageError {
-    StorageError::new(
-        ErrorKind::Fenced,
-        format!("workflow {workflow_id:?} is no longer owned by this execution"),
-    )
 }
 
 pub(super) fn workflow_row(w: &WorkflowRecord) -> WorkflowRow {

@@ -1,0 +1,125 @@
+//! What both storage backends must agree on, written once so that they
+//! cannot drift: the SQLSTATE classification, the fencing error, the limits
+//! and constants that the schema, the SQL functions and the engine share.
+//!
+//! The PostgreSQL side of each constant lives in `migrations/` (a column
+//! default, a check in `tandem.enqueue_workflow`); the tests in this module
+//! and the conformance suite hold the two together.
+
+use super::{ErrorKind, StorageError};
+
+/// The queue of workflows started locally, and of enqueues that name none
+/// (the column default of `tandem.workflows.queue`).
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// The longest accepted workflow ID, in characters (as the SQL function
+/// `tandem.enqueue_workflow` counts them: every path accepts the same IDs).
+pub const WORKFLOW_ID_MAX_CHARS: usize = 256;
+
+/// The default `payload_max_bytes`: 1 MiB of JSON.
+pub const PAYLOAD_MAX_BYTES_DEFAULT: usize = 1 << 20;
+
+/// The owner epoch of a workflow that no execution has run: an enqueued one
+/// (the column default), and the epoch of checkpoints copied by a fork,
+/// which replay for every execution of the copy.
+pub const EPOCH_NEVER_RAN: i64 = 0;
+
+/// The owner epoch of a workflow's first execution: a local start runs
+/// under it, and a claim of a never-run workflow bumps it there. A claimed
+/// row at this epoch has no history to load; so a fork, whose copy has
+/// checkpoints, inserts its copy at this epoch (the claim makes it 2).
+pub const EPOCH_FIRST: i64 = 1;
+
+/// The one mapping from a SQLSTATE to the [`ErrorKind`] the engine's retry
+/// logic reads, for PostgreSQL's errors and the memory model's alike.
+pub fn classify_sqlstate(code: &str) -> ErrorKind {
+    match code {
+        // serialization_failure, deadlock_detected
+        "40001" | "40P01" => ErrorKind::Conflict,
+        // admin_shutdown, crash_shutdown, cannot_connect_now (57P), and the
+        // connection_exception class (08): the server went away.
+        _ if code.starts_with("57P") || code.starts_with("08") => ErrorKind::Unavailable,
+        // data_exception, integrity_constraint_violation,
+        // program_limit_exceeded (an oversized payload)
+        _ if ["22", "23", "54"]
+            .iter()
+            .any(|class| code.starts_with(class)) =>
+        {
+            ErrorKind::Invalid
+        }
+        _ => ErrorKind::Other,
+    }
+}
+
+/// The error of a write by an execution that no longer owns its workflow.
+pub fn fenced(workflow_id: &str) -> StorageError {
+    StorageError::new(
+        ErrorKind::Fenced,
+        format!("workflow {workflow_id:?} is no longer owned by this execution"),
+    )
+}
+
+/// Whether `jsonb` refuses JSON text: a string holding NUL (`\u0000`;
+/// PostgreSQL fails the whole statement with 22P05). Exact on valid JSON
+/// (outside strings there are no backslashes, and inside them every escape
+/// is skipped whole); on other text it never panics, and may flag a literal
+/// `\u0000` there too.
+pub fn jsonb_refuses(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if bytes[i + 1..].starts_with(b"u0000") {
+            return true;
+        }
+        // `\uXXXX` or a one-character escape: never a NUL, skip it.
+        i += if bytes.get(i + 1) == Some(&b'u') {
+            6
+        } else {
+            2
+        };
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_classify_by_class() {
+        let cases = [
+            ("40001", ErrorKind::Conflict),
+            ("40P01", ErrorKind::Conflict),
+            ("08006", ErrorKind::Unavailable),
+            ("57P01", ErrorKind::Unavailable),
+            ("22023", ErrorKind::Invalid),
+            ("22P02", ErrorKind::Invalid),
+            ("23505", ErrorKind::Invalid),
+            ("54000", ErrorKind::Invalid),
+            ("55P03", ErrorKind::Other),
+            ("25P02", ErrorKind::Other),
+            // A raised code outside those classes (RAISE's default P0001,
+            // an undefined function) is not bad input: before the shared
+            // layer the memory model called every raised code but 40001
+            // invalid, PostgreSQL's mapping did not.
+            ("P0001", ErrorKind::Other),
+            ("42883", ErrorKind::Other),
+            ("40003", ErrorKind::Other),
+        ];
+        for (code, kind) in cases {
+            assert_eq!(classify_sqlstate(code), kind, "{code}");
+        }
+    }
+
+    #[test]
+    fn jsonb_refuses_only_an_escaped_nul() {
+        assert!(jsonb_refuses(r#"{"a":"x\u0000"}"#));
+        assert!(!jsonb_refuses(r#"{"a":"x\\u0000"}"#));
+        assert!(!jsonb_refuses(r#"{"a":"\u0001\n"}"#));
+        assert!(!jsonb_refuses("\\"));
+    }
+}
