@@ -13,10 +13,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use crate::engine::{Outcome, Shared};
 use crate::error::{Error, WorkflowError};
 use crate::payload;
 use crate::retry::RetryPolicy;
+use crate::runtime::{Outcome, Shared};
 use crate::storage::{
     ErrorKind, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, Transaction,
 };
@@ -184,7 +184,7 @@ impl<S: Storage> WorkflowContext<S> {
                 started_ms,
                 now_ms: self.shared.now_ms(),
             };
-            let storage = self.shared.storage.clone();
+            let storage = self.shared.storage().clone();
             let recorded = self
                 .storage_retry(|| storage.step_record(params.clone()))
                 .await?;
@@ -243,7 +243,7 @@ impl<S: Storage> WorkflowContext<S> {
                 }
                 attempts += 1;
                 attempt_span.record("attempt", attempts);
-                let mut tx = match self.shared.storage.begin().await {
+                let mut tx = match self.shared.storage().begin().await {
                     Ok(tx) => tx,
                     Err(e) => {
                         self.backoff_after(e, attempts).await?;
@@ -270,7 +270,7 @@ impl<S: Storage> WorkflowContext<S> {
                         let retry = match S::classify(&*e) {
                             Some(ErrorKind::Unavailable) => true,
                             Some(ErrorKind::Conflict) => {
-                                attempts < self.shared.config.conflict_attempts_max
+                                attempts < self.shared.config().conflict_attempts_max
                             }
                             _ => false,
                         };
@@ -298,7 +298,7 @@ impl<S: Storage> WorkflowContext<S> {
                     now_ms: self.shared.now_ms(),
                 };
                 if crate::bugs::active(crate::bugs::Bug::SplitCheckpoint) {
-                    tx = crate::bugs::split_transaction(tx, &self.shared.storage).await;
+                    tx = crate::bugs::split_transaction(tx, self.shared.storage()).await;
                 }
                 match self.finish_in_tx(tx, params, attempts).await? {
                     Finished::Committed => return Ok(value),
@@ -368,10 +368,10 @@ impl<S: Storage> WorkflowContext<S> {
             // Subscribe before looking, so a message sent in between still
             // wakes this wait.
             let shared = Arc::clone(&self.shared);
-            let notified = shared.messages.notified();
+            let notified = shared.messages_changed();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut tx = match self.shared.storage.begin().await {
+            let mut tx = match self.shared.storage().begin().await {
                 Ok(tx) => tx,
                 Err(e) => {
                     self.backoff_after(e, attempts).await?;
@@ -398,7 +398,7 @@ impl<S: Storage> WorkflowContext<S> {
                 None => {
                     let _ = tx.rollback().await;
                     let wait = Duration::from_millis((deadline_ms - now_ms) as u64)
-                        .min(self.shared.config.queue_poll_interval);
+                        .min(self.shared.config().queue_poll_interval);
                     // `biased`: a deterministic poll order for simulation.
                     tokio::select! {
                         biased;
@@ -457,7 +457,7 @@ impl<S: Storage> WorkflowContext<S> {
                 maybe_committed = false;
             }
             attempts += 1;
-            let mut tx = match self.shared.storage.begin().await {
+            let mut tx = match self.shared.storage().begin().await {
                 Ok(tx) => tx,
                 Err(e) => {
                     self.backoff_after(e, attempts).await?;
@@ -563,7 +563,7 @@ impl<S: Storage> WorkflowContext<S> {
         );
         params.output = output;
         params.error = error;
-        let storage = self.shared.storage.clone();
+        let storage = self.shared.storage().clone();
         self.storage_retry(|| storage.step_record(params.clone()))
             .await?;
         // Recorded or recorded by a concurrent execution: either way, the
@@ -583,7 +583,7 @@ impl<S: Storage> WorkflowContext<S> {
     ) -> Result<T, WorkflowError> {
         let json = self.encode(value, step_id, name)?;
         let params = self.step_params(step_id, name, kind, started_ms, json.clone(), 1);
-        let storage = self.shared.storage.clone();
+        let storage = self.shared.storage().clone();
         match self
             .storage_retry(|| storage.step_record(params.clone()))
             .await?
@@ -606,8 +606,8 @@ impl<S: Storage> WorkflowContext<S> {
                 return Ok(());
             }
             let remaining = wake_ms - now_ms;
-            if remaining > duration_ms(self.shared.config.sleep_suspend_after) {
-                let storage = self.shared.storage.clone();
+            if remaining > duration_ms(self.shared.config().sleep_suspend_after) {
+                let storage = self.shared.storage().clone();
                 let (id, epoch) = (self.workflow_id.clone(), self.owner_epoch);
                 self.storage_retry(|| {
                     let id = id.clone();
@@ -635,7 +635,7 @@ impl<S: Storage> WorkflowContext<S> {
         if self.shared.now_ms() < deadline_ms {
             return Ok(());
         }
-        let storage = self.shared.storage.clone();
+        let storage = self.shared.storage().clone();
         let id = self.workflow_id.clone();
         let now_ms = self.shared.now_ms();
         self.storage_retry(|| {
@@ -711,7 +711,7 @@ impl<S: Storage> WorkflowContext<S> {
 
     /// After a commit with an unknown outcome: the step, if it committed.
     async fn committed_step(&mut self, step_id: i32) -> Result<Option<StepRow>, Error> {
-        let storage = self.shared.storage.clone();
+        let storage = self.shared.storage().clone();
         let id = self.workflow_id.clone();
         let steps = self.storage_retry(|| storage.steps_load(&id)).await?;
         Ok(steps.into_iter().find(|s| s.step_id == step_id))
@@ -779,7 +779,7 @@ impl<S: Storage> WorkflowContext<S> {
         step_id: i32,
         name: &str,
     ) -> Result<T, WorkflowError> {
-        let storage = self.shared.storage.clone();
+        let storage = self.shared.storage().clone();
         let id = self.workflow_id.clone();
         let steps = self.storage_retry(|| storage.steps_load(&id)).await?;
         match steps.into_iter().find(|s| s.step_id == step_id) {
@@ -814,7 +814,7 @@ impl<S: Storage> WorkflowContext<S> {
             started_ms,
             now_ms: self.shared.now_ms(),
         };
-        let storage = self.shared.storage.clone();
+        let storage = self.shared.storage().clone();
         match self
             .storage_retry(|| storage.step_record(params.clone()))
             .await?

@@ -103,6 +103,7 @@ mod outbox;
 pub mod payload;
 pub mod queue;
 pub mod retry;
+mod runtime;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;

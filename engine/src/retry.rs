@@ -1,9 +1,13 @@
 //! Retry policies for plain steps, and the backoff the engine itself uses
 //! when the database is unavailable.
 
+use std::future::Future;
 use std::time::Duration;
 
 use rand::Rng;
+
+use crate::error::Error;
+use crate::storage::{ErrorKind, StorageError};
 
 /// How a plain step is retried when its closure returns an error.
 ///
@@ -61,6 +65,54 @@ impl RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self::none()
+    }
+}
+
+/// The engine's own retries: storage operations after a lost connection or
+/// a conflict, with capped exponential delays jittered by the engine's
+/// seeded generator.
+impl<S: crate::storage::Storage> crate::runtime::Shared<S> {
+    /// The delay before retrying after the database was unavailable or
+    /// reported a conflict: 10 ms doubling to 1 s, with jitter.
+    pub(crate) fn infra_delay(&self, attempts: u32) -> Duration {
+        let exponent = attempts.saturating_sub(1).min(7);
+        let base = Duration::from_millis(10 * (1 << exponent)).min(Duration::from_secs(1));
+        let factor = self.with_rng(|rng| rng.gen_range(0.5..=1.0));
+        base.mul_f64(factor)
+    }
+
+    /// Backs off after a retryable storage error; returns any other error.
+    /// Unavailability is retried without bound (the database will be back),
+    /// conflicts up to `conflict_attempts_max`.
+    pub(crate) async fn backoff_after(
+        &self,
+        error: StorageError,
+        attempts: u32,
+    ) -> Result<(), Error> {
+        match error.kind() {
+            ErrorKind::Unavailable => {}
+            ErrorKind::Conflict if attempts < self.config().conflict_attempts_max => {}
+            _ => return Err(Error::Storage(error)),
+        }
+        tracing::debug!(%error, attempts, "storage error, retrying");
+        self.sleep_unless_shutdown(self.infra_delay(attempts)).await
+    }
+
+    /// Runs an idempotent storage operation until it succeeds, fails for
+    /// good, or the engine shuts down.
+    pub(crate) async fn retry<R, Op, Fut>(&self, mut op: Op) -> Result<R, Error>
+    where
+        Op: FnMut() -> Fut,
+        Fut: Future<Output = Result<R, StorageError>>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match op().await {
+                Ok(r) => return Ok(r),
+                Err(e) => self.backoff_after(e, attempts).await?,
+            }
+        }
     }
 }
 
