@@ -57,6 +57,58 @@ impl<O> ChildHandle<O> {
     }
 }
 
+/// The attempts of a step that records itself in its own transaction
+/// (`transaction`, `recv`, `set_event`), driven by
+/// `WorkflowContext::step_begin` and `WorkflowContext::step_commit`: begin,
+/// the step's own statements, the checkpoint in the same transaction,
+/// commit; after a commit whose outcome was lost, the next attempt first
+/// looks for the checkpoint.
+struct StepTx {
+    step_id: i32,
+    kind: StepKind,
+    started_ms: i64,
+    /// Attempts so far, counting failed ones only (a `recv` that found no
+    /// message and waited still takes one).
+    attempts: u32,
+    /// Set after a COMMIT whose outcome we never learned.
+    maybe_committed: bool,
+}
+
+impl StepTx {
+    fn new(step_id: i32, kind: StepKind, started_ms: i64) -> Self {
+        Self {
+            step_id,
+            kind,
+            started_ms,
+            attempts: 1,
+            maybe_committed: false,
+        }
+    }
+
+    /// The attempt failed (and was rolled back): the next one is a new one.
+    fn failed(&mut self) {
+        self.attempts += 1;
+    }
+}
+
+/// How `WorkflowContext::step_begin` starts an attempt.
+enum Begun<Tx> {
+    /// A transaction for the step's statements.
+    Tx(Tx),
+    /// An earlier attempt's commit, whose outcome was lost, did commit.
+    Recorded(StepRow),
+}
+
+/// How `WorkflowContext::step_commit` ended.
+enum Committed<T> {
+    /// Ours committed.
+    Ours,
+    /// Another execution recorded the step first; its outcome.
+    Winner(T),
+    /// Nothing committed, or the outcome is unknown: start another attempt.
+    Again,
+}
+
 /// How a transaction that recorded a step ended.
 enum Finished {
     Committed,
@@ -86,6 +138,11 @@ impl<S: Storage> WorkflowContext<S> {
         deadline_ms: Option<i64>,
         history: Vec<StepRow>,
     ) -> Self {
+        // `replay` binary-searches the history by step ID.
+        debug_assert!(
+            history.windows(2).all(|w| w[0].step_id < w[1].step_id),
+            "history of {workflow_id} is not sorted by step ID"
+        );
         Self {
             shared,
             workflow_id,
@@ -172,18 +229,14 @@ impl<S: Storage> WorkflowContext<S> {
                     }
                 }
             };
-            let params = StepRecord {
-                workflow_id: self.workflow_id.clone(),
+            let params = self.step_params(
                 step_id,
-                name: name.to_owned(),
-                kind: StepKind::Plain,
-                output: outcome.as_ref().ok().cloned(),
-                error: outcome.as_ref().err().cloned(),
-                owner_epoch: self.owner_epoch,
-                attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+                name,
+                StepKind::Plain,
                 started_ms,
-                now_ms: self.shared.now_ms(),
-            };
+                outcome.clone(),
+                attempts,
+            );
             let storage = self.shared.storage().clone();
             let recorded = self
                 .storage_retry(|| storage.step_record(params.clone()))
@@ -225,30 +278,14 @@ impl<S: Storage> WorkflowContext<S> {
             Replay::Run(step_id) => step_id,
         };
         let span = self.step_span(step_id, name, StepKind::Transaction);
-        let attempt_span = span.clone();
         async move {
             self.check_deadline().await?;
             let started_ms = self.shared.now_ms();
-            let mut attempts = 0u32;
-            // Set after a COMMIT whose outcome we never learned: the next attempt
-            // first looks for the checkpoint instead of running the closure again.
-            let mut maybe_committed = false;
+            let mut st = StepTx::new(step_id, StepKind::Transaction, started_ms);
             loop {
-                self.check_shutdown()?;
-                if maybe_committed {
-                    if let Some(row) = self.committed_step(step_id).await? {
-                        return self.check_and_decode(row, name);
-                    }
-                    maybe_committed = false;
-                }
-                attempts += 1;
-                attempt_span.record("attempt", attempts);
-                let mut tx = match self.shared.storage().begin().await {
-                    Ok(tx) => tx,
-                    Err(e) => {
-                        self.backoff_after(e, attempts).await?;
-                        continue;
-                    }
+                let mut tx = match self.step_begin(&mut st).await? {
+                    Begun::Tx(tx) => tx,
+                    Begun::Recorded(row) => return self.check_and_decode(row, name),
                 };
                 let (value, json) = match f(tx.conn()).await {
                     Ok(value) => match self.encode(&value, step_id, name) {
@@ -256,56 +293,40 @@ impl<S: Storage> WorkflowContext<S> {
                         Err(e) => {
                             let _ = tx.rollback().await;
                             return self
-                                .record_failure(step_id, name, attempts, started_ms, e.to_string())
+                                .record_failure(step_id, name, st.attempts, started_ms, e.to_string())
                                 .await;
                         }
                     },
                     Err(e) => {
                         let e: Box<dyn std::error::Error + Send + Sync> = e.into();
                         let _ = tx.rollback().await;
-                        // A lost connection is retried for as long as it takes (an
-                        // outage must not fail steps for good); conflicts are
-                        // retried up to a bound; anything else is the step's
-                        // recorded failure.
+                        // A lost connection is retried for as long as it takes
+                        // (an outage must not fail steps for good); conflicts
+                        // are retried up to a bound; anything else is the
+                        // step's recorded failure.
                         let retry = match S::classify(&*e) {
                             Some(ErrorKind::Unavailable) => true,
                             Some(ErrorKind::Conflict) => {
-                                attempts < self.shared.config().conflict_attempts_max
+                                st.attempts < self.shared.config().conflict_attempts_max
                             }
                             _ => false,
                         };
                         let retry = retry && !crate::bugs::not_retried(S::classify(&*e));
                         if !retry {
                             return self
-                                .record_failure(step_id, name, attempts, started_ms, e.to_string())
+                                .record_failure(step_id, name, st.attempts, started_ms, e.to_string())
                                 .await;
                         }
-                        tracing::debug!(workflow_id = %self.workflow_id, step_id, name, attempts, error = %e, "transaction rolled back, retrying");
-                        self.pause(self.shared.infra_delay(attempts)).await?;
+                        tracing::debug!(workflow_id = %self.workflow_id, step_id, name, attempts = st.attempts, error = %e, "transaction rolled back, retrying");
+                        self.pause(self.shared.infra_delay(st.attempts)).await?;
+                        st.failed();
                         continue;
                     }
                 };
-                let params = StepRecord {
-                    workflow_id: self.workflow_id.clone(),
-                    step_id,
-                    name: name.to_owned(),
-                    kind: StepKind::Transaction,
-                    output: Some(json),
-                    error: None,
-                    owner_epoch: self.owner_epoch,
-                    attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
-                    started_ms,
-                    now_ms: self.shared.now_ms(),
-                };
-                if crate::bugs::active(crate::bugs::Bug::SplitCheckpoint) {
-                    tx = crate::bugs::split_transaction(tx, self.shared.storage()).await;
-                }
-                match self.finish_in_tx(tx, params, attempts).await? {
-                    Finished::Committed => return Ok(value),
-                    // A concurrent execution committed this step; ours rolled
-                    // back, taking the application's writes with it.
-                    Finished::Exists => return self.replay_winner(step_id, name).await,
-                    Finished::Retry { maybe_committed: m } => maybe_committed = m,
+                match self.step_commit(&mut st, name, tx, json).await? {
+                    Committed::Ours => return Ok(value),
+                    Committed::Winner(value) => return Ok(value),
+                    Committed::Again => {}
                 }
             }
         }
@@ -353,31 +374,17 @@ impl<S: Storage> WorkflowContext<S> {
         self.check_deadline().await?;
         let started_ms = self.shared.now_ms();
         let deadline_ms = started_ms.saturating_add(duration_ms(timeout));
-        // Counts failed attempts (storage errors), not empty polls: a
-        // receive that waited an hour still took one attempt.
-        let mut attempts = 1u32;
-        let mut maybe_committed = false;
+        let mut st = StepTx::new(step_id, StepKind::Recv, started_ms);
         loop {
-            self.check_shutdown()?;
-            if maybe_committed {
-                if let Some(row) = self.committed_step(step_id).await? {
-                    return self.check_and_decode(row, &name);
-                }
-                maybe_committed = false;
-            }
             // Subscribe before looking, so a message sent in between still
             // wakes this wait.
             let shared = Arc::clone(&self.shared);
             let notified = shared.messages_changed();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut tx = match self.shared.storage().begin().await {
-                Ok(tx) => tx,
-                Err(e) => {
-                    self.backoff_after(e, attempts).await?;
-                    attempts += 1;
-                    continue;
-                }
+            let mut tx = match self.step_begin(&mut st).await? {
+                Begun::Tx(tx) => tx,
+                Begun::Recorded(row) => return self.check_and_decode(row, &name),
             };
             let taken = match tx
                 .message_take(&self.workflow_id, topic, self.owner_epoch)
@@ -386,8 +393,8 @@ impl<S: Storage> WorkflowContext<S> {
                 Ok(taken) => taken,
                 Err(e) => {
                     let _ = tx.rollback().await;
-                    self.backoff_after(e, attempts).await?;
-                    attempts += 1;
+                    self.backoff_after(e, st.attempts).await?;
+                    st.failed();
                     continue;
                 }
             };
@@ -396,6 +403,7 @@ impl<S: Storage> WorkflowContext<S> {
                 Some(payload) => payload,
                 None if now_ms >= deadline_ms => "null".to_owned(),
                 None => {
+                    // Nothing yet: wait outside any transaction.
                     let _ = tx.rollback().await;
                     let wait = Duration::from_millis((deadline_ms - now_ms) as u64)
                         .min(self.shared.config().queue_poll_interval);
@@ -409,24 +417,16 @@ impl<S: Storage> WorkflowContext<S> {
                     continue;
                 }
             };
-            let params = self.step_params(
-                step_id,
-                &name,
-                StepKind::Recv,
-                started_ms,
-                payload.clone(),
-                attempts,
-            );
-            match self.finish_in_tx(tx, params, attempts).await? {
-                Finished::Committed => {
+            match self
+                .step_commit(&mut st, &name, tx, payload.clone())
+                .await?
+            {
+                Committed::Ours => {
                     return payload::decode(&payload, || format!("message on topic {topic:?}"))
                         .map_err(Into::into);
                 }
-                Finished::Exists => return self.replay_winner(step_id, &name).await,
-                Finished::Retry { maybe_committed: m } => {
-                    maybe_committed = m;
-                    attempts += 1;
-                }
+                Committed::Winner(value) => return Ok(value),
+                Committed::Again => {}
             }
         }
     }
@@ -446,41 +446,25 @@ impl<S: Storage> WorkflowContext<S> {
         self.check_deadline().await?;
         let json = self.shared.encode(value, || format!("event {key:?}"))?;
         let started_ms = self.shared.now_ms();
-        let mut attempts = 0u32;
-        let mut maybe_committed = false;
+        let mut st = StepTx::new(step_id, StepKind::Event, started_ms);
         loop {
-            self.check_shutdown()?;
-            if maybe_committed {
-                if self.committed_step(step_id).await?.is_some() {
-                    return Ok(());
-                }
-                maybe_committed = false;
-            }
-            attempts += 1;
-            let mut tx = match self.shared.storage().begin().await {
-                Ok(tx) => tx,
-                Err(e) => {
-                    self.backoff_after(e, attempts).await?;
-                    continue;
-                }
+            let mut tx = match self.step_begin(&mut st).await? {
+                Begun::Tx(tx) => tx,
+                Begun::Recorded(_) => return Ok(()),
             };
             let now_ms = self.shared.now_ms();
             if let Err(e) = tx.event_set(&self.workflow_id, key, &json, now_ms).await {
                 let _ = tx.rollback().await;
-                self.backoff_after(e, attempts).await?;
+                self.backoff_after(e, st.attempts).await?;
+                st.failed();
                 continue;
             }
-            let params = self.step_params(
-                step_id,
-                &name,
-                StepKind::Event,
-                started_ms,
-                "null".to_owned(),
-                attempts,
-            );
-            match self.finish_in_tx(tx, params, attempts).await? {
-                Finished::Committed | Finished::Exists => return Ok(()),
-                Finished::Retry { maybe_committed: m } => maybe_committed = m,
+            match self
+                .step_commit::<()>(&mut st, &name, tx, "null".to_owned())
+                .await?
+            {
+                Committed::Ours | Committed::Winner(()) => return Ok(()),
+                Committed::Again => {}
             }
         }
     }
@@ -539,30 +523,24 @@ impl<S: Storage> WorkflowContext<S> {
         };
         let started_ms = self.shared.now_ms();
         let outcome = self.shared.outcome(&child.id).await;
-        let (output, error) = match self.note(outcome)? {
-            Outcome::Success(json) => (Some(json), None),
-            Outcome::Error(message) => (
-                None,
-                Some(format!("child workflow {:?} failed: {message}", child.id)),
-            ),
-            Outcome::Cancelled(reason) => (
-                None,
-                Some(format!(
-                    "child workflow {:?} was cancelled: {reason}",
-                    child.id
-                )),
-            ),
+        let recorded = match self.note(outcome)? {
+            Outcome::Success(json) => Ok(json),
+            Outcome::Error(message) => {
+                Err(format!("child workflow {:?} failed: {message}", child.id))
+            }
+            Outcome::Cancelled(reason) => Err(format!(
+                "child workflow {:?} was cancelled: {reason}",
+                child.id
+            )),
         };
-        let mut params = self.step_params(
+        let params = self.step_params(
             step_id,
             &name,
             StepKind::ChildResult,
             started_ms,
-            String::new(),
+            recorded,
             1,
         );
-        params.output = output;
-        params.error = error;
         let storage = self.shared.storage().clone();
         self.storage_retry(|| storage.step_record(params.clone()))
             .await?;
@@ -582,7 +560,7 @@ impl<S: Storage> WorkflowContext<S> {
         value: &T,
     ) -> Result<T, WorkflowError> {
         let json = self.encode(value, step_id, name)?;
-        let params = self.step_params(step_id, name, kind, started_ms, json.clone(), 1);
+        let params = self.step_params(step_id, name, kind, started_ms, Ok(json.clone()), 1);
         let storage = self.shared.storage().clone();
         match self
             .storage_retry(|| storage.step_record(params.clone()))
@@ -651,26 +629,92 @@ impl<S: Storage> WorkflowContext<S> {
         })
     }
 
+    /// The one place a step's record is built: its outcome is an output
+    /// (JSON) or an error message, never both nor neither.
     fn step_params(
         &self,
         step_id: i32,
         name: &str,
         kind: StepKind,
         started_ms: i64,
-        output: String,
+        outcome: Result<String, String>,
         attempts: u32,
     ) -> StepRecord {
+        let (output, error) = match outcome {
+            Ok(json) => (Some(json), None),
+            Err(message) => (None, Some(message)),
+        };
         StepRecord {
             workflow_id: self.workflow_id.clone(),
             step_id,
             name: name.to_owned(),
             kind,
-            output: Some(output),
-            error: None,
+            output,
+            error,
             owner_epoch: self.owner_epoch,
             attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
             started_ms,
             now_ms: self.shared.now_ms(),
+        }
+    }
+
+    /// Starts the next attempt of `st`: an open transaction, or the
+    /// checkpoint an earlier attempt's lost commit did write. Retries a
+    /// failed `BEGIN`.
+    async fn step_begin(&mut self, st: &mut StepTx) -> Result<Begun<S::Tx>, Error> {
+        loop {
+            self.check_shutdown()?;
+            if st.maybe_committed {
+                if let Some(row) = self.committed_step(st.step_id).await? {
+                    return Ok(Begun::Recorded(row));
+                }
+                st.maybe_committed = false;
+            }
+            tracing::Span::current().record("attempt", st.attempts);
+            match self.shared.storage().begin().await {
+                Ok(tx) => return Ok(Begun::Tx(tx)),
+                Err(e) => {
+                    self.backoff_after(e, st.attempts).await?;
+                    st.failed();
+                }
+            }
+        }
+    }
+
+    /// Records `st`'s checkpoint with `output` (JSON) in `tx`, after the
+    /// step's own statements, and commits.
+    async fn step_commit<T: DeserializeOwned>(
+        &mut self,
+        st: &mut StepTx,
+        name: &str,
+        mut tx: S::Tx,
+        output: String,
+    ) -> Result<Committed<T>, WorkflowError> {
+        let params = self.step_params(
+            st.step_id,
+            name,
+            st.kind,
+            st.started_ms,
+            Ok(output),
+            st.attempts,
+        );
+        if st.kind == StepKind::Transaction
+            && crate::bugs::active(crate::bugs::Bug::SplitCheckpoint)
+        {
+            tx = crate::bugs::split_transaction(tx, self.shared.storage()).await;
+        }
+        match self.finish_in_tx(tx, params, st.attempts).await? {
+            Finished::Committed => Ok(Committed::Ours),
+            // A concurrent execution committed this step; ours rolled back,
+            // taking the step's writes with it.
+            Finished::Exists => Ok(Committed::Winner(
+                self.replay_winner(st.step_id, name).await?,
+            )),
+            Finished::Retry { maybe_committed } => {
+                st.maybe_committed = maybe_committed;
+                st.failed();
+                Ok(Committed::Again)
+            }
         }
     }
 
@@ -713,8 +757,7 @@ impl<S: Storage> WorkflowContext<S> {
     async fn committed_step(&mut self, step_id: i32) -> Result<Option<StepRow>, Error> {
         let storage = self.shared.storage().clone();
         let id = self.workflow_id.clone();
-        let steps = self.storage_retry(|| storage.steps_load(&id)).await?;
-        Ok(steps.into_iter().find(|s| s.step_id == step_id))
+        self.storage_retry(|| storage.step_get(&id, step_id)).await
     }
 
     /// The tracing span of a step's execution (replays get none).
@@ -779,10 +822,7 @@ impl<S: Storage> WorkflowContext<S> {
         step_id: i32,
         name: &str,
     ) -> Result<T, WorkflowError> {
-        let storage = self.shared.storage().clone();
-        let id = self.workflow_id.clone();
-        let steps = self.storage_retry(|| storage.steps_load(&id)).await?;
-        match steps.into_iter().find(|s| s.step_id == step_id) {
+        match self.committed_step(step_id).await? {
             Some(row) => self.check_and_decode(row, name),
             None => Err(Error::Storage(StorageError::new(
                 ErrorKind::Other,
@@ -802,18 +842,14 @@ impl<S: Storage> WorkflowContext<S> {
         message: String,
     ) -> Result<T, WorkflowError> {
         let message = payload::error_text(message);
-        let params = StepRecord {
-            workflow_id: self.workflow_id.clone(),
+        let params = self.step_params(
             step_id,
-            name: name.to_owned(),
-            kind: StepKind::Transaction,
-            output: None,
-            error: Some(message.clone()),
-            owner_epoch: self.owner_epoch,
-            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+            name,
+            StepKind::Transaction,
             started_ms,
-            now_ms: self.shared.now_ms(),
-        };
+            Err(message.clone()),
+            attempts,
+        );
         let storage = self.shared.storage().clone();
         match self
             .storage_retry(|| storage.step_record(params.clone()))

@@ -24,6 +24,7 @@ pub use contract::{
     DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, PAYLOAD_MAX_BYTES_DEFAULT, WORKFLOW_ID_MAX_CHARS,
     classify_sqlstate, fenced, jsonb_refuses,
 };
+pub(crate) use contract::{debug_check_completion, debug_check_step_record};
 
 use std::fmt;
 use std::future::Future;
@@ -569,6 +570,20 @@ pub trait Storage: Clone + Send + Sync + 'static {
         }
     }
 
+    /// [`Transaction::step_get`] in its own transaction.
+    fn step_get(
+        &self,
+        workflow_id: &str,
+        step_id: i32,
+    ) -> impl Future<Output = StorageResult<Option<StepRow>>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            let step = tx.step_get(workflow_id, step_id).await?;
+            tx.commit().await?;
+            Ok(step)
+        }
+    }
+
     /// [`Transaction::step_record`] in its own commit (plain steps).
     fn step_record(
         &self,
@@ -726,6 +741,15 @@ pub trait Transaction: Send + Sized {
         &mut self,
         workflow_id: &str,
     ) -> impl Future<Output = StorageResult<Vec<StepRow>>> + Send;
+
+    /// One recorded step, if it is recorded: what an execution reads after
+    /// a commit with an unknown outcome, or when another execution recorded
+    /// the step first, without loading the whole history.
+    fn step_get(
+        &mut self,
+        workflow_id: &str,
+        step_id: i32,
+    ) -> impl Future<Output = StorageResult<Option<StepRow>>> + Send;
 
     /// Writes a step's checkpoint, with the fence folded in: succeeds only
     /// while the workflow is `RUNNING` under `owner_epoch` (else

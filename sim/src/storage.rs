@@ -122,6 +122,15 @@ impl Transaction for SimTx {
         self.tx.workflows_recover(params).await
     }
 
+    async fn step_get(
+        &mut self,
+        workflow_id: &str,
+        step_id: i32,
+    ) -> StorageResult<Option<StepRow>> {
+        self.world.latency().await;
+        self.tx.step_get(workflow_id, step_id).await
+    }
+
     async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
         self.world.latency().await;
         let steps = self.tx.steps_load(workflow_id).await?;

@@ -30,6 +30,29 @@ pub const EPOCH_NEVER_RAN: i64 = 0;
 /// checkpoints, inserts its copy at this epoch (the claim makes it 2).
 pub const EPOCH_FIRST: i64 = 1;
 
+/// Checks what every backend's `step_record` assumes of its parameters:
+/// exactly one of output and error (debug builds; the engine builds them in
+/// one place that guarantees it).
+pub(crate) fn debug_check_step_record(p: &super::StepRecord) {
+    debug_assert!(
+        p.output.is_some() != p.error.is_some(),
+        "step {} of {} must have exactly one of output and error",
+        p.step_id,
+        p.workflow_id
+    );
+}
+
+/// Checks what every backend's `workflow_complete` assumes: the status it
+/// records is terminal (debug builds).
+pub(crate) fn debug_check_completion(p: &super::WorkflowComplete) {
+    debug_assert!(
+        p.status.is_terminal(),
+        "completion of {} with the non-terminal status {}",
+        p.id,
+        p.status
+    );
+}
+
 /// The one mapping from a SQLSTATE to the [`ErrorKind`] the engine's retry
 /// logic reads, for PostgreSQL's errors and the memory model's alike.
 pub fn classify_sqlstate(code: &str) -> ErrorKind {

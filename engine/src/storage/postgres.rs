@@ -242,6 +242,11 @@ impl Storage for PgStorage {
         steps_load(&mut conn, workflow_id).await
     }
 
+    async fn step_get(&self, workflow_id: &str, step_id: i32) -> StorageResult<Option<StepRow>> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        step_get(&mut conn, workflow_id, step_id).await
+    }
+
     async fn step_record(&self, params: StepRecord) -> StorageResult<StepRecorded> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         step_record(&mut conn, params).await
@@ -321,6 +326,14 @@ impl Transaction for PgTx {
 
     async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
         steps_load(&mut self.tx, workflow_id).await
+    }
+
+    async fn step_get(
+        &mut self,
+        workflow_id: &str,
+        step_id: i32,
+    ) -> StorageResult<Option<StepRow>> {
+        step_get(&mut self.tx, workflow_id, step_id).await
     }
 
     async fn step_record(&mut self, params: StepRecord) -> StorageResult<StepRecorded> {
@@ -760,6 +773,7 @@ async fn workflow_get(conn: &mut PgConnection, id: &str) -> StorageResult<Option
 }
 
 async fn workflow_complete(conn: &mut PgConnection, p: WorkflowComplete) -> StorageResult<()> {
+    super::debug_check_completion(&p);
     // The fence: only the execution holding the current epoch may finish the
     // workflow. An UPDATE under READ COMMITTED re-checks the newest row
     // version after waiting, so a concurrent epoch bump is always seen.
@@ -821,6 +835,26 @@ async fn steps_load(conn: &mut PgConnection, workflow_id: &str) -> StorageResult
     rows.into_iter()
         .map(|(step_id, name, kind, output, error)| step_row(step_id, name, kind, output, error))
         .collect()
+}
+
+async fn step_get(
+    conn: &mut PgConnection,
+    workflow_id: &str,
+    step_id: i32,
+) -> StorageResult<Option<StepRow>> {
+    type StepTuple = (i32, String, String, Option<String>, Option<String>);
+    // The primary key: one index probe.
+    let row: Option<StepTuple> = sqlx::query_as(
+        "SELECT step_id, name, kind, output::text, error
+           FROM tandem.steps WHERE workflow_id = $1 AND step_id = $2",
+    )
+    .bind(workflow_id)
+    .bind(step_id)
+    .fetch_optional(conn)
+    .await
+    .map_err(map_err)?;
+    row.map(|(step_id, name, kind, output, error)| step_row(step_id, name, kind, output, error))
+        .transpose()
 }
 
 fn step_row(
@@ -891,6 +925,7 @@ pub(crate) async fn message_send(
 }
 
 async fn step_record(conn: &mut PgConnection, p: StepRecord) -> StorageResult<StepRecorded> {
+    super::debug_check_step_record(&p);
     // One statement does the fence check and the checkpoint insert, so a
     // transactional step costs no extra round trip and no row lock on the
     // workflow. The fence reads the statement's snapshot; that suffices

@@ -757,6 +757,11 @@ impl<S: Storage> Storage for Probe<S> {
         self.inner.steps_load(workflow_id).await
     }
 
+    async fn step_get(&self, workflow_id: &str, step_id: i32) -> StorageResult<Option<StepRow>> {
+        self.read();
+        self.inner.step_get(workflow_id, step_id).await
+    }
+
     async fn step_record(&self, p: StepRecord) -> StorageResult<StepRecorded> {
         self.commit();
         self.inner.step_record(p).await
@@ -788,6 +793,14 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
 
     async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
         self.inner.steps_load(workflow_id).await
+    }
+
+    async fn step_get(
+        &mut self,
+        workflow_id: &str,
+        step_id: i32,
+    ) -> StorageResult<Option<StepRow>> {
+        self.inner.step_get(workflow_id, step_id).await
     }
 
     async fn step_record(&mut self, p: StepRecord) -> StorageResult<StepRecorded> {

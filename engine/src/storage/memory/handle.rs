@@ -370,6 +370,14 @@ impl Transaction for MemTx {
         Ok(self.conn.steps_load(workflow_id).await?)
     }
 
+    async fn step_get(
+        &mut self,
+        workflow_id: &str,
+        step_id: i32,
+    ) -> StorageResult<Option<StepRow>> {
+        Ok(self.conn.step_get(workflow_id, step_id).await?)
+    }
+
     async fn step_record(&mut self, params: StepRecord) -> StorageResult<StepRecorded> {
         self.conn.step_record(params).await
     }

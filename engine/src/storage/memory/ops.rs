@@ -57,6 +57,7 @@ impl MemConn {
     }
 
     pub(super) async fn workflow_complete(&mut self, p: WorkflowComplete) -> StorageResult<()> {
+        crate::storage::debug_check_completion(&p);
         // UPDATE ... WHERE id = $1 AND owner_epoch = $2 AND status =
         // 'RUNNING': after waiting for a concurrent writer (an epoch bump)
         // the condition is checked again on the newest version.
@@ -140,7 +141,26 @@ impl MemConn {
             .collect())
     }
 
+    pub(super) async fn step_get(
+        &mut self,
+        workflow_id: &str,
+        step_id: i32,
+    ) -> Result<Option<StepRow>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "step_get")?;
+        Ok(
+            read(&Steps, &mut db, &snap, &(workflow_id.to_owned(), step_id)).map(|s| StepRow {
+                step_id: s.step_id,
+                name: s.name,
+                kind: s.kind,
+                output: s.output,
+                error: s.error,
+            }),
+        )
+    }
+
     pub(super) async fn step_record(&mut self, p: StepRecord) -> StorageResult<StepRecorded> {
+        crate::storage::debug_check_step_record(&p);
         // One statement: the fence reads the statement's snapshot; the
         // insert then waits for a concurrent inserter of the same step and
         // does nothing if it committed (ON CONFLICT DO NOTHING). The fence
