@@ -32,6 +32,8 @@ pub enum Op {
     /// Executor, and optionally one workflow.
     WfRecover(&'static str, Option<&'static str>),
     StepsLoad(&'static str),
+    /// One recorded step: workflow, step ID.
+    StepGet(&'static str, i32),
     /// Workflow, step ID, owner epoch.
     StepRecord(&'static str, i32, i64),
     /// `SELECT id FROM jobs [WHERE owner IS NULL] ORDER BY id LIMIT 1 [lock]`.
@@ -244,6 +246,10 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
         ),
         Op::StepsLoad(id) => label(tx.steps_load(id).await, |rows| {
             format!("{:?}", rows.iter().map(|s| s.step_id).collect::<Vec<_>>())
+        }),
+        Op::StepGet(id, step_id) => label(tx.step_get(id, step_id).await, |row| match row {
+            Some(s) => format!("{}:{}:{:?}", s.step_id, s.name, s.output),
+            None => "none".to_owned(),
         }),
         Op::StepRecord(id, step_id, epoch) => label(
             tx.step_record(StepRecord {

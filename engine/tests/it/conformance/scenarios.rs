@@ -52,6 +52,7 @@ scenarios!(
     concurrent_claims_skip_each_others_rows,
     reclaim_rechecks_a_lease_renewed_while_it_waited,
     owned_rows_are_the_committed_running_ones_of_the_executor,
+    a_step_is_read_by_key_once_committed,
     a_message_is_taken_once_and_returns_after_a_rollback,
     cancel_cascades_to_unfinished_descendants_after_a_wait,
 );
@@ -685,6 +686,34 @@ jobs 1:null 2:null
 workflows e1:SUCCESS:e1:a e2:RUNNING:e1:a w1:RUNNING:e1:a
 steps 
 executors a
+",
+    )
+}
+
+/// What an execution reads after a commit with an unknown outcome
+/// (`Transaction::step_get`): the committed checkpoint only, without
+/// waiting on a concurrent recorder's lock.
+fn a_step_is_read_by_key_once_committed() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, RECORD),
+            (1, Op::StepGet("w1", 0)),
+            (0, Op::Commit),
+            (1, Op::StepGet("w1", 0)),
+            (1, Op::StepGet("w1", 1)),
+            (1, Op::Commit),
+        ],
+        "\
+s1 StepRecord(\"w1\", 0, 1): recorded
+s2 StepGet(\"w1\", 0): none
+s1 Commit: ok
+s2 StepGet(\"w1\", 0): 0:s:Some(\"1\")
+s2 StepGet(\"w1\", 1): none
+s2 Commit: ok
+jobs 1:null 2:null
+workflows w1:RUNNING:e1:a
+steps w1/0:e1
 ",
     )
 }
