@@ -1120,7 +1120,7 @@ async fn workflows_claim(
              SELECT id FROM tandem.workflows
               WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
                 AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
-              ORDER BY priority, created_at
+              ORDER BY priority, created_at, id
               LIMIT $4
                 FOR UPDATE SKIP LOCKED
          )

@@ -53,6 +53,7 @@ scenarios!(
     reclaim_rechecks_a_lease_renewed_while_it_waited,
     owned_rows_are_the_committed_running_ones_of_the_executor,
     a_step_is_read_by_key_once_committed,
+    workflows_enqueued_together_are_claimed_in_id_order,
     a_message_is_taken_once_and_returns_after_a_rollback,
     cancel_cascades_to_unfinished_descendants_after_a_wait,
 );
@@ -714,6 +715,39 @@ s2 Commit: ok
 jobs 1:null 2:null
 workflows w1:RUNNING:e1:a
 steps w1/0:e1
+",
+    )
+}
+
+/// Workflows enqueued in one transaction share `now()`, so `priority,
+/// created_at` ties; both backends break the tie by ID (a total order), so
+/// a claim takes the same rows on each.
+fn workflows_enqueued_together_are_claimed_in_id_order() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::Register("a", LONG_LEASE)),
+            (0, enqueue("e3", "wf", "{}")),
+            (0, enqueue("e1", "wf", "{}")),
+            (0, enqueue("e2", "wf", "{}")),
+            (0, Op::Commit),
+            (0, Op::Claim("a", 1)),
+            (0, Op::Claim("a", 1)),
+            (0, Op::Commit),
+        ],
+        "\
+s1 Register(\"a\", 3600000): ok
+s1 Enqueue { id: \"e3\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e3
+s1 Enqueue { id: \"e1\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e1
+s1 Enqueue { id: \"e2\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e2
+s1 Commit: ok
+s1 Claim(\"a\", 1): [e1:e1]
+s1 Claim(\"a\", 1): [e2:e1]
+s1 Commit: ok
+jobs 1:null 2:null
+workflows e1:RUNNING:e1:a e2:RUNNING:e1:a e3:ENQUEUED:e0: w1:RUNNING:e1:a
+steps 
+executors a
 ",
     )
 }
