@@ -2,17 +2,20 @@
 //! cancel, resume and fork them, send messages and read events. The `tandem`
 //! CLI is built on this; an [`Engine`](crate::Engine) hands one out too.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::env::{Env, TokioEnv, unix_ms};
 use crate::error::Error;
 use crate::payload;
-use crate::storage::{StepInfo, Storage, Transaction, WorkflowFilter, WorkflowFork, WorkflowInfo};
+use crate::storage::{
+    ErrorKind, StepInfo, Storage, Transaction, WorkflowFilter, WorkflowFork, WorkflowInfo,
+};
 
 /// A workflow with its steps, as management tools show it.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +31,10 @@ pub struct WorkflowDetail {
 pub struct Admin<S: Storage> {
     storage: S,
     env: Arc<dyn Env>,
+    /// Draws fork IDs: seeded once from the environment and shared by
+    /// clones, so successive forks get successive IDs (not the first draw
+    /// of an identically seeded generator each time).
+    rng: Arc<Mutex<ChaCha8Rng>>,
 }
 
 impl<S: Storage> std::fmt::Debug for Admin<S> {
@@ -44,7 +51,13 @@ impl<S: Storage> Admin<S> {
 
     /// Management over `storage` with an injected environment.
     pub fn with_env(storage: S, env: Arc<dyn Env>) -> Self {
-        Self { storage, env }
+        let rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(env.seed())));
+        Self { storage, env, rng }
+    }
+
+    fn fork_id(&self, id: &str) -> String {
+        let suffix: u64 = self.rng.lock().unwrap_or_else(|e| e.into_inner()).r#gen();
+        format!("{id}-fork-{suffix:016x}")
     }
 
     fn now_ms(&self) -> i64 {
@@ -125,23 +138,30 @@ impl<S: Storage> Admin<S> {
     /// steps before `from_step` and runs the rest anew (for example after
     /// fixing a bug in step `from_step`). Returns the new workflow's ID.
     pub async fn fork(&self, id: &str, from_step: i32) -> Result<String, Error> {
-        let seed = self.env.seed();
-        let suffix: u64 = rand_chacha::ChaCha8Rng::seed_from_u64(seed).r#gen();
-        let params = WorkflowFork {
-            source_id: id.to_owned(),
-            new_id: format!("{id}-fork-{suffix:016x}"),
-            from_step: from_step.max(0),
-            now_ms: self.now_ms(),
-        };
-        let new_id = params.new_id.clone();
-        let forked = self
-            .storage
-            .autocommit(move |tx| Box::pin(async move { tx.workflow_fork(params).await }))
-            .await?;
-        if forked {
-            Ok(new_id)
-        } else {
-            Err(Error::WorkflowNotFound { id: id.to_owned() })
+        // A drawn ID can be taken (another process whose generator had the
+        // same seed forked this workflow): the insert then fails with a
+        // unique violation and rolls back whole, so draw again.
+        const DRAWS_MAX: u32 = 8;
+        let mut draws = 0;
+        loop {
+            draws += 1;
+            let params = WorkflowFork {
+                source_id: id.to_owned(),
+                new_id: self.fork_id(id),
+                from_step: from_step.max(0),
+                now_ms: self.now_ms(),
+            };
+            let new_id = params.new_id.clone();
+            let forked = self
+                .storage
+                .autocommit(move |tx| Box::pin(async move { tx.workflow_fork(params).await }))
+                .await;
+            return match forked {
+                Ok(true) => Ok(new_id),
+                Ok(false) => Err(Error::WorkflowNotFound { id: id.to_owned() }),
+                Err(e) if e.kind() == ErrorKind::Invalid && draws < DRAWS_MAX => continue,
+                Err(e) => Err(e.into()),
+            };
         }
     }
 

@@ -195,7 +195,8 @@ impl<S: Storage> EngineBuilder<S> {
         self.storage.executor_register(register).await?;
         let shared = Shared::new(self.storage, self.env, self.config, self.registry);
         shared.run_executor().await?;
-        Ok(Engine { shared })
+        let admin = Admin::with_env(shared.storage().clone(), Arc::clone(shared.env()));
+        Ok(Engine { shared, admin })
     }
 }
 
@@ -204,12 +205,16 @@ impl<S: Storage> EngineBuilder<S> {
 /// Cheap to clone; all clones drive the same engine.
 pub struct Engine<S: Storage> {
     shared: Arc<Shared<S>>,
+    /// One for the engine's life, so that its fork IDs come from one
+    /// generator (see [`Admin::fork`]).
+    admin: Admin<S>,
 }
 
 impl<S: Storage> Clone for Engine<S> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
+            admin: self.admin.clone(),
         }
     }
 }
@@ -305,7 +310,7 @@ impl<S: Storage> Engine<S> {
     /// Management: list, inspect, cancel, resume and fork workflows, send
     /// messages and read events.
     pub fn admin(&self) -> Admin<S> {
-        Admin::with_env(self.shared.storage().clone(), Arc::clone(self.shared.env()))
+        self.admin.clone()
     }
 
     /// Cancels a workflow and its unfinished children (see

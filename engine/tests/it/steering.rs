@@ -616,6 +616,51 @@ async fn fork_replays_steps_before_n_and_list_filters() {
     engine.shutdown().await;
 }
 
+/// Issue 19: the fork ID came from a generator seeded afresh on each call,
+/// so under a fixed seed a second fork drew the first one's ID and failed
+/// on the unique key.
+#[tokio::test]
+async fn forking_a_workflow_again_starts_another_run() {
+    let url = support::database().await;
+    let storage = PgStorage::connect(&url).await.unwrap();
+    let calls: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let engine = Engine::builder(storage)
+        .register(Counted {
+            calls: calls.clone(),
+        })
+        .queue_poll_interval(Duration::from_millis(50))
+        .launch()
+        .await
+        .unwrap();
+    let orig = engine.start_with_id::<Counted>("orig", 1).await.unwrap();
+    assert_eq!(orig.result().await.unwrap(), 8);
+    let forked = engine.admin().fork("orig", 1).await.unwrap();
+    // Forking again gets a new ID: from the same engine, and from two
+    // management processes whose generators share a seed (the second one's
+    // first draw is taken, so it draws again).
+    let again = engine.admin().fork("orig", 1).await.unwrap();
+    assert_ne!(again, forked);
+    let env: Arc<dyn tandem::Env> = Arc::new(ManualEnv::new(now_ms()));
+    let first = tandem::Admin::with_env(engine.storage().clone(), env.clone())
+        .fork("orig", 2)
+        .await
+        .unwrap();
+    let second = tandem::Admin::with_env(engine.storage().clone(), env)
+        .fork("orig", 2)
+        .await
+        .unwrap();
+    assert_ne!(first, second);
+    for id in [&again, &first, &second] {
+        assert_eq!(engine.handle::<i64>(id).result().await.unwrap(), 8);
+    }
+    let counts: Vec<usize> = calls.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    assert_eq!(
+        counts,
+        [1, 3, 5],
+        "each fork reran only its steps from the fork point"
+    );
+}
+
 #[tokio::test]
 async fn a_workflow_past_its_deadline_is_cancelled() {
     let url = support::database().await;
