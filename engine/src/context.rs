@@ -431,8 +431,9 @@ impl<S: Storage> WorkflowContext<S> {
         }
     }
 
-    /// Publishes `value` under `key` for `Engine::get_event` readers; the
-    /// event and this step's checkpoint commit together.
+    /// Publishes `value` under `key` for readers of
+    /// [`Admin::get_event`](crate::Admin::get_event); the event and this
+    /// step's checkpoint commit together.
     pub async fn set_event<T: Serialize>(
         &mut self,
         key: &str,

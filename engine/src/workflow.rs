@@ -127,8 +127,9 @@ impl<S: Storage, W: Workflow<S>> ErasedWorkflow<S> for W {
 mod tests {
     use super::json_types_of;
 
+    // Only deserialized: its type is what the probe reads.
     #[derive(serde::Deserialize)]
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "the field is read by no one; only its type matters")]
     struct Order {
         id: i64,
     }

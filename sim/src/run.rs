@@ -14,7 +14,7 @@ use madsim::runtime::{Handle, Runtime};
 use madsim::time::{Instant, sleep};
 use tandem::bugs::Bug;
 use tandem::storage::memory::{Fault, FaultPoint};
-use tandem::{Engine, Queue, Status};
+use tandem::{Engine, Queue};
 
 use crate::env::MadsimEnv;
 use crate::faults::{Faults, Plan, Site};
@@ -605,12 +605,6 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
     // The engine's tasks run on this node; keep it (and the engine) alive.
     let _engine = engine;
     std::future::pending::<()>().await;
-}
-
-/// The status names, for traces.
-#[allow(dead_code)]
-fn status_name(s: Status) -> &'static str {
-    s.as_str()
 }
 
 /// Catches a panic of `f` (used by the sweep to keep going).

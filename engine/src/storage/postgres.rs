@@ -3,14 +3,21 @@
 //!
 //! Every statement runs under READ COMMITTED. Timestamps that only record
 //! history (`created_at`, `updated_at`) arrive from the engine as
-//! milliseconds since the epoch (`now_ms`). Decisions shared between
-//! executors use the database's clock instead, so that executors whose clocks
-//! drift still agree: lease expiry, and the `started_at` / `completed_at`
-//! stamps that queue admission (rate limits) reads. Delays (`run_after`) are
-//! compared with the engine's clock, like durable sleeps, so that an injected
-//! clock drives them. Those
-//! stamps are taken at statement time (`clock_timestamp()`), which also
-//! orders them consistently with the claims' admission decisions.
+//! milliseconds since the epoch (`now_ms`).
+//!
+//! Decisions shared between executors use the database's clock instead, so
+//! that executors whose clocks drift still agree: lease expiry, and the
+//! `started_at` / `completed_at` stamps that queue admission (rate limits)
+//! reads. Those stamps are taken at statement time (`clock_timestamp()`),
+//! which also orders them consistently with the claims' admission
+//! decisions.
+//!
+//! Delays (`run_after`) are compared with the engine's clock, like durable
+//! sleeps, so that an injected clock drives them.
+//!
+//! What both backends must agree on (error classification, the fencing
+//! error, limits, epochs) is in `storage::contract`; this backend imports
+//! nothing from the engine above the storage seam.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};

@@ -5,8 +5,6 @@
 //! aborted at once (a crash), and the [`both!`] macro that instantiates a
 //! generic test for each backend.
 
-#![allow(dead_code)]
-
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
