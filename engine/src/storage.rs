@@ -16,6 +16,7 @@
 //! [`Env`]: crate::Env
 
 mod contract;
+mod forward;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -13,9 +13,8 @@ use std::sync::atomic::Ordering;
 use tandem::MemStorage;
 use tandem::storage::memory::{MemConn, MemTx};
 use tandem::storage::{
-    ErrorKind, ExecutorRegister, StepInfo, StepKind, StepRecord, StepRecorded, StepRow, Storage,
-    StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork,
-    WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    ErrorKind, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageResult, Transaction,
+    WorkflowComplete, WorkflowRow, WorkflowsClaim,
 };
 
 use crate::faults::Site;
@@ -53,6 +52,13 @@ pub struct SimTx {
     step_commit: Option<(String, i32)>,
     /// Workflows this transaction claims or reclaims (traced at COMMIT).
     claims: Vec<String>,
+}
+
+impl SimTx {
+    /// The simulated round trip before each operation.
+    async fn latency(&self) {
+        self.world.latency().await;
+    }
 }
 
 impl Storage for SimStorage {
@@ -95,15 +101,32 @@ impl Transaction for SimTx {
         self.tx.conn()
     }
 
-    async fn workflow_insert(&mut self, params: WorkflowInsert) -> StorageResult<WorkflowInserted> {
-        self.world.latency().await;
-        self.tx.workflow_insert(params).await
-    }
-
-    async fn workflow_get(&mut self, id: &str) -> StorageResult<Option<WorkflowRow>> {
-        self.world.latency().await;
-        self.tx.workflow_get(id).await
-    }
+    // Every operation waits a simulated latency first (an await point where
+    // a kill or another task may strike); those with more to record are
+    // written out below.
+    tandem::forward_transaction!(
+        tx,
+        latency;
+        workflow_insert,
+        workflow_get,
+        workflows_recover,
+        step_get,
+        executor_register,
+        executor_heartbeat,
+        workflows_release,
+        workflow_enqueue,
+        message_send,
+        message_take,
+        event_set,
+        event_get,
+        workflows_cancel,
+        workflow_resume,
+        workflow_fork,
+        workflows_owned,
+        workflows_list,
+        workflow_info,
+        steps_info
+    );
 
     async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {
         self.world.latency().await;
@@ -112,23 +135,6 @@ impl Transaction for SimTx {
                 self.world.faults.observe("fence.rejected_write");
             }
         })
-    }
-
-    async fn workflows_recover(
-        &mut self,
-        params: WorkflowsRecover,
-    ) -> StorageResult<Vec<WorkflowRow>> {
-        self.world.latency().await;
-        self.tx.workflows_recover(params).await
-    }
-
-    async fn step_get(
-        &mut self,
-        workflow_id: &str,
-        step_id: i32,
-    ) -> StorageResult<Option<StepRow>> {
-        self.world.latency().await;
-        self.tx.step_get(workflow_id, step_id).await
     }
 
     async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
@@ -156,21 +162,6 @@ impl Transaction for SimTx {
             self.step_commit = step;
         }
         Ok(recorded)
-    }
-
-    async fn executor_register(&mut self, p: ExecutorRegister) -> StorageResult<()> {
-        self.world.latency().await;
-        self.tx.executor_register(p).await
-    }
-
-    async fn executor_heartbeat(
-        &mut self,
-        id: &str,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> StorageResult<()> {
-        self.world.latency().await;
-        self.tx.executor_heartbeat(id, now_ms, lease_ms).await
     }
 
     async fn workflows_reclaim(&mut self, now_ms: i64) -> StorageResult<u64> {
@@ -204,16 +195,6 @@ impl Transaction for SimTx {
         Ok(rows)
     }
 
-    async fn workflows_release(&mut self, id: &str, now_ms: i64) -> StorageResult<u64> {
-        self.world.latency().await;
-        self.tx.workflows_release(id, now_ms).await
-    }
-
-    async fn workflow_enqueue(&mut self, p: WorkflowEnqueue) -> StorageResult<String> {
-        self.world.latency().await;
-        self.tx.workflow_enqueue(p).await
-    }
-
     async fn workflow_suspend(
         &mut self,
         id: &str,
@@ -227,83 +208,6 @@ impl Transaction for SimTx {
             .await?;
         self.world.faults.observe("sleep.suspended_to_queue");
         Ok(())
-    }
-
-    async fn message_send(
-        &mut self,
-        id: &str,
-        topic: &str,
-        payload: &str,
-        now_ms: i64,
-    ) -> StorageResult<()> {
-        self.world.latency().await;
-        self.tx.message_send(id, topic, payload, now_ms).await
-    }
-
-    async fn message_take(
-        &mut self,
-        id: &str,
-        topic: &str,
-        epoch: i64,
-    ) -> StorageResult<Option<String>> {
-        self.world.latency().await;
-        self.tx.message_take(id, topic, epoch).await
-    }
-
-    async fn event_set(
-        &mut self,
-        id: &str,
-        key: &str,
-        value: &str,
-        now_ms: i64,
-    ) -> StorageResult<()> {
-        self.world.latency().await;
-        self.tx.event_set(id, key, value, now_ms).await
-    }
-
-    async fn event_get(&mut self, id: &str, key: &str) -> StorageResult<Option<String>> {
-        self.world.latency().await;
-        self.tx.event_get(id, key).await
-    }
-
-    async fn workflows_cancel(
-        &mut self,
-        id: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> StorageResult<Vec<String>> {
-        self.world.latency().await;
-        self.tx.workflows_cancel(id, reason, now_ms).await
-    }
-
-    async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
-        self.world.latency().await;
-        self.tx.workflow_resume(id, now_ms).await
-    }
-
-    async fn workflow_fork(&mut self, p: WorkflowFork) -> StorageResult<bool> {
-        self.world.latency().await;
-        self.tx.workflow_fork(p).await
-    }
-
-    async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
-        self.world.latency().await;
-        self.tx.workflows_owned(executor_id).await
-    }
-
-    async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
-        self.world.latency().await;
-        self.tx.workflows_list(f).await
-    }
-
-    async fn workflow_info(&mut self, id: &str) -> StorageResult<Option<WorkflowInfo>> {
-        self.world.latency().await;
-        self.tx.workflow_info(id).await
-    }
-
-    async fn steps_info(&mut self, id: &str) -> StorageResult<Vec<StepInfo>> {
-        self.world.latency().await;
-        self.tx.steps_info(id).await
     }
 
     async fn commit(self) -> StorageResult<()> {
