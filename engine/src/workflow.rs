@@ -129,7 +129,10 @@ mod tests {
 
     // Only deserialized: its type is what the probe reads.
     #[derive(serde::Deserialize)]
-    #[expect(dead_code, reason = "the field is read by no one; only its type matters")]
+    #[expect(
+        dead_code,
+        reason = "the field is read by no one; only its type matters"
+    )]
     struct Order {
         id: i64,
     }
