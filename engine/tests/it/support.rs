@@ -17,8 +17,8 @@ use tandem::env::BoxFuture;
 use tandem::storage::memory::{MemConn, MemError};
 use tandem::storage::{
     ErrorKind, ExecutorRegister, Status, StepKind, StepRecord, StepRecorded, StepRow, Storage,
-    StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter,
-    WorkflowFork, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowInsert,
+    WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
 };
 use tandem::testing::PgCluster;
 use tandem::{
@@ -773,37 +773,34 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
         self.inner.conn()
     }
 
-    async fn workflow_insert(&mut self, p: WorkflowInsert) -> StorageResult<WorkflowInserted> {
-        self.inner.workflow_insert(p).await
-    }
-
-    async fn workflow_get(&mut self, id: &str) -> StorageResult<Option<WorkflowRow>> {
-        self.inner.workflow_get(id).await
-    }
-
-    async fn workflow_complete(&mut self, p: WorkflowComplete) -> StorageResult<()> {
-        self.inner.workflow_complete(p).await
-    }
-
-    async fn workflows_recover(&mut self, p: WorkflowsRecover) -> StorageResult<Vec<WorkflowRow>> {
-        self.inner.workflows_recover(p).await
-    }
-
-    async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
-        self.inner.steps_load(workflow_id).await
-    }
-
-    async fn step_get(
-        &mut self,
-        workflow_id: &str,
-        step_id: i32,
-    ) -> StorageResult<Option<StepRow>> {
-        self.inner.step_get(workflow_id, step_id).await
-    }
-
-    async fn step_record(&mut self, p: StepRecord) -> StorageResult<StepRecorded> {
-        self.inner.step_record(p).await
-    }
+    tandem::forward_transaction!(
+        inner;
+        workflow_insert,
+        workflow_get,
+        workflow_complete,
+        workflows_recover,
+        steps_load,
+        step_get,
+        step_record,
+        executor_register,
+        executor_heartbeat,
+        workflows_reclaim,
+        workflows_claim,
+        workflows_release,
+        workflow_enqueue,
+        workflow_suspend,
+        message_send,
+        message_take,
+        event_set,
+        event_get,
+        workflows_cancel,
+        workflow_resume,
+        workflow_fork,
+        workflows_owned,
+        workflows_list,
+        workflow_info,
+        steps_info
+    );
 
     async fn commit(self) -> StorageResult<()> {
         self.inner.commit().await?;
@@ -820,119 +817,6 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
             ));
         }
         Ok(())
-    }
-
-    async fn executor_register(&mut self, p: ExecutorRegister) -> StorageResult<()> {
-        self.inner.executor_register(p).await
-    }
-
-    async fn executor_heartbeat(
-        &mut self,
-        id: &str,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> StorageResult<()> {
-        self.inner.executor_heartbeat(id, now_ms, lease_ms).await
-    }
-
-    async fn workflows_reclaim(&mut self, now_ms: i64) -> StorageResult<u64> {
-        self.inner.workflows_reclaim(now_ms).await
-    }
-
-    async fn workflows_claim(&mut self, p: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
-        self.inner.workflows_claim(p).await
-    }
-
-    async fn workflows_release(&mut self, id: &str, now_ms: i64) -> StorageResult<u64> {
-        self.inner.workflows_release(id, now_ms).await
-    }
-
-    async fn workflow_enqueue(&mut self, p: WorkflowEnqueue) -> StorageResult<String> {
-        self.inner.workflow_enqueue(p).await
-    }
-
-    async fn workflow_suspend(
-        &mut self,
-        id: &str,
-        epoch: i64,
-        run_after_ms: i64,
-        now_ms: i64,
-    ) -> StorageResult<()> {
-        self.inner
-            .workflow_suspend(id, epoch, run_after_ms, now_ms)
-            .await
-    }
-
-    async fn message_send(
-        &mut self,
-        id: &str,
-        topic: &str,
-        payload: &str,
-        now_ms: i64,
-    ) -> StorageResult<()> {
-        self.inner.message_send(id, topic, payload, now_ms).await
-    }
-
-    async fn message_take(
-        &mut self,
-        id: &str,
-        topic: &str,
-        epoch: i64,
-    ) -> StorageResult<Option<String>> {
-        self.inner.message_take(id, topic, epoch).await
-    }
-
-    async fn event_set(
-        &mut self,
-        id: &str,
-        key: &str,
-        value: &str,
-        now_ms: i64,
-    ) -> StorageResult<()> {
-        self.inner.event_set(id, key, value, now_ms).await
-    }
-
-    async fn event_get(&mut self, id: &str, key: &str) -> StorageResult<Option<String>> {
-        self.inner.event_get(id, key).await
-    }
-
-    async fn workflows_cancel(
-        &mut self,
-        id: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> StorageResult<Vec<String>> {
-        self.inner.workflows_cancel(id, reason, now_ms).await
-    }
-
-    async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
-        self.inner.workflow_resume(id, now_ms).await
-    }
-
-    async fn workflow_fork(&mut self, p: WorkflowFork) -> StorageResult<bool> {
-        self.inner.workflow_fork(p).await
-    }
-
-    async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
-        self.inner.workflows_owned(executor_id).await
-    }
-
-    async fn workflows_list(
-        &mut self,
-        f: WorkflowFilter,
-    ) -> StorageResult<Vec<tandem::storage::WorkflowInfo>> {
-        self.inner.workflows_list(f).await
-    }
-
-    async fn workflow_info(
-        &mut self,
-        id: &str,
-    ) -> StorageResult<Option<tandem::storage::WorkflowInfo>> {
-        self.inner.workflow_info(id).await
-    }
-
-    async fn steps_info(&mut self, id: &str) -> StorageResult<Vec<tandem::storage::StepInfo>> {
-        self.inner.steps_info(id).await
     }
 
     async fn rollback(self) -> StorageResult<()> {
