@@ -1,5 +1,9 @@
 //! Workflow definitions: the [`Workflow`] trait and the type-erased registry
 //! entry the engine runs from stored JSON.
+//!
+//! A deliberate circle with `context`: a workflow body receives a
+//! [`WorkflowContext`], and the context starts child workflows by their
+//! `Workflow` type.
 
 use std::future::Future;
 use std::pin::Pin;
