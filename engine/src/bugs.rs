@@ -40,11 +40,15 @@ pub enum Bug {
     /// A claimed workflow always starts with an empty history (as if it
     /// had never run), so a reclaimed one re-executes its recorded steps.
     ClaimSkipsHistory,
+    /// `recv` commits taking the message before recording its step, in a
+    /// transaction of its own: a crash or lost connection in between loses
+    /// the message.
+    RecvTakeOutsideStep,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -54,6 +58,7 @@ impl Bug {
         Bug::StaleEpochOnRecovery,
         Bug::LeaseNeverExpires,
         Bug::ClaimSkipsHistory,
+        Bug::RecvTakeOutsideStep,
     ];
 }
 
@@ -89,8 +94,8 @@ pub(crate) fn not_retried(kind: Option<crate::storage::ErrorKind>) -> bool {
         || (active(Bug::ConflictNotRetried) && kind == Some(ErrorKind::Conflict))
 }
 
-/// [`Bug::SplitCheckpoint`]: commits the step's writes now and returns a
-/// fresh transaction for the checkpoint.
+/// [`Bug::SplitCheckpoint`], [`Bug::RecvTakeOutsideStep`]: commits the
+/// step's writes now and returns a fresh transaction for the checkpoint.
 pub(crate) async fn split_transaction<S: crate::storage::Storage>(tx: S::Tx, storage: &S) -> S::Tx {
     use crate::storage::Transaction as _;
     let _ = tx.commit().await;

@@ -699,8 +699,10 @@ impl<S: Storage> WorkflowContext<S> {
             Ok(output),
             st.attempts,
         );
-        if st.kind == StepKind::Transaction
-            && crate::bugs::active(crate::bugs::Bug::SplitCheckpoint)
+        if (st.kind == StepKind::Transaction
+            && crate::bugs::active(crate::bugs::Bug::SplitCheckpoint))
+            || (st.kind == StepKind::Recv
+                && crate::bugs::active(crate::bugs::Bug::RecvTakeOutsideStep))
         {
             tx = crate::bugs::split_transaction(tx, self.shared.storage()).await;
         }

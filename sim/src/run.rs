@@ -41,6 +41,10 @@ pub struct Options {
     /// Let lost acknowledgements hit the COMMIT of a queue claim (on by
     /// default; a switch so that the claim path can be isolated).
     pub claim_lost_ack: bool,
+    /// Workflows receive messages that a message client sends (on by
+    /// default; off reproduces the workloads of seeds found before
+    /// messages were simulated, such as the regression seeds).
+    pub messages: bool,
 }
 
 impl Default for Options {
@@ -49,6 +53,7 @@ impl Default for Options {
             plan: Plan::Random,
             bug: None,
             claim_lost_ack: true,
+            messages: true,
         }
     }
 }
@@ -169,7 +174,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
 /// The body of [`run_seed`], inside the runtime. Also usable with
 /// `Runtime::check_determinism`.
 pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>>) -> Report {
-    let workload = Workload::generate(seed);
+    let workload = Workload::generate(seed, options.messages);
     let faults = Faults::new(seed, options.plan.clone());
     let world = Arc::new(World::new(seed, faults, workload, trace.clone()));
     world
@@ -213,6 +218,15 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             .create_node()
             .name("app")
             .init(move || workload::app_client(world.clone()))
+            .build();
+    }
+    // The message client, on a node of its own too.
+    {
+        let world = world.clone();
+        handle
+            .create_node()
+            .name("sender")
+            .init(move || workload::message_client(world.clone()))
             .build();
     }
     let chaos_end = Instant::now() + CHAOS;
@@ -323,6 +337,9 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             } else {
                 vec!["the app client".to_owned()]
             };
+            if !world.state().messages_done {
+                unfinished.push("the message client".to_owned());
+            }
             let ids = world
                 .workload
                 .workflows

@@ -12,7 +12,10 @@
 //! `orders` queue, an application client ([`app_client`]) inserts orders
 //! and enqueues their workflows in the same transaction, committing or
 //! rolling back, and workflows may contain durable sleeps ([`Op::Sleep`]).
-//! Not used yet: messages, events, child workflows, cancel, queue limits.
+//! Messages (issue 13): workflows receive with `recv` ([`Op::Recv`]);
+//! a message client ([`message_client`]) sends each expected message from
+//! a committed transaction, sometimes after a rolled-back send of a decoy.
+//! Not used yet: events, child workflows, cancel, queue limits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -60,7 +63,34 @@ pub enum Op {
         /// How long.
         ms: u64,
     },
+    /// `recv` on the step's own topic. `sent`: the message client sends
+    /// one message there (and the receive waits as long as it takes);
+    /// otherwise nobody does and the receive times out after
+    /// `timeout_ms`, returning nothing.
+    Recv {
+        /// Whether a message is sent to it.
+        sent: bool,
+        /// The timeout of an unsent receive.
+        timeout_ms: u64,
+    },
 }
+
+/// The topic of the receive at `step`.
+pub fn recv_topic(step: i32) -> String {
+    format!("m{step}")
+}
+
+/// The value of the message sent to `workflow`'s receive at `step`.
+pub fn message_value(workflow: usize, step: i32) -> i64 {
+    -(workflow as i64 * 100 + i64::from(step)) - 1
+}
+
+/// The value of the decoy a rolled-back transaction sends: never received.
+pub const DECOY_VALUE: i64 = 7_777_777;
+
+/// The timeout of a receive whose message is sent: longer than any run, and
+/// than the largest clock jump, so it never expires.
+const RECV_SENT_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The engines' `sleep_suspend_after`: longer sleeps suspend to the queue.
 pub const SLEEP_SUSPEND_AFTER: Duration = Duration::from_millis(100);
@@ -152,21 +182,44 @@ fn random_ops(
             }
         })
         .collect();
-    let expected = ops
-        .iter()
+    let expected = expected_output(&ops, index);
+    (ops, expected)
+}
+
+/// The output a fault-free run of workflow `index` with `ops` produces.
+fn expected_output(ops: &[Op], index: usize) -> Vec<i64> {
+    ops.iter()
         .enumerate()
         .map(|(step, op)| match op {
             Op::Transfer { amount, .. } => *amount,
             Op::Call => service_value(index, step as i32),
             Op::Sleep { ms } => *ms as i64,
+            Op::Recv { sent: true, .. } => message_value(index, step as i32),
+            Op::Recv { sent: false, .. } => -1,
         })
-        .collect();
-    (ops, expected)
+        .collect()
+}
+
+/// Adds receives to a workflow's steps (from their own generator, so that a
+/// workload without messages draws exactly what it drew before they
+/// existed), and recomputes the fault-free output.
+fn add_recvs(rng: &mut ChaCha8Rng, ops: &mut Vec<Op>, expected: &mut Vec<i64>, index: usize) {
+    for _ in 0..rng.gen_range(0..=2) {
+        let at = rng.gen_range(0..=ops.len());
+        let op = Op::Recv {
+            sent: rng.gen_bool(0.8),
+            timeout_ms: rng.gen_range(1..=30),
+        };
+        ops.insert(at, op);
+    }
+    // Steps after an insertion moved: recompute what depends on the step.
+    *expected = expected_output(ops, index);
 }
 
 impl Workload {
-    /// A random workload from `seed`, independent of the fault stream.
-    pub fn generate(seed: u64) -> Self {
+    /// A random workload from `seed`, independent of the fault stream;
+    /// with `messages`, some workflows receive messages too.
+    pub fn generate(seed: u64, messages: bool) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_b0ad_feed);
         let executors = rng.gen_range(2..=3);
         let accounts = rng.gen_range(3..=5);
@@ -182,6 +235,13 @@ impl Workload {
                 }
             })
             .collect();
+        let mut workflows: Vec<WorkflowSpec> = workflows;
+        if messages {
+            let mut extra = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_0005_e7d5);
+            for (i, w) in workflows.iter_mut().enumerate() {
+                add_recvs(&mut extra, &mut w.ops, &mut w.expected, i);
+            }
+        }
         let orders = (0..rng.gen_range(2..=6))
             .map(|n| {
                 let id = format!("order-{n}");
@@ -306,6 +366,19 @@ impl Workflow<SimStorage> for Bank {
                     self.world
                         .log(format!("{} {wf} step {step} woke", self.node.label));
                     ms as i64
+                }
+                Op::Recv { sent, timeout_ms } => {
+                    let timeout = if sent {
+                        RECV_SENT_TIMEOUT
+                    } else {
+                        Duration::from_millis(timeout_ms)
+                    };
+                    let got: Option<i64> = ctx.recv(&recv_topic(step), timeout).await?;
+                    self.world.log(format!(
+                        "{} {wf} step {step} received {got:?}",
+                        self.node.label
+                    ));
+                    got.unwrap_or(-1)
                 }
             };
             output.push(value);
@@ -601,9 +674,26 @@ pub fn check(world: &World) -> Vec<String> {
                         v.push(format!("sleep {id} step {i} never recorded"));
                     }
                 }
+                Op::Recv { .. } => {
+                    if !steps.iter().any(|s| {
+                        s.workflow_id == *id && s.step_id == i as i32 && s.kind == StepKind::Recv
+                    }) {
+                        v.push(format!("recv {id} step {i} never recorded"));
+                    }
+                }
             }
         }
     }
+    // Messages: each committed one received exactly once. Every receive
+    // that waits for one got it (the outputs above), so any message still
+    // waiting was sent twice, or sent to a receive that took another.
+    for m in world.mem.messages() {
+        v.push(format!(
+            "message {} on {} to {} was never received",
+            m.payload, m.topic, m.workflow_id
+        ));
+    }
+
     // Money: conserved, and each balance explained by the ledger.
     let balances: BTreeMap<i64, i64> = world
         .mem
@@ -763,4 +853,92 @@ pub async fn app_client(world: Arc<World>) {
         }
     }
     world.state().app_done = true;
+}
+
+/// The message client: for every receive that waits for a message, sends it
+/// from a transaction of its own that commits, sometimes after a decoy sent
+/// from one that rolls back. Storage faults apply. A send that fails because
+/// its workflow does not exist yet is tried again later; after an unknown
+/// outcome (a lost acknowledgement) the client looks at what committed
+/// before sending again, so that every message is sent exactly once and a
+/// receive never has two to choose from.
+pub async fn message_client(world: Arc<World>) {
+    use tandem::storage::{Storage as _, Transaction as _};
+    let mut sends: Vec<(String, i32, i64)> = Vec::new();
+    for w in &world.workload.workflows {
+        let index = workflow_index(&w.id);
+        for (step, op) in w.ops.iter().enumerate() {
+            if let Op::Recv { sent: true, .. } = op {
+                sends.push((w.id.clone(), step as i32, message_value(index, step as i32)));
+            }
+        }
+    }
+    for (wf, step, value) in sends {
+        let topic = recv_topic(step);
+        madsim::time::sleep(Duration::from_millis(
+            madsim::rand::thread_rng().gen_range(1..80),
+        ))
+        .await;
+        let payload = value.to_string();
+        if madsim::rand::thread_rng().gen_bool(0.3) {
+            // A decoy the receiver must never see: its transaction rolls
+            // back (or dies), whatever happens to it.
+            world.latency().await;
+            if let Ok(mut tx) = world.mem.begin().await {
+                let decoy = DECOY_VALUE.to_string();
+                let sent = tx.message_send(&wf, &topic, &decoy, world.now_ms()).await;
+                world.latency().await;
+                let _ = tx.rollback().await;
+                world.log(format!("app decoy to {wf} {topic}: rolled back ({sent:?})"));
+            }
+        }
+        for attempt in 0u32.. {
+            world.latency().await;
+            let result: Result<(), tandem::StorageError> = async {
+                let mut tx = world.mem.begin().await?;
+                tx.message_send(&wf, &topic, &payload, world.now_ms())
+                    .await?;
+                world.latency().await;
+                tx.commit().await
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    world.faults.observe("message.sent_acked");
+                    world.log(format!("app message {payload} to {wf} {topic}: committed"));
+                    break;
+                }
+                Err(e) => {
+                    world.log(format!(
+                        "app message to {wf} {topic} attempt {attempt}: {e}"
+                    ));
+                    if e.kind() == tandem::ErrorKind::Unavailable
+                        && message_committed(&world, &wf, step, &topic, &payload)
+                    {
+                        world
+                            .faults
+                            .observe("message.outcome_unknown_but_committed");
+                        break;
+                    }
+                    madsim::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    world.state().messages_done = true;
+}
+
+/// Whether the message `payload` to `wf`'s receive at `step` committed: it
+/// waits, or the receive consumed it (a receive deletes the message and
+/// records its step in one transaction, so one of the two is visible).
+fn message_committed(world: &World, wf: &str, step: i32, topic: &str, payload: &str) -> bool {
+    let waiting = world
+        .mem
+        .messages()
+        .iter()
+        .any(|m| m.workflow_id == wf && m.topic == topic && m.payload == payload);
+    waiting
+        || world.mem.steps().iter().any(|s| {
+            s.workflow_id == wf && s.step_id == step && s.output.as_deref() == Some(payload)
+        })
 }

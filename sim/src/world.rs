@@ -54,6 +54,8 @@ pub struct State {
     pub terminal: BTreeMap<String, (String, Option<String>)>,
     /// The application client has finished all its orders.
     pub app_done: bool,
+    /// The message client has sent every message.
+    pub messages_done: bool,
     /// Nodes killed for good (their work must be reclaimed by others).
     pub permanent: BTreeSet<String>,
     /// Paused nodes and when the supervisor resumes them.

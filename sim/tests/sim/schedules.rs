@@ -16,12 +16,18 @@ fn schedules() -> impl Strategy<Value = (u64, Vec<Scheduled>)> {
     (0u64..64, prop::collection::vec(event, 0..8))
 }
 
-fn run(seed: u64, schedule: Vec<Scheduled>, bug: Option<Bug>) -> Result<(), TestCaseError> {
+fn run(
+    seed: u64,
+    schedule: Vec<Scheduled>,
+    bug: Option<Bug>,
+    messages: bool,
+) -> Result<(), TestCaseError> {
     let report = run_seed(
         seed,
         &Options {
             plan: Plan::Schedule(schedule),
             bug,
+            messages,
             ..Options::default()
         },
     );
@@ -44,7 +50,9 @@ fn runner(cases: u32) -> TestRunner {
 
 #[test]
 fn generated_schedules_hold_every_invariant() {
-    let result = runner(48).run(&schedules(), |(seed, schedule)| run(seed, schedule, None));
+    let result = runner(48).run(&schedules(), |(seed, schedule)| {
+        run(seed, schedule, None, true)
+    });
     if let Err(e) = result {
         panic!("{e}");
     }
@@ -52,8 +60,11 @@ fn generated_schedules_hold_every_invariant() {
 
 #[test]
 fn a_failing_schedule_shrinks_to_a_minimal_one() {
+    // On the workload without messages: their extra steps renumber the
+    // visits, so steering a schedule to the split point can take a third
+    // fault there, and this test is about shrinking, not the workload.
     let result = runner(256).run(&schedules(), |(seed, schedule)| {
-        run(seed, schedule, Some(Bug::SplitCheckpoint))
+        run(seed, schedule, Some(Bug::SplitCheckpoint), false)
     });
     match result {
         Err(TestError::Fail(reason, (seed, minimal))) => {

@@ -132,6 +132,8 @@ fn a_claim_with_a_lost_ack_does_not_orphan_its_workflows() {
         73,
         &Options {
             claim_lost_ack: true,
+            // The workload the seed was found with.
+            messages: false,
             ..Options::default()
         },
     );
@@ -150,6 +152,13 @@ fn a_claim_with_a_lost_ack_does_not_orphan_its_workflows() {
 /// periodically, not only after a failed claim.
 #[test]
 fn a_lost_claim_ack_over_an_older_local_execution_does_not_strand_it() {
-    let report = run_seed(7_013_272, &Options::default());
+    let report = run_seed(
+        7_013_272,
+        &Options {
+            // The workload the seed was found with.
+            messages: false,
+            ..Options::default()
+        },
+    );
     assert!(report.passed(), "{}", report.failure_message(60));
 }
