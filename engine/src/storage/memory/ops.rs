@@ -201,30 +201,6 @@ impl MemConn {
         }
     }
 
-    pub(super) async fn executor_heartbeat(
-        &mut self,
-        executor_id: &str,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> Result<(), MemError> {
-        let snap = self.start("executor_heartbeat")?;
-        // clock_timestamp() + lease: the engine's clock is the database's.
-        let lease_expires_ms = now_ms.saturating_add(lease_ms);
-        let row = ExecutorRecord {
-            started_ms: now_ms,
-            heartbeat_ms: now_ms,
-            lease_expires_ms,
-        };
-        self.upsert(&Executors, &snap, executor_id.to_owned(), row, |e| {
-            ExecutorRecord {
-                heartbeat_ms: now_ms,
-                lease_expires_ms,
-                ..e.clone()
-            }
-        })
-        .await
-    }
-
     pub(super) async fn executor_register(&mut self, p: ExecutorRegister) -> Result<(), MemError> {
         self.executor_heartbeat(&p.executor_id, p.now_ms, p.lease_ms)
             .await?;
@@ -262,6 +238,30 @@ impl MemConn {
             .await?;
         }
         Ok(())
+    }
+
+    pub(super) async fn executor_heartbeat(
+        &mut self,
+        executor_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<(), MemError> {
+        let snap = self.start("executor_heartbeat")?;
+        // clock_timestamp() + lease: the engine's clock is the database's.
+        let lease_expires_ms = now_ms.saturating_add(lease_ms);
+        let row = ExecutorRecord {
+            started_ms: now_ms,
+            heartbeat_ms: now_ms,
+            lease_expires_ms,
+        };
+        self.upsert(&Executors, &snap, executor_id.to_owned(), row, |e| {
+            ExecutorRecord {
+                heartbeat_ms: now_ms,
+                lease_expires_ms,
+                ..e.clone()
+            }
+        })
+        .await
     }
 
     pub(super) async fn workflows_reclaim(&mut self, now_ms: i64) -> Result<u64, MemError> {
