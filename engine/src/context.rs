@@ -403,7 +403,27 @@ impl<S: Storage> WorkflowContext<S> {
                 Some(payload) => payload,
                 None if now_ms >= deadline_ms => "null".to_owned(),
                 None => {
-                    // Nothing yet: wait outside any transaction.
+                    // Nothing yet. Unless another execution recorded this
+                    // step meanwhile: a zombie that took the message (it
+                    // skipped by our look, locked in its transaction) and
+                    // committed its checkpoint after our claim; checkpoints
+                    // are fenced at the statement, so that commit stands and
+                    // its outcome wins. Without this look we would wait for
+                    // a message that is gone.
+                    match tx.step_get(&self.workflow_id, step_id).await {
+                        Ok(None) => {}
+                        Ok(Some(row)) => {
+                            let _ = tx.rollback().await;
+                            return self.check_and_decode(row, &name);
+                        }
+                        Err(e) => {
+                            let _ = tx.rollback().await;
+                            self.backoff_after(e, st.attempts).await?;
+                            st.failed();
+                            continue;
+                        }
+                    }
+                    // Wait outside any transaction.
                     let _ = tx.rollback().await;
                     let wait = Duration::from_millis((deadline_ms - now_ms) as u64)
                         .min(self.shared.config().queue_poll_interval);

@@ -162,3 +162,20 @@ fn a_lost_claim_ack_over_an_older_local_execution_does_not_strand_it() {
     );
     assert!(report.passed(), "{}", report.failure_message(60));
 }
+
+/// Regression test of an engine bug the message workload found (seed
+/// 13009472): a receive waiting for its message never noticed that another
+/// execution had recorded its step. exec-0, paused past its lease in the
+/// middle of a `recv`, held the message locked in its open transaction; the
+/// new owner's look skipped it (SKIP LOCKED) and waited; exec-0 resumed and
+/// committed the step (checkpoints are fenced at the statement, and the
+/// claim came after it), taking the message with it. The new owner then
+/// waited for a message that was gone. An empty look now also reads the
+/// step.
+#[test]
+fn a_receive_notices_its_step_recorded_by_another_execution() {
+    for seed in [13_009_472, 13_028_253] {
+        let report = run_seed(seed, &Options::default());
+        assert!(report.passed(), "{}", report.failure_message(60));
+    }
+}
