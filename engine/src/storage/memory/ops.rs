@@ -128,16 +128,7 @@ impl MemConn {
         let (t, txs) = Steps.split(&mut db);
         let range = (workflow_id.to_owned(), i32::MIN)..=(workflow_id.to_owned(), i32::MAX);
         Ok(t.scan(txs, &snap, range)
-            .map(|(k, i)| {
-                let s = t.data(k, i);
-                StepRow {
-                    step_id: s.step_id,
-                    name: s.name.clone(),
-                    kind: s.kind,
-                    output: s.output.clone(),
-                    error: s.error.clone(),
-                }
-            })
+            .map(|(k, i)| step_row(t.data(k, i)))
             .collect())
     }
 
@@ -148,15 +139,7 @@ impl MemConn {
     ) -> Result<Option<StepRow>, MemError> {
         let mut db = self.storage.db();
         let snap = self.s.statement(&mut db, "step_get")?;
-        Ok(
-            read(&Steps, &mut db, &snap, &(workflow_id.to_owned(), step_id)).map(|s| StepRow {
-                step_id: s.step_id,
-                name: s.name,
-                kind: s.kind,
-                output: s.output,
-                error: s.error,
-            }),
-        )
+        Ok(read(&Steps, &mut db, &snap, &(workflow_id.to_owned(), step_id)).map(|s| step_row(&s)))
     }
 
     pub(super) async fn step_record(&mut self, p: StepRecord) -> StorageResult<StepRecorded> {
@@ -746,13 +729,7 @@ impl MemConn {
             .map(|(k, i)| {
                 let s = t.data(k, i);
                 StepInfo {
-                    row: StepRow {
-                        step_id: s.step_id,
-                        name: s.name.clone(),
-                        kind: s.kind,
-                        output: s.output.clone(),
-                        error: s.error.clone(),
-                    },
+                    row: step_row(s),
                     attempts: s.attempts,
                     owner_epoch: s.owner_epoch,
                     started_ms: s.started_ms,
@@ -771,6 +748,17 @@ pub(super) fn workflow_info(w: &WorkflowRecord) -> WorkflowInfo {
         updated_ms: w.updated_ms,
         started_ms: w.started_ms,
         completed_ms: w.completed_ms,
+    }
+}
+
+/// A checkpoint as the engine reads it.
+pub(super) fn step_row(s: &StepRecordRow) -> StepRow {
+    StepRow {
+        step_id: s.step_id,
+        name: s.name.clone(),
+        kind: s.kind,
+        output: s.output.clone(),
+        error: s.error.clone(),
     }
 }
 
