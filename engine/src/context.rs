@@ -403,13 +403,13 @@ impl<S: Storage> WorkflowContext<S> {
                 Some(payload) => payload,
                 None if now_ms >= deadline_ms => "null".to_owned(),
                 None => {
-                    // Nothing yet. Unless another execution recorded this
-                    // step meanwhile: a zombie that took the message (it
-                    // skipped by our look, locked in its transaction) and
-                    // committed its checkpoint after our claim; checkpoints
-                    // are fenced at the statement, so that commit stands and
-                    // its outcome wins. Without this look we would wait for
-                    // a message that is gone.
+                    // Nothing yet, unless another execution recorded this
+                    // step meanwhile: a zombie that had the message locked in
+                    // its open transaction (so our take skipped it) and
+                    // committed its checkpoint after our claim. Checkpoints
+                    // are fenced at their statement, so that commit stands
+                    // and its outcome wins; without this read we would wait
+                    // for a message that is gone.
                     match tx.step_get(&self.workflow_id, step_id).await {
                         Ok(None) => {}
                         Ok(Some(row)) => {
