@@ -285,13 +285,7 @@ impl MemConn {
                     && w.executor_id
                         .as_ref()
                         .is_none_or(|e| dead.contains(e) || !known.contains(e));
-                orphaned.then(|| WorkflowRecord {
-                    status: Status::Enqueued,
-                    executor_id: None,
-                    owner_epoch: w.owner_epoch + 1,
-                    updated_ms: now_ms,
-                    ..w.clone()
-                })
+                orphaned.then(|| handed_back(w, now_ms))
             })
             .await?;
         Ok(requeued.len() as u64)
@@ -408,15 +402,8 @@ impl MemConn {
         let snap = self.start("workflows_release")?;
         let released = self
             .update_all(&Workflows, &snap, |w| {
-                (w.status == Status::Running && w.executor_id.as_deref() == Some(executor_id)).then(
-                    || WorkflowRecord {
-                        status: Status::Enqueued,
-                        executor_id: None,
-                        owner_epoch: w.owner_epoch + 1,
-                        updated_ms: now_ms,
-                        ..w.clone()
-                    },
-                )
+                (w.status == Status::Running && w.executor_id.as_deref() == Some(executor_id))
+                    .then(|| handed_back(w, now_ms))
             })
             .await?;
         self.delete_row(&Executors, &snap, &executor_id.to_owned(), |_| true)
@@ -748,6 +735,18 @@ pub(super) fn workflow_info(w: &WorkflowRecord) -> WorkflowInfo {
         updated_ms: w.updated_ms,
         started_ms: w.started_ms,
         completed_ms: w.completed_ms,
+    }
+}
+
+/// A running workflow handed back to its queue (reclaim, release): owned by
+/// no one, under a bumped epoch that fences its last execution.
+fn handed_back(w: &WorkflowRecord, now_ms: i64) -> WorkflowRecord {
+    WorkflowRecord {
+        status: Status::Enqueued,
+        executor_id: None,
+        owner_epoch: w.owner_epoch + 1,
+        updated_ms: now_ms,
+        ..w.clone()
     }
 }
 
