@@ -44,11 +44,29 @@ pub enum Bug {
     /// transaction of its own: a crash or lost connection in between loses
     /// the message.
     RecvTakeOutsideStep,
+    /// `set_event` records its step first and writes the event in a
+    /// transaction of its own afterwards: a crash in between loses the
+    /// event for good (the replay finds the step recorded).
+    EventAfterCheckpoint,
+    /// A child's ID is drawn from the clock instead of derived from the
+    /// parent and the step: a parent that crashes between starting the
+    /// child and recording the start starts a second child.
+    ChildIdNotDerived,
+    /// Checkpoints and the completion re-read the workflow's current owner
+    /// epoch and write under it instead of the execution's own: a
+    /// superseded execution is never fenced and keeps writing to a run that
+    /// another execution owns. What it writes is what the owner would write
+    /// (the primary key still makes each step exactly-once), so the outcome
+    /// checks pass; only the simulator's history check sees it.
+    WritesRefreshEpoch,
+    /// Claims leave out the queue's global concurrency limit: executors
+    /// together run more of the queue's workflows than it allows.
+    ClaimIgnoresGlobalLimit,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 14] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -59,6 +77,10 @@ impl Bug {
         Bug::LeaseNeverExpires,
         Bug::ClaimSkipsHistory,
         Bug::RecvTakeOutsideStep,
+        Bug::EventAfterCheckpoint,
+        Bug::ChildIdNotDerived,
+        Bug::WritesRefreshEpoch,
+        Bug::ClaimIgnoresGlobalLimit,
     ];
 }
 
@@ -112,4 +134,48 @@ pub(crate) fn stale_epoch(mut row: crate::storage::WorkflowRow) -> crate::storag
         row.owner_epoch -= 1;
     }
     row
+}
+
+/// [`Bug::EventAfterCheckpoint`]: writes the event after its step's commit,
+/// in a transaction of its own (retried until it commits or the process
+/// dies, as a careless implementation would).
+pub(crate) async fn event_after_checkpoint<S: crate::storage::Storage>(
+    storage: &S,
+    workflow_id: &str,
+    key: &str,
+    json: &str,
+    now_ms: i64,
+) {
+    use crate::storage::Transaction as _;
+    loop {
+        let Ok(mut tx) = storage.begin().await else {
+            continue;
+        };
+        if tx.event_set(workflow_id, key, json, now_ms).await.is_ok() && tx.commit().await.is_ok() {
+            return;
+        }
+    }
+}
+
+/// [`Bug::WritesRefreshEpoch`]: replaces `epoch` with the workflow's current
+/// owner epoch.
+pub(crate) async fn refresh_epoch<S: crate::storage::Storage>(
+    epoch: &mut i64,
+    storage: &S,
+    workflow_id: &str,
+) {
+    if active(Bug::WritesRefreshEpoch)
+        && let Ok(Some(row)) = storage.workflow_get(workflow_id).await
+    {
+        *epoch = row.owner_epoch;
+    }
+}
+
+/// [`Bug::ClaimIgnoresGlobalLimit`]: the limits a claim passes on.
+pub(crate) fn claim_limits(limits: &crate::storage::QueueLimits) -> crate::storage::QueueLimits {
+    let mut limits = limits.clone();
+    if active(Bug::ClaimIgnoresGlobalLimit) {
+        limits.concurrency_global = None;
+    }
+    limits
 }

@@ -229,6 +229,7 @@ impl<S: Storage> WorkflowContext<S> {
                     }
                 }
             };
+            crate::bugs::refresh_epoch(&mut self.owner_epoch, self.shared.storage(), &self.workflow_id).await;
             let params = self.step_params(
                 step_id,
                 name,
@@ -474,7 +475,8 @@ impl<S: Storage> WorkflowContext<S> {
                 Begun::Recorded(_) => return Ok(()),
             };
             let now_ms = self.shared.now_ms();
-            if let Err(e) = tx.event_set(&self.workflow_id, key, &json, now_ms).await {
+            let after = crate::bugs::active(crate::bugs::Bug::EventAfterCheckpoint);
+            if !after && let Err(e) = tx.event_set(&self.workflow_id, key, &json, now_ms).await {
                 let _ = tx.rollback().await;
                 self.backoff_after(e, st.attempts).await?;
                 st.failed();
@@ -484,6 +486,17 @@ impl<S: Storage> WorkflowContext<S> {
                 .step_commit::<()>(&mut st, &name, tx, "null".to_owned())
                 .await?
             {
+                Committed::Ours if after => {
+                    crate::bugs::event_after_checkpoint(
+                        self.shared.storage(),
+                        &self.workflow_id,
+                        key,
+                        &json,
+                        now_ms,
+                    )
+                    .await;
+                    return Ok(());
+                }
                 Committed::Ours | Committed::Winner(()) => return Ok(()),
                 Committed::Again => {}
             }
@@ -507,7 +520,10 @@ impl<S: Storage> WorkflowContext<S> {
                 let started_ms = self.shared.now_ms();
                 // Derived from the parent and the step, so that a retry after
                 // a crash before the record below finds the same child.
-                let child_id = format!("{}-child-{step_id}", self.workflow_id);
+                let mut child_id = format!("{}-child-{step_id}", self.workflow_id);
+                if crate::bugs::active(crate::bugs::Bug::ChildIdNotDerived) {
+                    child_id = format!("{child_id}-{}", started_ms);
+                }
                 let json = self
                     .shared
                     .encode(&input, || format!("input of workflow {:?}", W::NAME))?;
@@ -711,6 +727,12 @@ impl<S: Storage> WorkflowContext<S> {
         mut tx: S::Tx,
         output: String,
     ) -> Result<Committed<T>, WorkflowError> {
+        crate::bugs::refresh_epoch(
+            &mut self.owner_epoch,
+            self.shared.storage(),
+            &self.workflow_id,
+        )
+        .await;
         let params = self.step_params(
             st.step_id,
             name,

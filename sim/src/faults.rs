@@ -62,11 +62,17 @@ pub enum Site {
     /// The supervisor pauses an executor (often past its lease) and resumes
     /// it later: a zombie whose writes must be fenced.
     Pause,
+    /// The admin node cancels a workflow (and its unfinished descendants)
+    /// through `Admin::cancel`.
+    AdminCancel,
+    /// The admin node resumes every cancelled workflow through
+    /// `Admin::resume`.
+    AdminResume,
 }
 
 impl Site {
     /// Every site.
-    pub const ALL: [Site; 18] = [
+    pub const ALL: [Site; 20] = [
         Site::CrashAfterPlainEffect,
         Site::CrashBeforeCommit,
         Site::CrashAfterStepCommit,
@@ -85,7 +91,23 @@ impl Site {
         Site::CrossStart,
         Site::CrashPermanent,
         Site::Pause,
+        Site::AdminCancel,
+        Site::AdminResume,
     ];
+
+    /// The sites of the first generations, enabled from the original
+    /// stream: sites added later draw from a stream of their own, so that
+    /// adding one leaves every older seed's faults as they were.
+    const ORIGINAL: usize = 18;
+
+    /// The sites a workload of `generation` visits.
+    pub fn of(generation: crate::Generation) -> &'static [Site] {
+        if generation >= crate::Generation::Steering {
+            &Site::ALL
+        } else {
+            &Site::ALL[..Site::ORIGINAL]
+        }
+    }
 
     /// The name used in traces and docs.
     pub fn name(self) -> &'static str {
@@ -108,6 +130,8 @@ impl Site {
             Site::CrossStart => "client.cross_executor_start",
             Site::CrashPermanent => "crash.permanent",
             Site::Pause => "pause.past_lease",
+            Site::AdminCancel => "admin.cancel",
+            Site::AdminResume => "admin.resume",
         }
     }
 
@@ -124,6 +148,8 @@ impl Site {
             Site::CrashAfterStepCommit | Site::CrashAfterPlainEffect => (0.02, 0.15),
             Site::CrashRandom | Site::Zombie | Site::ClockJump => (0.01, 0.05),
             Site::CrashPermanent | Site::Pause => (0.01, 0.05),
+            // Visited at every admin tick (about every 30 ms of the chaos).
+            Site::AdminCancel | Site::AdminResume => (0.05, 0.2),
             Site::ServiceError => (0.05, 0.3),
             Site::DuplicateStart | Site::CrossStart => (0.1, 0.5),
         }
@@ -177,7 +203,13 @@ impl Faults {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0fa0_17fa_0175);
         let mut enabled = BTreeMap::new();
         if plan == Plan::Random {
-            for site in Site::ALL {
+            let mut later = ChaCha8Rng::seed_from_u64(seed ^ 0x0fa0_17fa_0176);
+            for (i, site) in Site::ALL.into_iter().enumerate() {
+                let rng = if i < Site::ORIGINAL {
+                    &mut rng
+                } else {
+                    &mut later
+                };
                 // First level: is the site on at all in this run?
                 if rng.gen_bool(0.6) {
                     let (lo, hi) = site.probability_range();
@@ -242,6 +274,11 @@ impl Faults {
     /// Stops all injection (the liveness phase).
     pub fn stop(&self) {
         self.lock().stopped = true;
+    }
+
+    /// Whether injection has stopped.
+    pub fn stopped(&self) -> bool {
+        self.lock().stopped
     }
 
     /// How often each site fired.

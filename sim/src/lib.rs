@@ -16,6 +16,7 @@
 
 pub mod env;
 pub mod faults;
+pub mod history;
 pub mod run;
 pub mod storage;
 pub mod workload;
@@ -24,3 +25,4 @@ pub mod world;
 pub use faults::{Plan, Scheduled, Site};
 pub use run::{Options, Report, run_seed, simulate};
 pub use tandem::bugs::Bug;
+pub use workload::Generation;

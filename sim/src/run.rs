@@ -19,7 +19,7 @@ use tandem::{Engine, Queue};
 use crate::env::MadsimEnv;
 use crate::faults::{Faults, Plan, Site};
 use crate::storage::{NodeLabel, SimStorage};
-use crate::workload::{self, Bank, Workload};
+use crate::workload::{self, Bank, Generation, Workload};
 use crate::world::World;
 
 /// How long faults are injected, in virtual time.
@@ -41,10 +41,9 @@ pub struct Options {
     /// Let lost acknowledgements hit the COMMIT of a queue claim (on by
     /// default; a switch so that the claim path can be isolated).
     pub claim_lost_ack: bool,
-    /// Workflows receive messages that a message client sends (on by
-    /// default; off reproduces the workloads of seeds found before
-    /// messages were simulated, such as the regression seeds).
-    pub messages: bool,
+    /// The workload's features ([`Generation::LATEST`] by default; an older
+    /// one reproduces the workload a regression seed was found with).
+    pub generation: Generation,
 }
 
 impl Default for Options {
@@ -53,7 +52,7 @@ impl Default for Options {
             plan: Plan::Random,
             bug: None,
             claim_lost_ack: true,
-            messages: true,
+            generation: Generation::LATEST,
         }
     }
 }
@@ -174,7 +173,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
 /// The body of [`run_seed`], inside the runtime. Also usable with
 /// `Runtime::check_determinism`.
 pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>>) -> Report {
-    let workload = Workload::generate(seed, options.messages);
+    let workload = Workload::generate(seed, options.generation);
     let faults = Faults::new(seed, options.plan.clone());
     let world = Arc::new(World::new(seed, faults, workload, trace.clone()));
     world
@@ -228,6 +227,17 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             .name("sender")
             .init(move || workload::message_client(world.clone()))
             .build();
+    }
+    // The admin node (steering generation): cancels, resumes, reads events.
+    if world.workload.generation >= Generation::Steering {
+        let world = world.clone();
+        handle
+            .create_node()
+            .name("admin")
+            .init(move || workload::admin_client(world.clone()))
+            .build();
+    } else {
+        world.state().admin_done = true;
     }
     let chaos_end = Instant::now() + CHAOS;
     // A zombie (shared executor ID) and a permanent kill exclude each
@@ -313,7 +323,12 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     world.faults.stop();
     world.log("faults stop; liveness phase");
     restart_due(&handle, &world, true);
-    resume_due(&handle, &world, true);
+    // Since the steering generation a pause outlasts the chaos phase as
+    // drawn: cut short at its end, a pause begun after the first few
+    // milliseconds could never outlast a lease, and its executor would never
+    // come back as a zombie.
+    let pauses_run_out = world.workload.generation >= Generation::Steering;
+    resume_due(&handle, &world, !pauses_run_out);
     let deadline = Instant::now() + LIVENESS_TIMEOUT;
     let mut enqueued_for_dead = false;
     loop {
@@ -340,6 +355,11 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             if !world.state().messages_done {
                 unfinished.push("the message client".to_owned());
             }
+            if !world.state().admin_done {
+                unfinished.push("the admin node".to_owned());
+            }
+            // Children are awaited by their parents; a parent that finished
+            // has its children's results.
             let ids = world
                 .workload
                 .workflows
@@ -377,13 +397,18 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         }
         sleep(Duration::from_millis(50)).await;
         restart_due(&handle, &world, true);
+        resume_due(&handle, &world, false);
     }
     for (n, _) in std::mem::take(&mut world.state().paused) {
         handle.resume(n.as_str());
     }
 
     // Check.
-    for v in workload::check(&world) {
+    for v in workload::check(&world)
+        .into_iter()
+        .chain(workload::check_event_reads(&world))
+        .chain(crate::history::check(&world))
+    {
         world.violation(v);
     }
     world.log("end");
@@ -392,6 +417,10 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         handle.kill(n.as_str());
     }
     handle.kill("app");
+    handle.kill("sender");
+    if world.workload.generation >= Generation::Steering {
+        handle.kill("admin");
+    }
     let violations = world.state().violations.clone();
     let trace = trace.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Report {
@@ -557,19 +586,20 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
         *n += 1;
         *n
     };
+    let executor_id = format!("exec-{executor}");
     let node = Arc::new(NodeLabel {
         label: format!("{name}#{incarnation}"),
         name,
+        executor_id: Some(executor_id.clone()),
     });
     world.log(format!("{} up", node.label));
-    let executor_id = format!("exec-{executor}");
     let storage = SimStorage::new(world.clone(), node.clone());
     let seed = world.seed ^ (u64::from(incarnation) << 32) ^ (executor as u64) << 48;
     let engine = loop {
         let launched = Engine::builder(storage.clone())
             .env(MadsimEnv::new(world.clone(), seed))
             .executor_id(executor_id.clone())
-            .queue(Queue::new(workload::ORDERS_QUEUE))
+            .queue(orders_queue(&world.workload))
             .lease(LEASE)
             .queue_poll_interval(Duration::from_millis(50))
             .sleep_suspend_after(workload::SLEEP_SUSPEND_AFTER)
@@ -622,6 +652,15 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
     // The engine's tasks run on this node; keep it (and the engine) alive.
     let _engine = engine;
     std::future::pending::<()>().await;
+}
+
+/// The `orders` queue as every executor declares it.
+fn orders_queue(w: &Workload) -> Queue {
+    let queue = Queue::new(workload::ORDERS_QUEUE).worker_concurrency(w.orders_worker);
+    match w.orders_global {
+        Some(n) => queue.concurrency_global(n),
+        None => queue,
+    }
 }
 
 /// Catches a panic of `f` (used by the sweep to keep going).

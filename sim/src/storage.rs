@@ -27,6 +27,28 @@ pub struct NodeLabel {
     pub name: String,
     /// `name#incarnation`, for traces and history tracking.
     pub label: String,
+    /// The executor ID its engine runs as (none for the admin node).
+    pub executor_id: Option<String>,
+}
+
+/// A write the owner epoch fences (a checkpoint, a completion, a suspend),
+/// as committed by one node: the history check attributes each to the
+/// execution that was granted its epoch.
+#[derive(Debug, Clone)]
+pub struct FencedWrite {
+    /// The workflow.
+    pub workflow_id: String,
+    /// The epoch it was written under.
+    pub epoch: i64,
+    /// The executor ID of the node that wrote it.
+    pub executor_id: Option<String>,
+    /// The node incarnation.
+    pub node: String,
+    /// The newest commit when its statement ran: the fence reads that
+    /// snapshot.
+    pub statement_csn: u64,
+    /// What it was (`step 3`, `complete`, `suspend`).
+    pub what: String,
 }
 
 /// The memory backend seen from one executor incarnation.
@@ -52,12 +74,31 @@ pub struct SimTx {
     step_commit: Option<(String, i32)>,
     /// Workflows this transaction claims or reclaims (traced at COMMIT).
     claims: Vec<String>,
+    /// The fenced writes it made (logged at a successful COMMIT).
+    writes: Vec<FencedWrite>,
 }
 
 impl SimTx {
     /// The simulated round trip before each operation.
     async fn latency(&self) {
         self.world.latency().await;
+    }
+
+    fn fenced_write(
+        &self,
+        workflow_id: &str,
+        epoch: i64,
+        statement_csn: u64,
+        what: String,
+    ) -> FencedWrite {
+        FencedWrite {
+            workflow_id: workflow_id.to_owned(),
+            epoch,
+            executor_id: self.node.executor_id.clone(),
+            node: self.node.label.clone(),
+            statement_csn,
+            what,
+        }
     }
 }
 
@@ -82,6 +123,7 @@ impl Storage for SimStorage {
             node: self.node.clone(),
             step_commit: None,
             claims: Vec::new(),
+            writes: Vec::new(),
         })
     }
 
@@ -130,11 +172,19 @@ impl Transaction for SimTx {
 
     async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {
         self.world.latency().await;
+        let csn = self.world.mem.commit_seq();
+        let (id, epoch) = (params.id.clone(), params.owner_epoch);
         self.tx.workflow_complete(params).await.inspect_err(|e| {
             if e.kind() == ErrorKind::Fenced {
                 self.world.faults.observe("fence.rejected_write");
+                let node = &self.node.label;
+                self.world
+                    .log(format!("{node} completion of {id} fenced (epoch {epoch})"));
             }
-        })
+        })?;
+        let write = self.fenced_write(&id, epoch, csn, "complete".to_owned());
+        self.writes.push(write);
+        Ok(())
     }
 
     async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
@@ -153,13 +203,28 @@ impl Transaction for SimTx {
         self.world.latency().await;
         let step = (params.kind == StepKind::Transaction && params.output.is_some())
             .then(|| (params.workflow_id.clone(), params.step_id));
+        // No await between this read and the statement's snapshot.
+        let csn = self.world.mem.commit_seq();
+        let write = self.fenced_write(
+            &params.workflow_id,
+            params.owner_epoch,
+            csn,
+            format!("step {}", params.step_id),
+        );
         let recorded = self.tx.step_record(params).await.inspect_err(|e| {
             if e.kind() == ErrorKind::Fenced {
                 self.world.faults.observe("fence.rejected_write");
+                self.world.log(format!(
+                    "{} {} of {} fenced (epoch {})",
+                    write.node, write.what, write.workflow_id, write.epoch
+                ));
             }
         })?;
-        if recorded == StepRecorded::Recorded && step.is_some() {
-            self.step_commit = step;
+        if recorded == StepRecorded::Recorded {
+            self.writes.push(write);
+            if step.is_some() {
+                self.step_commit = step;
+            }
         }
         Ok(recorded)
     }
@@ -203,9 +268,12 @@ impl Transaction for SimTx {
         now_ms: i64,
     ) -> StorageResult<()> {
         self.world.latency().await;
+        let csn = self.world.mem.commit_seq();
         self.tx
             .workflow_suspend(id, epoch, run_after_ms, now_ms)
             .await?;
+        let write = self.fenced_write(id, epoch, csn, "suspend".to_owned());
+        self.writes.push(write);
         self.world.faults.observe("sleep.suspended_to_queue");
         Ok(())
     }
@@ -217,6 +285,7 @@ impl Transaction for SimTx {
             node,
             step_commit,
             claims,
+            writes,
         } = self;
         world.latency().await;
         // Dying here drops the open transaction: it rolls back.
@@ -247,6 +316,7 @@ impl Transaction for SimTx {
             ));
         }
         if result.is_ok() {
+            world.state().writes.extend(writes);
             match &step_commit {
                 Some((wf, step)) => {
                     world

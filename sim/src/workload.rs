@@ -15,7 +15,11 @@
 //! Messages (issue 13): workflows receive with `recv` ([`Op::Recv`]);
 //! a message client ([`message_client`]) sends each expected message from
 //! a committed transaction, sometimes after a rolled-back send of a decoy.
-//! Not used yet: events, child workflows, cancel, queue limits.
+//! Steering (issue 13): workflows publish events ([`Op::SetEvent`]) and
+//! start and await child workflows ([`Op::Child`]); an admin node
+//! ([`admin_client`]) cancels and resumes them and reads their events; the
+//! `orders` queue runs under a global and a per-executor concurrency limit.
+//! Which of these a run uses is its [`Generation`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -42,6 +46,26 @@ pub const LEDGER: &str = "ledger";
 pub const OPENING_BALANCE: i64 = 1_000;
 /// Attempts of a plain step (the service fails fewer times than this).
 const CALL_ATTEMPTS: u32 = 4;
+
+/// Which features a run's workload uses. Each generation draws everything
+/// the one before it drew, from the same random streams, and adds its own
+/// from new streams: a seed found under an older generation replays under
+/// it exactly (the regression tests pin theirs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Generation {
+    /// Transfers, calls, sleeps and the outbox.
+    Bank,
+    /// Plus messages: receives, and the message client that sends to them.
+    Messages,
+    /// Plus events, child workflows, cancel and resume from an admin node,
+    /// and queue concurrency limits.
+    Steering,
+}
+
+impl Generation {
+    /// The newest generation: what `cargo test -p sim` runs.
+    pub const LATEST: Generation = Generation::Steering;
+}
 
 /// One step of a bank workflow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +97,54 @@ pub enum Op {
         /// The timeout of an unsent receive.
         timeout_ms: u64,
     },
+    /// `set_event` of [`event_key`]`(key)` to [`event_value`] of the step.
+    SetEvent {
+        /// Which of the workflow's keys.
+        key: u8,
+    },
+    /// Starts a child workflow running `ops` and awaits its result; the
+    /// step's value is the sum of the child's output.
+    Child {
+        /// The child's steps (transfers, calls and sleeps only).
+        ops: Vec<Op>,
+    },
+}
+
+/// The engine's step ID of each op: every op is one step, except a child,
+/// which is two (its start and its awaited result).
+pub fn step_ids(ops: &[Op]) -> Vec<i32> {
+    let mut next = 0;
+    ops.iter()
+        .map(|op| {
+            let id = next;
+            next += if matches!(op, Op::Child { .. }) { 2 } else { 1 };
+            id
+        })
+        .collect()
+}
+
+/// The event key of [`Op::SetEvent`].
+pub fn event_key(key: u8) -> String {
+    format!("e{key}")
+}
+
+/// The value workflow `index` publishes at `step`: the step can be read
+/// back from it ([`event_step`]), so that readers can check its order.
+pub fn event_value(index: usize, step: i32) -> i64 {
+    EVENT_BASE + index as i64 * 100 + i64::from(step)
+}
+
+/// The step that published an [`event_value`].
+pub fn event_step(value: i64) -> i32 {
+    ((value - EVENT_BASE) % 100) as i32
+}
+
+const EVENT_BASE: i64 = 5_000_000;
+
+/// The ID of the child a workflow starts at `step`: derived by the engine
+/// from the parent's ID and the step (`docs/children.md`).
+pub fn child_id(parent: &str, step: i32) -> String {
+    format!("{parent}-child-{step}")
 }
 
 /// The topic of the receive at `step`.
@@ -139,12 +211,36 @@ pub struct Workload {
     pub workflows: Vec<WorkflowSpec>,
     /// The orders the application client places (outbox).
     pub orders: Vec<OrderSpec>,
+    /// The generation it was drawn under.
+    pub generation: Generation,
+    /// The `orders` queue's global concurrency limit, if any.
+    pub orders_global: Option<u32>,
+    /// The `orders` queue's per-executor concurrency.
+    pub orders_worker: usize,
 }
+
+/// A workflow the workload starts (see [`Workload::all_workflows`]).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Its ID.
+    pub id: String,
+    /// Its parent, for a child workflow.
+    pub parent: Option<String>,
+    /// Its steps.
+    pub ops: Vec<Op>,
+    /// The output a fault-free run produces.
+    pub expected: Vec<i64>,
+}
+
+/// The per-executor concurrency of a queue declared without one.
+const WORKER_CONCURRENCY_DEFAULT: usize = 64;
 
 /// The index a workflow ID stands for in [`service_value`]: `wf-<i>` is
 /// `i`, `order-<n>` is `1000 + n`.
 pub fn workflow_index(id: &str) -> usize {
-    if let Some(n) = id.strip_prefix("order-") {
+    if let Some((parent, step)) = id.rsplit_once("-child-") {
+        2000 + workflow_index(parent) * 64 + step.parse::<usize>().unwrap_or(0)
+    } else if let Some(n) = id.strip_prefix("order-") {
         1000 + n.parse::<usize>().unwrap_or(0)
     } else {
         id.trim_start_matches("wf-").parse().unwrap_or(0)
@@ -189,15 +285,48 @@ fn random_ops(
 /// The output a fault-free run of workflow `index` with `ops` produces.
 fn expected_output(ops: &[Op], index: usize) -> Vec<i64> {
     ops.iter()
-        .enumerate()
-        .map(|(step, op)| match op {
+        .zip(step_ids(ops))
+        .map(|(op, step)| match op {
             Op::Transfer { amount, .. } => *amount,
-            Op::Call => service_value(index, step as i32),
+            Op::Call => service_value(index, step),
             Op::Sleep { ms } => *ms as i64,
-            Op::Recv { sent: true, .. } => message_value(index, step as i32),
+            Op::Recv { sent: true, .. } => message_value(index, step),
             Op::Recv { sent: false, .. } => -1,
+            Op::SetEvent { .. } => event_value(index, step),
+            Op::Child { ops } => {
+                let child = workflow_index(&child_id(&format!("wf-{index}"), step));
+                expected_output(ops, child).iter().sum()
+            }
         })
         .collect()
+}
+
+/// Adds events and a child workflow to a workflow's steps (from their own
+/// generator, like [`add_recvs`]), and recomputes the fault-free output.
+fn add_steering(
+    rng: &mut ChaCha8Rng,
+    accounts: i64,
+    ops: &mut Vec<Op>,
+    expected: &mut Vec<i64>,
+    index: usize,
+) {
+    for _ in 0..rng.gen_range(0..=2) {
+        let at = rng.gen_range(0..=ops.len());
+        ops.insert(
+            at,
+            Op::SetEvent {
+                key: rng.gen_range(0..2),
+            },
+        );
+    }
+    if rng.gen_bool(0.4) {
+        let at = rng.gen_range(0..=ops.len());
+        // The child's index only seeds its service values here: the output
+        // is recomputed below from where the child finally sits.
+        let (child, _) = random_ops(rng, accounts, 0, 3);
+        ops.insert(at, Op::Child { ops: child });
+    }
+    *expected = expected_output(ops, index);
 }
 
 /// Adds receives to a workflow's steps (from their own generator, so that a
@@ -217,9 +346,9 @@ fn add_recvs(rng: &mut ChaCha8Rng, ops: &mut Vec<Op>, expected: &mut Vec<i64>, i
 }
 
 impl Workload {
-    /// A random workload from `seed`, independent of the fault stream;
-    /// with `messages`, some workflows receive messages too.
-    pub fn generate(seed: u64, messages: bool) -> Self {
+    /// A random workload from `seed`, independent of the fault stream,
+    /// with the features of `generation`.
+    pub fn generate(seed: u64, generation: Generation) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_b0ad_feed);
         let executors = rng.gen_range(2..=3);
         let accounts = rng.gen_range(3..=5);
@@ -236,10 +365,23 @@ impl Workload {
             })
             .collect();
         let mut workflows: Vec<WorkflowSpec> = workflows;
-        if messages {
+        if generation >= Generation::Messages {
             let mut extra = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_0005_e7d5);
             for (i, w) in workflows.iter_mut().enumerate() {
                 add_recvs(&mut extra, &mut w.ops, &mut w.expected, i);
+            }
+        }
+        let mut steering = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_057e_e121);
+        let (mut orders_global, mut orders_worker) = (None, WORKER_CONCURRENCY_DEFAULT);
+        if generation >= Generation::Steering {
+            for (i, w) in workflows.iter_mut().enumerate() {
+                add_steering(&mut steering, accounts, &mut w.ops, &mut w.expected, i);
+            }
+            if steering.gen_bool(0.7) {
+                orders_global = Some(steering.gen_range(1..=2));
+            }
+            if steering.gen_bool(0.5) {
+                orders_worker = steering.gen_range(1..=2);
             }
         }
         let orders = (0..rng.gen_range(2..=6))
@@ -260,7 +402,43 @@ impl Workload {
             accounts,
             workflows,
             orders,
+            generation,
+            orders_global,
+            orders_worker,
         }
+    }
+
+    /// Every workflow the workload starts, child workflows included: ID,
+    /// parent, steps and fault-free output (orders whether or not they
+    /// commit).
+    pub fn all_workflows(&self) -> Vec<Planned> {
+        let mut all = Vec::new();
+        let top = self
+            .workflows
+            .iter()
+            .map(|w| (&w.id, &w.ops, &w.expected))
+            .chain(self.orders.iter().map(|o| (&o.id, &o.ops, &o.expected)));
+        for (id, ops, expected) in top {
+            all.push(Planned {
+                id: id.clone(),
+                parent: None,
+                ops: ops.clone(),
+                expected: expected.clone(),
+            });
+            for (op, step) in ops.iter().zip(step_ids(ops)) {
+                if let Op::Child { ops } = op {
+                    let child = child_id(id, step);
+                    let expected = expected_output(ops, workflow_index(&child));
+                    all.push(Planned {
+                        id: child,
+                        parent: Some(id.clone()),
+                        ops: ops.clone(),
+                        expected,
+                    });
+                }
+            }
+        }
+        all
     }
 
     /// Setup: the accounts, in one committed transaction.
@@ -319,8 +497,8 @@ impl Workflow<SimStorage> for Bank {
             .unwrap_or_default();
         let index = workflow_index(&wf);
         let mut output = Vec::new();
-        for (i, op) in ops.into_iter().enumerate() {
-            let step = i as i32;
+        let ids = step_ids(&ops);
+        for (op, step) in ops.into_iter().zip(ids) {
             let value = match op {
                 Op::Transfer { from, to, amount } => {
                     let world = self.world.clone();
@@ -379,6 +557,16 @@ impl Workflow<SimStorage> for Bank {
                         self.node.label
                     ));
                     got.unwrap_or(-1)
+                }
+                Op::SetEvent { key } => {
+                    let value = event_value(index, step);
+                    ctx.set_event(&event_key(key), &value).await?;
+                    value
+                }
+                Op::Child { ops } => {
+                    let child = ctx.start_child::<Bank>(ops).await?;
+                    let output: Vec<i64> = ctx.child_result(&child).await?;
+                    output.iter().sum()
                 }
             };
             output.push(value);
@@ -591,6 +779,45 @@ pub fn check(world: &World) -> Vec<String> {
             }
         }
     }
+    // Children of the workflows that exist: started exactly once (no other
+    // `-child-` workflow exists, checked below), succeeded with their
+    // fault-free output, under their parent.
+    let parents: BTreeSet<String> = checked.iter().map(|(id, _)| id.clone()).collect();
+    for Planned {
+        id,
+        parent,
+        ops,
+        expected,
+    } in w.all_workflows()
+    {
+        let Some(parent) = parent.filter(|p| parents.contains(p)) else {
+            continue;
+        };
+        match rows.get(&id) {
+            None => v.push(format!("child {id} of {parent} was never created")),
+            Some(r) if r.parent_id.as_deref() != Some(parent.as_str()) => v.push(format!(
+                "child {id} has parent {:?}, expected {parent}",
+                r.parent_id
+            )),
+            Some(r) if r.status != Status::Success => v.push(format!(
+                "child {id} ended {:?} (error {:?}), expected SUCCESS",
+                r.status, r.error
+            )),
+            Some(r) => {
+                let got: Option<Vec<i64>> = r
+                    .output
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str(o).ok());
+                if got.as_ref() != Some(&expected) {
+                    v.push(format!(
+                        "child {id} output {:?}, fault-free output {expected:?}",
+                        r.output
+                    ));
+                }
+            }
+        }
+        checked.push((id, ops));
+    }
     let expected_ids: BTreeSet<&String> = checked.iter().map(|(id, _)| id).collect();
     for id in rows.keys() {
         if !expected_ids.contains(id) {
@@ -653,8 +880,8 @@ pub fn check(world: &World) -> Vec<String> {
         .map(|c| (c.workflow_id.clone(), c.step_id))
         .collect();
     for (id, ops) in &checked {
-        for (i, op) in ops.iter().enumerate() {
-            let key = (id.clone(), i as i32);
+        for (op, i) in ops.iter().zip(step_ids(ops)) {
+            let key = (id.clone(), i);
             match op {
                 Op::Transfer { .. } => {
                     if !ledger.contains_key(&key) {
@@ -667,21 +894,68 @@ pub fn check(world: &World) -> Vec<String> {
                     }
                 }
                 Op::Sleep { .. } => {
-                    if !steps
-                        .iter()
-                        .any(|s| s.workflow_id == *id && s.step_id == i as i32)
-                    {
+                    if !steps.iter().any(|s| s.workflow_id == *id && s.step_id == i) {
                         v.push(format!("sleep {id} step {i} never recorded"));
                     }
                 }
                 Op::Recv { .. } => {
-                    if !steps.iter().any(|s| {
-                        s.workflow_id == *id && s.step_id == i as i32 && s.kind == StepKind::Recv
-                    }) {
+                    if !steps
+                        .iter()
+                        .any(|s| s.workflow_id == *id && s.step_id == i && s.kind == StepKind::Recv)
+                    {
                         v.push(format!("recv {id} step {i} never recorded"));
                     }
                 }
+                Op::SetEvent { .. } | Op::Child { .. } => {
+                    let kind = match op {
+                        Op::SetEvent { .. } => StepKind::Event,
+                        _ => StepKind::Child,
+                    };
+                    if !steps
+                        .iter()
+                        .any(|s| s.workflow_id == *id && s.step_id == i && s.kind == kind)
+                    {
+                        v.push(format!("{kind:?} {id} step {i} never recorded"));
+                    }
+                }
             }
+        }
+    }
+    // Events: each key holds the value of the last step that set it, and no
+    // other key exists.
+    let events: BTreeMap<(String, String), String> = world
+        .mem
+        .events()
+        .into_iter()
+        .map(|(wf, key, e)| ((wf, key), e.value))
+        .collect();
+    let mut expected_events: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (id, ops) in &checked {
+        let index = workflow_index(id);
+        for (op, i) in ops.iter().zip(step_ids(ops)) {
+            if let Op::SetEvent { key } = op {
+                expected_events.insert(
+                    (id.clone(), event_key(*key)),
+                    event_value(index, i).to_string(),
+                );
+            }
+        }
+    }
+    for (key, value) in &expected_events {
+        match events.get(key) {
+            Some(got) if got == value => {}
+            got => v.push(format!(
+                "event {} of {} holds {got:?}, its last set_event published {value}",
+                key.1, key.0
+            )),
+        }
+    }
+    for key in events.keys() {
+        if !expected_events.contains_key(key) {
+            v.push(format!(
+                "event {} of {} was never set by the workload",
+                key.1, key.0
+            ));
         }
     }
     // Messages: each committed one received exactly once. Every receive
@@ -737,12 +1011,13 @@ pub fn check(world: &World) -> Vec<String> {
     v
 }
 
-/// A cheap check run during the run: a terminal outcome never changes and
-/// money is conserved at every committed state.
+/// A cheap check run during the run: a finished workflow's outcome never
+/// changes and money is conserved at every committed state. (`CANCELLED`
+/// may end in a resume; the history check judges those transitions.)
 pub fn monitor(world: &World) {
     let mut changed = Vec::new();
     for r in world.mem.workflows() {
-        if !r.status.is_terminal() {
+        if !matches!(r.status, Status::Success | Status::Error) {
             continue;
         }
         let outcome = (r.status.to_string(), r.output.clone().or(r.error.clone()));
@@ -867,9 +1142,9 @@ pub async fn message_client(world: Arc<World>) {
     let mut sends: Vec<(String, i32, i64)> = Vec::new();
     for w in &world.workload.workflows {
         let index = workflow_index(&w.id);
-        for (step, op) in w.ops.iter().enumerate() {
+        for (op, step) in w.ops.iter().zip(step_ids(&w.ops)) {
             if let Op::Recv { sent: true, .. } = op {
-                sends.push((w.id.clone(), step as i32, message_value(index, step as i32)));
+                sends.push((w.id.clone(), step, message_value(index, step)));
             }
         }
     }
@@ -941,4 +1216,148 @@ fn message_committed(world: &World, wf: &str, step: i32, topic: &str, payload: &
         || world.mem.steps().iter().any(|s| {
             s.workflow_id == wf && s.step_id == step && s.output.as_deref() == Some(payload)
         })
+}
+
+/// An event value the admin node read: checked against what the workflow
+/// published, in order.
+#[derive(Debug, Clone)]
+pub struct EventRead {
+    /// The workflow.
+    pub workflow_id: String,
+    /// The key.
+    pub key: String,
+    /// The value read.
+    pub value: i64,
+}
+
+/// How many workflows the admin node cancels per run at most: each cancel
+/// stalls its workflow until a resume, and the chaos phase is short.
+const ADMIN_CANCELS_MAX: u32 = 3;
+
+/// The admin node: through [`tandem::Admin`], as an operator would, it
+/// cancels running workflows (with their unfinished children) and resumes
+/// every cancelled one at random moments, and reads the workflows' events.
+/// Storage faults apply. Once faults stop it resumes whatever is still
+/// cancelled, so that everything finishes.
+pub async fn admin_client(world: Arc<World>) {
+    use tandem::Admin;
+    let node = Arc::new(NodeLabel {
+        name: "admin".to_owned(),
+        label: "admin#1".to_owned(),
+        executor_id: None,
+    });
+    let storage = SimStorage::new(world.clone(), node);
+    let env = crate::env::MadsimEnv::new(world.clone(), world.seed ^ 0xad);
+    let admin = Admin::with_env(storage, Arc::new(env));
+    let mut cancels = 0;
+    let with_events: Vec<(String, String)> = world
+        .workload
+        .all_workflows()
+        .into_iter()
+        .flat_map(|Planned { id, ops, .. }| {
+            ops.into_iter().filter_map(move |op| match op {
+                Op::SetEvent { key } => Some((id.clone(), event_key(key))),
+                _ => None,
+            })
+        })
+        .collect();
+    loop {
+        madsim::time::sleep(Duration::from_millis(
+            madsim::rand::thread_rng().gen_range(10..50),
+        ))
+        .await;
+        let stopped = world.faults.stopped();
+        if !stopped && cancels < ADMIN_CANCELS_MAX && world.fire(Site::AdminCancel, "").is_some() {
+            // A top-level workflow that has not finished: the cancel's
+            // cascade reaches its children.
+            let open: Vec<String> = world
+                .mem
+                .workflows()
+                .into_iter()
+                .filter(|r| !r.status.is_terminal() && r.parent_id.is_none())
+                .filter(|r| r.id.starts_with("wf-"))
+                .map(|r| r.id)
+                .collect();
+            if !open.is_empty() {
+                let id = &open[madsim::rand::thread_rng().gen_range(0..open.len())];
+                cancels += 1;
+                let result = admin.cancel(id).await;
+                world.log(format!("admin cancel {id}: {result:?}"));
+                match &result {
+                    Ok(ids) if ids.len() > 1 => world.faults.observe("admin.cancel_cascaded"),
+                    Ok(ids) if ids.len() == 1 => world.faults.observe("admin.cancelled"),
+                    _ => {}
+                }
+            }
+        }
+        if stopped || world.fire(Site::AdminResume, "").is_some() {
+            let cancelled: Vec<String> = world
+                .mem
+                .workflows()
+                .into_iter()
+                .filter(|r| r.status == Status::Cancelled)
+                .map(|r| r.id)
+                .collect();
+            for id in &cancelled {
+                let result = admin.resume(id).await;
+                world.log(format!("admin resume {id}: {result:?}"));
+                if result.is_ok() {
+                    world.faults.observe("admin.resumed");
+                }
+            }
+            if stopped && cancelled.is_empty() {
+                world.state().admin_done = true;
+                return;
+            }
+        }
+        if !with_events.is_empty() && madsim::rand::thread_rng().gen_bool(0.5) {
+            let (id, key) =
+                &with_events[madsim::rand::thread_rng().gen_range(0..with_events.len())];
+            if let Ok(Some(value)) = admin.get_event::<i64>(id, key, Duration::ZERO).await {
+                world.faults.observe("event.read");
+                world.state().event_reads.push(EventRead {
+                    workflow_id: id.clone(),
+                    key: key.clone(),
+                    value,
+                });
+            }
+        }
+    }
+}
+
+/// The admin node's event reads: every value read was published by that
+/// workflow under that key, and one reader never sees a key go back to an
+/// earlier step's value.
+pub fn check_event_reads(world: &World) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut last: BTreeMap<(String, String), i32> = BTreeMap::new();
+    let all = world.workload.all_workflows();
+    for r in world.state().event_reads.iter() {
+        let published = all.iter().any(|Planned { id, ops, .. }| {
+            *id == r.workflow_id
+                && ops.iter().zip(step_ids(ops)).any(|(op, step)| {
+                    matches!(op, Op::SetEvent { key } if event_key(*key) == r.key)
+                        && event_value(workflow_index(id), step) == r.value
+                })
+        });
+        if !published {
+            v.push(format!(
+                "event {} of {} read as {}, which it never published",
+                r.key, r.workflow_id, r.value
+            ));
+            continue;
+        }
+        let step = event_step(r.value);
+        let key = (r.workflow_id.clone(), r.key.clone());
+        if let Some(before) = last.get(&key)
+            && *before > step
+        {
+            v.push(format!(
+                "event {} of {} went back from step {before}'s value to step {step}'s",
+                r.key, r.workflow_id
+            ));
+        }
+        last.insert(key, step);
+    }
+    v
 }

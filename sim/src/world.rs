@@ -60,6 +60,13 @@ pub struct State {
     pub permanent: BTreeSet<String>,
     /// Paused nodes and when the supervisor resumes them.
     pub paused: BTreeMap<String, Instant>,
+    /// The admin node has resumed every cancelled workflow after faults
+    /// stopped.
+    pub admin_done: bool,
+    /// The event values the admin node read, in order.
+    pub event_reads: Vec<crate::workload::EventRead>,
+    /// Every fenced write that committed (acknowledged), in commit order.
+    pub writes: Vec<crate::storage::FencedWrite>,
 }
 
 /// Everything a run shares.

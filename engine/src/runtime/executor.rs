@@ -111,11 +111,14 @@ impl<S: Storage> Shared<S> {
                 let free = queue
                     .worker_concurrency
                     .saturating_sub(self.running_in(queue.name()));
-                if free == 0 || names.is_empty() {
+                // A queue whose last claim has an unknown outcome waits for
+                // the orphan look: the rows it may have claimed count
+                // against the worker concurrency until adopted or ruled out.
+                if free == 0 || names.is_empty() || orphans.unsettled.contains(queue.name()) {
                     continue;
                 }
                 let params = WorkflowsClaim {
-                    queue: queue.limits.clone(),
+                    queue: crate::bugs::claim_limits(&queue.limits),
                     executor_id: self.config.executor_id.clone(),
                     names: names.clone(),
                     limit: u32::try_from(free).unwrap_or(u32::MAX),
@@ -148,6 +151,7 @@ impl<S: Storage> Shared<S> {
                         // Look now rather than at the next periodic look.
                         if error.kind() == ErrorKind::Unavailable {
                             orphans.urgent = true;
+                            orphans.unsettled.insert(queue.name().to_owned());
                         }
                     }
                 }
@@ -225,8 +229,13 @@ impl<S: Storage> Shared<S> {
                 orphans.suspects.insert(id, epoch);
             }
         }
-        // Confirm the suspects soon rather than a period later.
+        // Confirm the suspects soon rather than a period later. Once none
+        // remain, whatever an unacknowledged claim took runs here (and is
+        // counted in its queue's worker concurrency) or was never taken.
         orphans.urgent |= !orphans.suspects.is_empty();
+        if orphans.suspects.is_empty() {
+            orphans.unsettled.clear();
+        }
     }
 
     /// Renews this executor's lease every third of the lease.
@@ -286,6 +295,10 @@ struct Orphans {
     /// Look at the next iteration: a claim's outcome was unknown, a look
     /// failed, or suspects await confirmation.
     urgent: bool,
+    /// Queues not to claim from until no suspects remain: their last claim's
+    /// outcome is unknown, and the rows it may have taken are not yet in the
+    /// running map that worker concurrency counts.
+    unsettled: std::collections::HashSet<String>,
 }
 
 impl Orphans {

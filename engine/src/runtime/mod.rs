@@ -358,9 +358,11 @@ impl<S: Storage> Shared<S> {
                 (Status::Error, None, Some(message.clone()))
             }
         };
+        let mut owner_epoch = ctx.owner_epoch();
+        crate::bugs::refresh_epoch(&mut owner_epoch, &self.storage, &row.id).await;
         let params = WorkflowComplete {
             id: row.id.clone(),
-            owner_epoch: ctx.owner_epoch(),
+            owner_epoch,
             status,
             output,
             error,

@@ -4,12 +4,14 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
-use sim::{Bug, Options, Plan, Scheduled, Site, run_seed};
+use sim::{Bug, Generation, Options, Plan, Scheduled, Site, run_seed};
 
-/// A schedule: up to eight faults, each "fire site S at its n-th visit".
-fn schedules() -> impl Strategy<Value = (u64, Vec<Scheduled>)> {
-    let event = (0..Site::ALL.len(), 1u32..40, any::<u32>()).prop_map(|(s, nth, arg)| Scheduled {
-        site: Site::ALL[s],
+/// A schedule: up to eight faults, each "fire site S at its n-th visit",
+/// over the sites a workload of `generation` visits.
+fn schedules(generation: Generation) -> impl Strategy<Value = (u64, Vec<Scheduled>)> {
+    let sites = Site::of(generation);
+    let event = (0..sites.len(), 1u32..40, any::<u32>()).prop_map(|(s, nth, arg)| Scheduled {
+        site: sites[s],
         nth,
         arg,
     });
@@ -20,14 +22,14 @@ fn run(
     seed: u64,
     schedule: Vec<Scheduled>,
     bug: Option<Bug>,
-    messages: bool,
+    generation: Generation,
 ) -> Result<(), TestCaseError> {
     let report = run_seed(
         seed,
         &Options {
             plan: Plan::Schedule(schedule),
             bug,
-            messages,
+            generation,
             ..Options::default()
         },
     );
@@ -50,8 +52,8 @@ fn runner(cases: u32) -> TestRunner {
 
 #[test]
 fn generated_schedules_hold_every_invariant() {
-    let result = runner(48).run(&schedules(), |(seed, schedule)| {
-        run(seed, schedule, None, true)
+    let result = runner(48).run(&schedules(Generation::LATEST), |(seed, schedule)| {
+        run(seed, schedule, None, Generation::LATEST)
     });
     if let Err(e) = result {
         panic!("{e}");
@@ -63,8 +65,8 @@ fn a_failing_schedule_shrinks_to_a_minimal_one() {
     // On the workload without messages: their extra steps renumber the
     // visits, so steering a schedule to the split point can take a third
     // fault there, and this test is about shrinking, not the workload.
-    let result = runner(256).run(&schedules(), |(seed, schedule)| {
-        run(seed, schedule, Some(Bug::SplitCheckpoint), false)
+    let result = runner(256).run(&schedules(Generation::Bank), |(seed, schedule)| {
+        run(seed, schedule, Some(Bug::SplitCheckpoint), Generation::Bank)
     });
     match result {
         Err(TestError::Fail(reason, (seed, minimal))) => {

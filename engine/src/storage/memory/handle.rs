@@ -244,6 +244,45 @@ impl MemStorage {
             .collect()
     }
 
+    /// Every committed event, by workflow ID and key.
+    pub fn events(&self) -> Vec<(String, String, EventRecord)> {
+        let db = self.db();
+        db.events
+            .committed(&db.txs)
+            .into_iter()
+            .map(|((w, k), v)| (w.clone(), k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every committed version of every workflow row, with the commit
+    /// sequence number that wrote it, in commit order: the history the
+    /// simulator's fencing check reads.
+    pub fn workflow_history(&self) -> Vec<(u64, WorkflowRecord)> {
+        let db = self.db();
+        db.workflows
+            .history(&db.txs)
+            .into_iter()
+            .map(|(csn, _, v)| (csn, v.clone()))
+            .collect()
+    }
+
+    /// Every committed version of every checkpoint row, with its commit
+    /// sequence number, in commit order.
+    pub fn step_history(&self) -> Vec<(u64, StepRecordRow)> {
+        let db = self.db();
+        db.steps
+            .history(&db.txs)
+            .into_iter()
+            .map(|(csn, _, v)| (csn, v.clone()))
+            .collect()
+    }
+
+    /// The commit sequence number of the newest commit: a point in the
+    /// order of [`workflow_history`](Self::workflow_history).
+    pub fn commit_seq(&self) -> u64 {
+        self.db().txs.csn()
+    }
+
     /// The committed rows of an application table, in key order.
     pub fn rows(&self, table: &str) -> Vec<(Key, Value)> {
         let db = self.db();

@@ -116,6 +116,11 @@ impl Txs {
         matches!(self.status(xid), TxStatus::Committed(csn) if csn <= snap.csn)
     }
 
+    /// The commit sequence number of the newest commit.
+    pub(crate) fn csn(&self) -> u64 {
+        self.csn
+    }
+
     pub(crate) fn is_waiting(&self, xid: Xid) -> bool {
         self.active.get(&xid).is_some_and(|t| t.wait.is_some())
     }
@@ -442,6 +447,24 @@ impl<K: Ord + Clone + Hash, V> Table<K, V> {
         if let Some(lock) = self.locks.get_mut(key) {
             lock.queue.retain(|&x| x != me);
         }
+    }
+
+    /// Every committed version of every row, with the commit sequence
+    /// number of the transaction that wrote it, in commit order (a
+    /// transaction's versions of one row in the order it wrote them). The
+    /// history a fencing check reads: nothing is ever vacuumed.
+    pub(crate) fn history(&self, txs: &Txs) -> Vec<(u64, &K, &V)> {
+        let mut out: Vec<(u64, &K, &V)> = Vec::new();
+        for (k, versions) in &self.rows {
+            for v in versions {
+                if let TxStatus::Committed(csn) = txs.status(v.xmin) {
+                    out.push((csn, k, &v.data));
+                }
+            }
+        }
+        // Stable: versions of one row and one transaction keep their order.
+        out.sort_by_key(|(csn, _, _)| *csn);
+        out
     }
 
     /// The newest committed version of every live row, in key order.
