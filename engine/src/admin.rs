@@ -114,8 +114,9 @@ impl<S: Storage> Admin<S> {
             .await?)
     }
 
-    /// Enqueues a cancelled workflow again; an executor claims it and
-    /// continues from its last checkpoint (its deadline is cleared).
+    /// Enqueues a cancelled workflow again, with the cancelled members of
+    /// its subtree (what cancelling it cancelled); an executor claims each
+    /// and continues from its last checkpoint (deadlines are cleared).
     pub async fn resume(&self, id: &str) -> Result<(), Error> {
         let owned = id.to_owned();
         let now_ms = self.now_ms();
@@ -148,7 +149,8 @@ impl<S: Storage> Admin<S> {
             let params = WorkflowFork {
                 source_id: id.to_owned(),
                 new_id: self.fork_id(id),
-                from_step: from_step.max(0),
+                from_step: from_step.max(0)
+                    + i32::from(crate::bugs::active(crate::bugs::Bug::ForkCopiesItsStep)),
                 now_ms: self.now_ms(),
             };
             let new_id = params.new_id.clone();

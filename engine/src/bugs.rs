@@ -62,11 +62,16 @@ pub enum Bug {
     /// Claims leave out the queue's global concurrency limit: executors
     /// together run more of the queue's workflows than it allows.
     ClaimIgnoresGlobalLimit,
+    /// A workflow stopped by a graceful shutdown is completed as failed
+    /// instead of left for its next execution.
+    ShutdownFailsWorkflows,
+    /// A fork from step `n` also copies step `n`, which should run anew.
+    ForkCopiesItsStep,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 16] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -81,6 +86,8 @@ impl Bug {
         Bug::ChildIdNotDerived,
         Bug::WritesRefreshEpoch,
         Bug::ClaimIgnoresGlobalLimit,
+        Bug::ShutdownFailsWorkflows,
+        Bug::ForkCopiesItsStep,
     ];
 }
 
@@ -178,4 +185,13 @@ pub(crate) fn claim_limits(limits: &crate::storage::QueueLimits) -> crate::stora
         limits.concurrency_global = None;
     }
     limits
+}
+
+/// [`Bug::ShutdownFailsWorkflows`]: whether an execution's result counts as
+/// a failure although a shutdown stopped it.
+pub(crate) fn shutdown_fails<T>(result: &Result<T, crate::WorkflowError>) -> bool {
+    active(Bug::ShutdownFailsWorkflows)
+        && result
+            .as_ref()
+            .is_err_and(|e| matches!(e.as_engine_error(), Some(crate::Error::Shutdown)))
 }

@@ -864,8 +864,9 @@ pub trait Transaction: Send + Sized {
         now_ms: i64,
     ) -> impl Future<Output = StorageResult<Vec<String>>> + Send;
 
-    /// Enqueues a cancelled workflow again (epoch bumped, deadline cleared).
-    /// Returns whether it was cancelled.
+    /// Enqueues a cancelled workflow again (epoch bumped, deadline cleared),
+    /// with every cancelled member of its subtree (what the cancel's cascade
+    /// cancelled). Returns whether the workflow itself was cancelled.
     fn workflow_resume(
         &mut self,
         id: &str,

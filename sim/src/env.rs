@@ -14,12 +14,24 @@ use crate::world::World;
 pub struct MadsimEnv {
     world: Arc<World>,
     seed: u64,
+    skew_ms: i64,
 }
 
 impl MadsimEnv {
-    /// An environment whose engine seed is `seed`.
+    /// An environment whose engine seed is `seed`, on the run's clock.
     pub fn new(world: Arc<World>, seed: u64) -> Self {
-        Self { world, seed }
+        Self {
+            world,
+            seed,
+            skew_ms: 0,
+        }
+    }
+
+    /// The same on a clock `skew_ms` ahead of the run's (behind if
+    /// negative): a machine whose clock is off.
+    pub fn skewed(mut self, skew_ms: i64) -> Self {
+        self.skew_ms = skew_ms;
+        self
     }
 }
 
@@ -28,8 +40,9 @@ pub(crate) const EPOCH_OFFSET: Duration = Duration::from_secs(1_750_000_000);
 
 impl Env for MadsimEnv {
     fn now(&self) -> SystemTime {
-        // Virtual time plus the run's clock jumps (which may go backwards).
-        let ms = self.world.now_ms();
+        // Virtual time plus the run's clock jumps (which may go backwards)
+        // plus this machine's skew.
+        let ms = self.world.now_ms() + self.skew_ms;
         UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
     }
 

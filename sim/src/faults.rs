@@ -68,11 +68,17 @@ pub enum Site {
     /// The admin node resumes every cancelled workflow through
     /// `Admin::resume`.
     AdminResume,
+    /// An executor shuts down gracefully (`Engine::shutdown`), exits and is
+    /// restarted later.
+    Shutdown,
+    /// The admin node forks a finished workflow from a random step through
+    /// `Admin::fork`.
+    AdminFork,
 }
 
 impl Site {
     /// Every site.
-    pub const ALL: [Site; 20] = [
+    pub const ALL: [Site; 22] = [
         Site::CrashAfterPlainEffect,
         Site::CrashBeforeCommit,
         Site::CrashAfterStepCommit,
@@ -93,6 +99,8 @@ impl Site {
         Site::Pause,
         Site::AdminCancel,
         Site::AdminResume,
+        Site::Shutdown,
+        Site::AdminFork,
     ];
 
     /// The sites of the first generations, enabled from the original
@@ -132,6 +140,8 @@ impl Site {
             Site::Pause => "pause.past_lease",
             Site::AdminCancel => "admin.cancel",
             Site::AdminResume => "admin.resume",
+            Site::Shutdown => "shutdown.graceful",
+            Site::AdminFork => "admin.fork",
         }
     }
 
@@ -149,7 +159,9 @@ impl Site {
             Site::CrashRandom | Site::Zombie | Site::ClockJump => (0.01, 0.05),
             Site::CrashPermanent | Site::Pause => (0.01, 0.05),
             // Visited at every admin tick (about every 30 ms of the chaos).
-            Site::AdminCancel | Site::AdminResume => (0.05, 0.2),
+            Site::AdminCancel | Site::AdminResume | Site::AdminFork => (0.05, 0.2),
+            // Visited by every executor about every 35 ms.
+            Site::Shutdown => (0.02, 0.08),
             Site::ServiceError => (0.05, 0.3),
             Site::DuplicateStart | Site::CrossStart => (0.1, 0.5),
         }
@@ -194,6 +206,10 @@ struct Inner {
     fired: BTreeMap<Site, u64>,
     /// Counts of things observed, not injected (natural deadlocks, ...).
     observed: BTreeMap<&'static str, u64>,
+    /// Operations performed, for the coverage table: storage operations by
+    /// their trait name, context and admin operations as `ctx.*`,
+    /// `admin.*`, `engine.*`.
+    ops: BTreeMap<&'static str, u64>,
     stopped: bool,
 }
 
@@ -225,6 +241,7 @@ impl Faults {
                 visits: BTreeMap::new(),
                 fired: BTreeMap::new(),
                 observed: BTreeMap::new(),
+                ops: BTreeMap::new(),
                 stopped: false,
             }),
         }
@@ -269,6 +286,16 @@ impl Faults {
     /// Counts an observed (not injected) event.
     pub fn observe(&self, what: &'static str) {
         *self.lock().observed.entry(what).or_insert(0) += 1;
+    }
+
+    /// Counts an operation (see [`Faults::ops`]); faults or not.
+    pub fn count(&self, op: &'static str) {
+        *self.lock().ops.entry(op).or_insert(0) += 1;
+    }
+
+    /// The operation counters.
+    pub fn ops(&self) -> BTreeMap<&'static str, u64> {
+        self.lock().ops.clone()
     }
 
     /// Stops all injection (the liveness phase).

@@ -74,6 +74,8 @@ pub struct Report {
     pub fired: BTreeMap<Site, u64>,
     /// Observed (not injected) events.
     pub observed: BTreeMap<&'static str, u64>,
+    /// Operations performed (see `Faults::ops`).
+    pub ops: BTreeMap<&'static str, u64>,
     /// Virtual time the run took.
     pub virtual_time: Duration,
 }
@@ -164,6 +166,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
                 trace,
                 fired: BTreeMap::new(),
                 observed: BTreeMap::new(),
+                ops: BTreeMap::new(),
                 virtual_time: Duration::ZERO,
             }
         }
@@ -327,8 +330,24 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     // drawn: cut short at its end, a pause begun after the first few
     // milliseconds could never outlast a lease, and its executor would never
     // come back as a zombie.
-    let pauses_run_out = world.workload.generation >= Generation::Steering;
-    resume_due(&handle, &world, !pauses_run_out);
+    // Their resumes are timers of their own: the supervisor may block
+    // below (on a row lock a paused node holds) and must not be the one to
+    // wake that node.
+    if world.workload.generation >= Generation::Steering {
+        let paused: Vec<(String, Instant)> = std::mem::take(&mut world.state().paused)
+            .into_iter()
+            .collect();
+        for (n, at) in paused {
+            let (handle, world) = (handle.clone(), world.clone());
+            madsim::task::spawn(async move {
+                madsim::time::sleep_until(at).await;
+                world.log(format!("supervisor resumes {n}"));
+                handle.resume(n.as_str());
+            });
+        }
+    } else {
+        resume_due(&handle, &world, true);
+    }
     let deadline = Instant::now() + LIVENESS_TIMEOUT;
     let mut enqueued_for_dead = false;
     loop {
@@ -360,12 +379,17 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             }
             // Children are awaited by their parents; a parent that finished
             // has its children's results.
+            let forks: Vec<String> = workload::resolve_forks(&world)
+                .into_iter()
+                .filter_map(|f| f.id)
+                .collect();
             let ids = world
                 .workload
                 .workflows
                 .iter()
                 .map(|w| w.id.clone())
-                .chain(committed.into_iter().map(|(id, _)| id));
+                .chain(committed.into_iter().map(|(id, _)| id))
+                .chain(forks);
             unfinished.extend(
                 ids.filter(|id| !rows.iter().any(|r| r.id == *id && r.status.is_terminal()))
                     .map(|id| {
@@ -397,7 +421,6 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         }
         sleep(Duration::from_millis(50)).await;
         restart_due(&handle, &world, true);
-        resume_due(&handle, &world, false);
     }
     for (n, _) in std::mem::take(&mut world.state().paused) {
         handle.resume(n.as_str());
@@ -407,6 +430,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     for v in workload::check(&world)
         .into_iter()
         .chain(workload::check_event_reads(&world))
+        .chain(workload::check_admin_reads(&world))
         .chain(crate::history::check(&world))
     {
         world.violation(v);
@@ -431,6 +455,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         trace,
         fired: world.faults.fired(),
         observed: world.faults.observed(),
+        ops: world.faults.ops(),
         virtual_time: world.elapsed(),
     }
 }
@@ -591,13 +616,14 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
         label: format!("{name}#{incarnation}"),
         name,
         executor_id: Some(executor_id.clone()),
+        skew_ms: world.workload.skews_ms[executor],
     });
     world.log(format!("{} up", node.label));
     let storage = SimStorage::new(world.clone(), node.clone());
     let seed = world.seed ^ (u64::from(incarnation) << 32) ^ (executor as u64) << 48;
     let engine = loop {
         let launched = Engine::builder(storage.clone())
-            .env(MadsimEnv::new(world.clone(), seed))
+            .env(MadsimEnv::new(world.clone(), seed).skewed(node.skew_ms))
             .executor_id(executor_id.clone())
             .queue(orders_queue(&world.workload))
             .lease(LEASE)
@@ -637,6 +663,7 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
                 madsim::rand::thread_rng().gen_range(0..20),
             ))
             .await;
+            world.faults.count("engine.start_with_id");
             match engine
                 .start_with_id::<Bank>(spec.id.clone(), spec.ops.clone())
                 .await
@@ -649,7 +676,26 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
             }
         }
     }
-    // The engine's tasks run on this node; keep it (and the engine) alive.
+    // The engine's tasks run on this node; keep it (and the engine) alive,
+    // until (steering generation) it shuts down gracefully and exits.
+    if world.workload.generation >= Generation::Steering {
+        loop {
+            sleep(Duration::from_millis(
+                madsim::rand::thread_rng().gen_range(10..60),
+            ))
+            .await;
+            if world.fire(Site::Shutdown, &node.label).is_some() {
+                world.log(format!("{} shuts down gracefully", node.label));
+                world.faults.count("engine.shutdown");
+                engine.shutdown().await;
+                world.log(format!("{} shut down; exits", node.label));
+                world.faults.observe("shutdown.completed");
+                world.mark_dead(&node.name);
+                Handle::current().kill(node.name.as_str());
+                std::future::pending::<()>().await;
+            }
+        }
+    }
     let _engine = engine;
     std::future::pending::<()>().await;
 }

@@ -29,6 +29,8 @@ pub struct NodeLabel {
     pub label: String,
     /// The executor ID its engine runs as (none for the admin node).
     pub executor_id: Option<String>,
+    /// How far its clock is ahead of the run's (negative: behind).
+    pub skew_ms: i64,
 }
 
 /// A write the owner epoch fences (a checkpoint, a completion, a suspend),
@@ -79,8 +81,10 @@ pub struct SimTx {
 }
 
 impl SimTx {
-    /// The simulated round trip before each operation.
-    async fn latency(&self) {
+    /// The simulated round trip before each operation, counted for the
+    /// coverage table.
+    async fn latency(&self, op: &'static str) {
+        self.world.faults.count(op);
         self.world.latency().await;
     }
 
@@ -115,6 +119,7 @@ impl Storage for SimStorage {
     }
 
     async fn begin(&self) -> StorageResult<SimTx> {
+        self.world.faults.count("begin");
         self.world.latency().await;
         let tx = self.world.mem.begin().await?;
         Ok(SimTx {
@@ -171,7 +176,7 @@ impl Transaction for SimTx {
     );
 
     async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {
-        self.world.latency().await;
+        self.latency("workflow_complete").await;
         let csn = self.world.mem.commit_seq();
         let (id, epoch) = (params.id.clone(), params.owner_epoch);
         self.tx.workflow_complete(params).await.inspect_err(|e| {
@@ -188,7 +193,7 @@ impl Transaction for SimTx {
     }
 
     async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
-        self.world.latency().await;
+        self.latency("steps_load").await;
         let steps = self.tx.steps_load(workflow_id).await?;
         // Remember what this incarnation saw: the next execution of the
         // workflow here starts from exactly this history.
@@ -200,7 +205,7 @@ impl Transaction for SimTx {
     }
 
     async fn step_record(&mut self, params: StepRecord) -> StorageResult<StepRecorded> {
-        self.world.latency().await;
+        self.latency("step_record").await;
         let step = (params.kind == StepKind::Transaction && params.output.is_some())
             .then(|| (params.workflow_id.clone(), params.step_id));
         // No await between this read and the statement's snapshot.
@@ -230,7 +235,7 @@ impl Transaction for SimTx {
     }
 
     async fn workflows_reclaim(&mut self, now_ms: i64) -> StorageResult<u64> {
-        self.world.latency().await;
+        self.latency("workflows_reclaim").await;
         let n = self.tx.workflows_reclaim(now_ms).await?;
         if n > 0 {
             self.world.faults.observe("lease.reclaimed_after_expiry");
@@ -239,7 +244,7 @@ impl Transaction for SimTx {
     }
 
     async fn workflows_claim(&mut self, p: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
-        self.world.latency().await;
+        self.latency("workflows_claim").await;
         let rows = self.tx.workflows_claim(p).await?;
         self.claims.extend(rows.iter().map(|r| r.id.clone()));
         // A claimed workflow's execution knows at least the checkpoints
@@ -267,7 +272,7 @@ impl Transaction for SimTx {
         run_after_ms: i64,
         now_ms: i64,
     ) -> StorageResult<()> {
-        self.world.latency().await;
+        self.latency("workflow_suspend").await;
         let csn = self.world.mem.commit_seq();
         self.tx
             .workflow_suspend(id, epoch, run_after_ms, now_ms)
@@ -287,6 +292,7 @@ impl Transaction for SimTx {
             claims,
             writes,
         } = self;
+        world.faults.count("commit");
         world.latency().await;
         // Dying here drops the open transaction: it rolls back.
         world
@@ -341,7 +347,7 @@ impl Transaction for SimTx {
     }
 
     async fn rollback(self) -> StorageResult<()> {
-        self.world.latency().await;
+        self.latency("rollback").await;
         self.tx.rollback().await
     }
 }

@@ -123,6 +123,30 @@ pub fn step_ids(ops: &[Op]) -> Vec<i32> {
         .collect()
 }
 
+/// Whether `id` is a child workflow's.
+fn is_child(id: &str) -> bool {
+    id.contains("-child-")
+}
+
+impl Op {
+    /// The context operation it performs, as the coverage table names it.
+    pub fn context_op(&self, workflow_id: &str) -> &'static str {
+        match self {
+            Op::Transfer { .. } => "ctx.transaction",
+            Op::Call if is_child(workflow_id) => "ctx.step",
+            Op::Call => "ctx.step_with",
+            Op::Sleep { ms } if Duration::from_millis(*ms) > SLEEP_SUSPEND_AFTER => {
+                "ctx.sleep (suspending)"
+            }
+            Op::Sleep { .. } => "ctx.sleep (short)",
+            Op::Recv { sent: true, .. } => "ctx.recv (message)",
+            Op::Recv { sent: false, .. } => "ctx.recv (timeout)",
+            Op::SetEvent { .. } => "ctx.set_event",
+            Op::Child { .. } => "ctx.start_child + ctx.child_result",
+        }
+    }
+}
+
 /// The event key of [`Op::SetEvent`].
 pub fn event_key(key: u8) -> String {
     format!("e{key}")
@@ -217,6 +241,10 @@ pub struct Workload {
     pub orders_global: Option<u32>,
     /// The `orders` queue's per-executor concurrency.
     pub orders_worker: usize,
+    /// Each executor's clock skew (zero before the steering generation):
+    /// within a third of the lease, the bound `docs/guarantees.md` asks of
+    /// a deployment.
+    pub skews_ms: Vec<i64>,
 }
 
 /// A workflow the workload starts (see [`Workload::all_workflows`]).
@@ -232,6 +260,10 @@ pub struct Planned {
     pub expected: Vec<i64>,
 }
 
+/// The largest clock skew of an executor, in milliseconds: a third of the
+/// simulated lease.
+pub const CLOCK_SKEW_MAX_MS: i64 = 100;
+
 /// The per-executor concurrency of a queue declared without one.
 const WORKER_CONCURRENCY_DEFAULT: usize = 64;
 
@@ -239,7 +271,11 @@ const WORKER_CONCURRENCY_DEFAULT: usize = 64;
 /// `i`, `order-<n>` is `1000 + n`.
 pub fn workflow_index(id: &str) -> usize {
     if let Some((parent, step)) = id.rsplit_once("-child-") {
+        // (A fork's child too: the fork's index is its source's.)
         2000 + workflow_index(parent) * 64 + step.parse::<usize>().unwrap_or(0)
+    } else if let Some((source, _)) = id.split_once("-fork-") {
+        // A fork runs its source's steps with its source's values.
+        workflow_index(source)
     } else if let Some(n) = id.strip_prefix("order-") {
         1000 + n.parse::<usize>().unwrap_or(0)
     } else {
@@ -384,6 +420,15 @@ impl Workload {
                 orders_worker = steering.gen_range(1..=2);
             }
         }
+        let skews_ms = (0..executors)
+            .map(|_| {
+                if generation >= Generation::Steering && steering.gen_bool(0.5) {
+                    steering.gen_range(-CLOCK_SKEW_MAX_MS..=CLOCK_SKEW_MAX_MS)
+                } else {
+                    0
+                }
+            })
+            .collect();
         let orders = (0..rng.gen_range(2..=6))
             .map(|n| {
                 let id = format!("order-{n}");
@@ -405,6 +450,7 @@ impl Workload {
             generation,
             orders_global,
             orders_worker,
+            skews_ms,
         }
     }
 
@@ -499,6 +545,7 @@ impl Workflow<SimStorage> for Bank {
         let mut output = Vec::new();
         let ids = step_ids(&ops);
         for (op, step) in ops.into_iter().zip(ids) {
+            self.world.faults.count(op.context_op(&wf));
             let value = match op {
                 Op::Transfer { from, to, amount } => {
                     let world = self.world.clone();
@@ -507,6 +554,13 @@ impl Workflow<SimStorage> for Bank {
                         transfer(&world, conn, &wf, step, from, to, amount).await
                     })
                     .await?
+                }
+                Op::Call if is_child(&wf) => {
+                    // `step` has no retries: the service never fails a
+                    // child's call (see `Bank::call`).
+                    let in_history = history.contains(&step);
+                    ctx.step("call", || self.call(&wf, index, step, in_history))
+                        .await?
                 }
                 Op::Call => {
                     let policy = RetryPolicy {
@@ -521,8 +575,8 @@ impl Workflow<SimStorage> for Bank {
                 Op::Sleep { ms } => {
                     ctx.sleep(Duration::from_millis(ms)).await?;
                     // The step after a sleep never runs before the recorded
-                    // wake-up time, on the engine's clock.
-                    let now = self.world.now_ms();
+                    // wake-up time, on the clock of the engine running it.
+                    let now = self.world.now_ms() + self.node.skew_ms;
                     let wake: Option<i64> = self
                         .world
                         .mem
@@ -605,13 +659,16 @@ impl Bank {
                 .observe("plain.call_after_checkpoint_by_other_execution");
         }
         let ok = {
+            // Fewer failures than attempts, so the step succeeds in the end;
+            // none for a child's call, a `step` without retries.
+            let attempts = if is_child(wf) { 1 } else { CALL_ATTEMPTS };
             let budget_left = world
                 .state()
                 .failures_used
                 .get(&(wf.to_owned(), step))
                 .copied()
                 .unwrap_or(0)
-                < CALL_ATTEMPTS - 1;
+                < attempts - 1;
             !(budget_left
                 && world
                     .fire(Site::ServiceError, &format!("{wf} step {step}"))
@@ -818,6 +875,37 @@ pub fn check(world: &World) -> Vec<String> {
         }
         checked.push((id, ops));
     }
+    // Forks: each succeeds with its source's output, as do the children it
+    // starts anew; its steps before its step are copies (`check_forks`).
+    let mut copied: BTreeMap<String, i32> = BTreeMap::new();
+    for (fork, planned) in fork_workflows(world) {
+        copied.insert(fork.id.clone().unwrap_or_default(), fork.from_step);
+        for p in planned {
+            match rows.get(&p.id) {
+                Some(r) if r.status == Status::Success && r.parent_id == p.parent => {
+                    let got: Option<Vec<i64>> = r
+                        .output
+                        .as_deref()
+                        .and_then(|o| serde_json::from_str(o).ok());
+                    if got.as_ref() != Some(&p.expected) {
+                        v.push(format!(
+                            "{} (fork of {}) output {:?}, fault-free output {:?}",
+                            p.id, fork.source, r.output, p.expected
+                        ));
+                    }
+                }
+                r => v.push(format!(
+                    "{} (fork of {} from step {}) ended {:?}, expected SUCCESS",
+                    p.id,
+                    fork.source,
+                    fork.from_step,
+                    r.map(|r| (r.status, &r.error, &r.parent_id))
+                )),
+            }
+            checked.push((p.id, p.ops));
+        }
+    }
+    v.extend(check_forks(world, &world.mem.steps()));
     let expected_ids: BTreeSet<&String> = checked.iter().map(|(id, _)| id).collect();
     for id in rows.keys() {
         if !expected_ids.contains(id) {
@@ -827,8 +915,13 @@ pub fn check(world: &World) -> Vec<String> {
     // Transactional steps: exactly one ledger row per checkpoint, none
     // without one.
     let steps = world.mem.steps();
+    // (A fork's copies of its source's checkpoints ran nothing.)
+    let ran = |s: &&tandem::storage::memory::StepRecordRow| {
+        s.owner_epoch != tandem::storage::EPOCH_NEVER_RAN
+    };
     let tx_checkpoints: BTreeSet<(String, i32)> = steps
         .iter()
+        .filter(ran)
         .filter(|s| s.kind == StepKind::Transaction && s.output.is_some())
         .map(|s| (s.workflow_id.clone(), s.step_id))
         .collect();
@@ -881,6 +974,9 @@ pub fn check(world: &World) -> Vec<String> {
         .collect();
     for (id, ops) in &checked {
         for (op, i) in ops.iter().zip(step_ids(ops)) {
+            if copied.get(id).is_some_and(|from| i < *from) {
+                continue;
+            }
             let key = (id.clone(), i);
             match op {
                 Op::Transfer { .. } => {
@@ -921,6 +1017,19 @@ pub fn check(world: &World) -> Vec<String> {
             }
         }
     }
+    // No checkpoint records a failure: every step of the workload succeeds
+    // in the end (a call fails fewer times than its attempts), and neither
+    // a crash, a fence, a cancel nor a shutdown is a step's failure.
+    for s in &steps {
+        if let Some(error) = &s.error
+            && expected_ids.contains(&s.workflow_id)
+        {
+            v.push(format!(
+                "{} step {} ({}) recorded the failure {error:?}",
+                s.workflow_id, s.step_id, s.name
+            ));
+        }
+    }
     // Events: each key holds the value of the last step that set it, and no
     // other key exists.
     let events: BTreeMap<(String, String), String> = world
@@ -933,6 +1042,9 @@ pub fn check(world: &World) -> Vec<String> {
     for (id, ops) in &checked {
         let index = workflow_index(id);
         for (op, i) in ops.iter().zip(step_ids(ops)) {
+            if copied.get(id).is_some_and(|from| i < *from) {
+                continue;
+            }
             if let Op::SetEvent { key } = op {
                 expected_events.insert(
                     (id.clone(), event_key(*key)),
@@ -995,6 +1107,7 @@ pub fn check(world: &World) -> Vec<String> {
     let state = world.state();
     for s in steps
         .iter()
+        .filter(ran)
         .filter(|s| s.kind == StepKind::Plain && s.output.is_some())
     {
         let called = state
@@ -1078,6 +1191,7 @@ pub async fn app_client(world: Arc<World>) {
                     .map_err(|e| e.to_string())?;
                 world.latency().await;
                 let input = serde_json::to_string(&o.ops).expect("ops serialize");
+                world.faults.count("workflow_enqueue");
                 tx.workflow_enqueue(WorkflowEnqueue {
                     name: "bank".to_owned(),
                     input,
@@ -1161,6 +1275,7 @@ pub async fn message_client(world: Arc<World>) {
             world.latency().await;
             if let Ok(mut tx) = world.mem.begin().await {
                 let decoy = DECOY_VALUE.to_string();
+                world.faults.count("message_send");
                 let sent = tx.message_send(&wf, &topic, &decoy, world.now_ms()).await;
                 world.latency().await;
                 let _ = tx.rollback().await;
@@ -1171,6 +1286,7 @@ pub async fn message_client(world: Arc<World>) {
             world.latency().await;
             let result: Result<(), tandem::StorageError> = async {
                 let mut tx = world.mem.begin().await?;
+                world.faults.count("message_send");
                 tx.message_send(&wf, &topic, &payload, world.now_ms())
                     .await?;
                 world.latency().await;
@@ -1218,6 +1334,185 @@ fn message_committed(world: &World, wf: &str, step: i32, topic: &str, payload: &
         })
 }
 
+/// A fork the admin node made: `id` runs `source`'s input, its steps
+/// before `from_step` copied from the source.
+#[derive(Debug, Clone)]
+pub struct Fork {
+    /// The finished workflow forked.
+    pub source: String,
+    /// The fork's ID: `None` until the admin node learns it, or until
+    /// [`resolve_forks`] finds it in the database (the admin node may die
+    /// between the fork's COMMIT and its answer).
+    pub id: Option<String>,
+    /// The first step that runs anew.
+    pub from_step: i32,
+}
+
+/// Gives each fork whose ID the admin node never learned the committed
+/// fork of its source, from the same step, that no other fork claims (none
+/// if its transaction rolled back). A fork's step is known from the rows:
+/// the fork copies its source's (finished, gapless) checkpoints before it
+/// in the transaction that creates it. Returns the forks that exist.
+pub fn resolve_forks(world: &World) -> Vec<Fork> {
+    let rows = world.mem.workflows();
+    let steps = world.mem.steps();
+    let copies = |id: &str| {
+        steps
+            .iter()
+            .filter(|s| s.workflow_id == id && s.owner_epoch == tandem::storage::EPOCH_NEVER_RAN)
+            .count() as i32
+    };
+    let mut state = world.state();
+    for i in 0..state.forks.len() {
+        if state.forks[i].id.is_some() {
+            continue;
+        }
+        let (source, from_step) = (&state.forks[i].source, state.forks[i].from_step);
+        let prefix = format!("{source}-fork-");
+        let found = rows
+            .iter()
+            .map(|r| &r.id)
+            .find(|id| {
+                id.starts_with(&prefix)
+                    && !id.contains("-child-")
+                    && copies(id) == from_step
+                    && !state.forks.iter().any(|f| f.id.as_ref() == Some(*id))
+            })
+            .cloned();
+        state.forks[i].id = found;
+    }
+    state
+        .forks
+        .iter()
+        .filter(|f| f.id.is_some())
+        .cloned()
+        .collect()
+}
+
+/// The forks made, as workflows the check expects: each with its source's
+/// steps and fault-free output, plus the children it starts anew (those at
+/// or after its `from_step`; a copied start points at the source's child).
+pub fn fork_workflows(world: &World) -> Vec<(Fork, Vec<Planned>)> {
+    let planned = world.workload.all_workflows();
+    resolve_forks(world)
+        .into_iter()
+        .filter_map(|f| {
+            let source = planned.iter().find(|p| p.id == f.source)?;
+            let fork_id = f.id.clone()?;
+            let mut out = vec![Planned {
+                id: fork_id.clone(),
+                parent: None,
+                ops: source.ops.clone(),
+                expected: source.expected.clone(),
+            }];
+            for (op, step) in source.ops.iter().zip(step_ids(&source.ops)) {
+                if let Op::Child { ops } = op
+                    && step >= f.from_step
+                {
+                    let child = child_id(&fork_id, step);
+                    let expected = expected_output(ops, workflow_index(&child));
+                    out.push(Planned {
+                        id: child,
+                        parent: Some(fork_id.clone()),
+                        ops: ops.clone(),
+                        expected,
+                    });
+                }
+            }
+            Some((f, out))
+        })
+        .collect()
+}
+
+/// The fork invariant: a fork copies exactly its source's checkpoints
+/// before its step (same name, kind and outcome, under the epoch that
+/// replays for every execution) and runs every later step itself.
+fn check_forks(world: &World, steps: &[tandem::storage::memory::StepRecordRow]) -> Vec<String> {
+    let mut v = Vec::new();
+    for f in resolve_forks(world) {
+        let Some(fork_id) = &f.id else { continue };
+        let of = |id: &str| -> BTreeMap<i32, &tandem::storage::memory::StepRecordRow> {
+            steps
+                .iter()
+                .filter(|s| s.workflow_id == id)
+                .map(|s| (s.step_id, s))
+                .collect()
+        };
+        let (source, fork) = (of(&f.source), of(fork_id));
+        for (step, s) in &source {
+            let copy = fork.get(step);
+            if *step < f.from_step {
+                let same = copy.is_some_and(|c| {
+                    c.name == s.name
+                        && c.kind == s.kind
+                        && c.output == s.output
+                        && c.error == s.error
+                        && c.owner_epoch == tandem::storage::EPOCH_NEVER_RAN
+                });
+                if !same {
+                    v.push(format!(
+                        "fork {fork_id} of {} from step {}: step {step} is not a copy ({:?})",
+                        f.source,
+                        f.from_step,
+                        copy.map(|c| (&c.name, &c.output, c.owner_epoch))
+                    ));
+                }
+            } else if copy.is_some_and(|c| c.owner_epoch == tandem::storage::EPOCH_NEVER_RAN) {
+                v.push(format!(
+                    "fork {fork_id} of {} from step {}: step {step} was copied, not run anew",
+                    f.source, f.from_step
+                ));
+            }
+        }
+    }
+    v
+}
+
+/// What the admin node read through `Admin`, checked against the final
+/// state: nothing an operator was shown is ever rolled back or changed.
+#[derive(Debug, Clone)]
+pub enum AdminRead {
+    /// A recorded step (workflow, step, output) from `get_workflow`.
+    Step(String, i32, Option<String>),
+    /// A workflow `list_workflows` listed as `SUCCESS`.
+    Succeeded(String),
+}
+
+/// Every admin read still holds in the final state.
+pub fn check_admin_reads(world: &World) -> Vec<String> {
+    let steps: BTreeMap<(String, i32), Option<String>> = world
+        .mem
+        .steps()
+        .into_iter()
+        .map(|s| ((s.workflow_id, s.step_id), s.output))
+        .collect();
+    let succeeded: BTreeSet<String> = world
+        .mem
+        .workflows()
+        .into_iter()
+        .filter(|r| r.status == Status::Success)
+        .map(|r| r.id)
+        .collect();
+    let mut v = Vec::new();
+    for read in &world.state().admin_reads {
+        match read {
+            AdminRead::Step(id, step, output) => {
+                if steps.get(&(id.clone(), *step)) != Some(output) {
+                    v.push(format!(
+                        "admin read {id} step {step} as {output:?}; it ends as {:?}",
+                        steps.get(&(id.clone(), *step))
+                    ));
+                }
+            }
+            AdminRead::Succeeded(id) if !succeeded.contains(id) => {
+                v.push(format!("admin listed {id} as SUCCESS; it did not end so"));
+            }
+            AdminRead::Succeeded(_) => {}
+        }
+    }
+    v
+}
+
 /// An event value the admin node read: checked against what the workflow
 /// published, in order.
 #[derive(Debug, Clone)]
@@ -1245,11 +1540,13 @@ pub async fn admin_client(world: Arc<World>) {
         name: "admin".to_owned(),
         label: "admin#1".to_owned(),
         executor_id: None,
+        skew_ms: 0,
     });
     let storage = SimStorage::new(world.clone(), node);
     let env = crate::env::MadsimEnv::new(world.clone(), world.seed ^ 0xad);
     let admin = Admin::with_env(storage, Arc::new(env));
-    let mut cancels = 0;
+    let (mut cancels, mut forks) = (0, 0);
+    let all = world.workload.all_workflows();
     let with_events: Vec<(String, String)> = world
         .workload
         .all_workflows()
@@ -1281,6 +1578,7 @@ pub async fn admin_client(world: Arc<World>) {
             if !open.is_empty() {
                 let id = &open[madsim::rand::thread_rng().gen_range(0..open.len())];
                 cancels += 1;
+                world.faults.count("admin.cancel");
                 let result = admin.cancel(id).await;
                 world.log(format!("admin cancel {id}: {result:?}"));
                 match &result {
@@ -1289,6 +1587,9 @@ pub async fn admin_client(world: Arc<World>) {
                     _ => {}
                 }
             }
+        }
+        if !stopped && forks < ADMIN_FORKS_MAX && world.fire(Site::AdminFork, "").is_some() {
+            forks += admin_fork(&world, &admin, &all).await;
         }
         if stopped || world.fire(Site::AdminResume, "").is_some() {
             let cancelled: Vec<String> = world
@@ -1299,6 +1600,7 @@ pub async fn admin_client(world: Arc<World>) {
                 .map(|r| r.id)
                 .collect();
             for id in &cancelled {
+                world.faults.count("admin.resume");
                 let result = admin.resume(id).await;
                 world.log(format!("admin resume {id}: {result:?}"));
                 if result.is_ok() {
@@ -1310,9 +1612,36 @@ pub async fn admin_client(world: Arc<World>) {
                 return;
             }
         }
+        if madsim::rand::thread_rng().gen_bool(0.2) {
+            // What an operator reads: a workflow's steps, and the list of
+            // finished ones. Both must survive whatever happens later.
+            let planned = &all[madsim::rand::thread_rng().gen_range(0..all.len())];
+            world.faults.count("admin.get_workflow");
+            if let Ok(Some(detail)) = admin.get_workflow(&planned.id).await {
+                world.state().admin_reads.extend(
+                    detail
+                        .steps
+                        .into_iter()
+                        .map(|s| AdminRead::Step(planned.id.clone(), s.row.step_id, s.row.output)),
+                );
+            }
+            world.faults.count("admin.list_workflows");
+            let filter = tandem::storage::WorkflowFilter {
+                status: Some(Status::Success),
+                limit: 100,
+                ..Default::default()
+            };
+            if let Ok(list) = admin.list_workflows(filter).await {
+                world
+                    .state()
+                    .admin_reads
+                    .extend(list.into_iter().map(|w| AdminRead::Succeeded(w.row.id)));
+            }
+        }
         if !with_events.is_empty() && madsim::rand::thread_rng().gen_bool(0.5) {
             let (id, key) =
                 &with_events[madsim::rand::thread_rng().gen_range(0..with_events.len())];
+            world.faults.count("admin.get_event");
             if let Ok(Some(value)) = admin.get_event::<i64>(id, key, Duration::ZERO).await {
                 world.faults.observe("event.read");
                 world.state().event_reads.push(EventRead {
@@ -1323,6 +1652,65 @@ pub async fn admin_client(world: Arc<World>) {
             }
         }
     }
+}
+
+/// How many forks the admin node makes per run at most.
+const ADMIN_FORKS_MAX: u32 = 2;
+
+/// Forks a finished top-level workflow from a random step after its last
+/// receive of a sent message (a fork's receive would wait for a message
+/// nobody sends again). Returns how many forks it made (0 or 1).
+async fn admin_fork(world: &World, admin: &tandem::Admin<SimStorage>, all: &[Planned]) -> u32 {
+    let done: Vec<&Planned> = {
+        let rows = world.mem.workflows();
+        all.iter()
+            .filter(|p| p.parent.is_none() && p.id.starts_with("wf-"))
+            .filter(|p| {
+                rows.iter()
+                    .any(|r| r.id == p.id && r.status == Status::Success)
+            })
+            .collect()
+    };
+    if done.is_empty() {
+        return 0;
+    }
+    let source = done[madsim::rand::thread_rng().gen_range(0..done.len())];
+    let ids = step_ids(&source.ops);
+    let end = match source.ops.last() {
+        Some(Op::Child { .. }) => ids.last().map_or(0, |i| i + 2),
+        Some(_) => ids.last().map_or(0, |i| i + 1),
+        None => 0,
+    };
+    let first = source
+        .ops
+        .iter()
+        .zip(&ids)
+        .filter(|(op, _)| matches!(op, Op::Recv { sent: true, .. }))
+        .map(|(_, i)| i + 1)
+        .max()
+        .unwrap_or(0);
+    let from_step = madsim::rand::thread_rng().gen_range(first..=end);
+    world.faults.count("admin.fork");
+    // Recorded before the call: the node may die before the answer.
+    let at = {
+        let mut state = world.state();
+        state.forks.push(Fork {
+            source: source.id.clone(),
+            id: None,
+            from_step,
+        });
+        state.forks.len() - 1
+    };
+    let result = admin.fork(&source.id, from_step).await;
+    world.log(format!(
+        "admin fork {} from step {from_step}: {result:?}",
+        source.id
+    ));
+    // After an error the outcome may be unknown: `resolve_forks` looks.
+    if let Ok(id) = result {
+        world.state().forks[at].id = Some(id);
+    }
+    1
 }
 
 /// The admin node's event reads: every value read was published by that

@@ -65,6 +65,10 @@ pub struct State {
     pub admin_done: bool,
     /// The event values the admin node read, in order.
     pub event_reads: Vec<crate::workload::EventRead>,
+    /// The forks the admin node made.
+    pub forks: Vec<crate::workload::Fork>,
+    /// What the admin node read through `Admin`.
+    pub admin_reads: Vec<crate::workload::AdminRead>,
     /// Every fenced write that committed (acknowledged), in commit order.
     pub writes: Vec<crate::storage::FencedWrite>,
 }
@@ -89,6 +93,7 @@ pub struct World {
     pub claim_lost_ack: AtomicBool,
     start: Instant,
     trace: Arc<Mutex<Vec<String>>>,
+    trace_live: bool,
     state: Mutex<State>,
 }
 
@@ -111,6 +116,7 @@ impl World {
             claim_lost_ack: AtomicBool::new(false),
             start: Instant::now(),
             trace,
+            trace_live: std::env::var_os("SIM_TRACE_LIVE").is_some(),
             state: Mutex::new(State::default()),
         }
     }
@@ -129,6 +135,11 @@ impl World {
     pub fn log(&self, line: impl AsRef<str>) {
         let us = self.elapsed().as_micros();
         let line = format!("{:>5}.{:03}ms {}", us / 1000, us % 1000, line.as_ref());
+        // `SIM_TRACE_LIVE=1`: also print each line as it happens, to see
+        // where a run that never ends is stuck.
+        if self.trace_live {
+            eprintln!("{line}");
+        }
         self.trace
             .lock()
             .unwrap_or_else(|e| e.into_inner())

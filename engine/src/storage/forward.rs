@@ -4,8 +4,8 @@
 
 /// Implements the named [`Transaction`](crate::storage::Transaction)
 /// operations of a wrapper by forwarding each to the field `inner`, after
-/// awaiting the wrapper's own method `before` (latency, counting, ...) if
-/// one is named: `forward_transaction!(inner, before; ops)` or
+/// awaiting the wrapper's own method `before(op_name)` (latency, counting,
+/// ...) if one is named: `forward_transaction!(inner, before; ops)` or
 /// `forward_transaction!(inner; ops)`.
 /// List the operations to forward; write the others (and `conn`, `commit`,
 /// `rollback`) by hand. A trait operation that is neither listed nor
@@ -29,151 +29,151 @@ macro_rules! forward_transaction {
     };
     (@one $inner:ident, [$($before:ident)?], workflow_insert) => {
         async fn workflow_insert(&mut self, params: $crate::storage::WorkflowInsert) -> $crate::storage::StorageResult<$crate::storage::WorkflowInserted> {
-            $( self.$before().await; )?
+            $( self.$before("workflow_insert").await; )?
             self.$inner.workflow_insert(params).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflow_get) => {
         async fn workflow_get(&mut self, id: &str) -> $crate::storage::StorageResult<::std::option::Option<$crate::storage::WorkflowRow>> {
-            $( self.$before().await; )?
+            $( self.$before("workflow_get").await; )?
             self.$inner.workflow_get(id).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflow_complete) => {
         async fn workflow_complete(&mut self, params: $crate::storage::WorkflowComplete) -> $crate::storage::StorageResult<()> {
-            $( self.$before().await; )?
+            $( self.$before("workflow_complete").await; )?
             self.$inner.workflow_complete(params).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflows_recover) => {
         async fn workflows_recover(&mut self, params: $crate::storage::WorkflowsRecover) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::WorkflowRow>> {
-            $( self.$before().await; )?
+            $( self.$before("workflows_recover").await; )?
             self.$inner.workflows_recover(params).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], steps_load) => {
         async fn steps_load(&mut self, workflow_id: &str) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::StepRow>> {
-            $( self.$before().await; )?
+            $( self.$before("steps_load").await; )?
             self.$inner.steps_load(workflow_id).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], step_get) => {
         async fn step_get(&mut self, workflow_id: &str, step_id: i32) -> $crate::storage::StorageResult<::std::option::Option<$crate::storage::StepRow>> {
-            $( self.$before().await; )?
+            $( self.$before("step_get").await; )?
             self.$inner.step_get(workflow_id, step_id).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], step_record) => {
         async fn step_record(&mut self, params: $crate::storage::StepRecord) -> $crate::storage::StorageResult<$crate::storage::StepRecorded> {
-            $( self.$before().await; )?
+            $( self.$before("step_record").await; )?
             self.$inner.step_record(params).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], executor_register) => {
         async fn executor_register(&mut self, params: $crate::storage::ExecutorRegister) -> $crate::storage::StorageResult<()> {
-            $( self.$before().await; )?
+            $( self.$before("executor_register").await; )?
             self.$inner.executor_register(params).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], executor_heartbeat) => {
         async fn executor_heartbeat(&mut self, executor_id: &str, now_ms: i64, lease_ms: i64) -> $crate::storage::StorageResult<()> {
-            $( self.$before().await; )?
+            $( self.$before("executor_heartbeat").await; )?
             self.$inner.executor_heartbeat(executor_id, now_ms, lease_ms).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflows_reclaim) => {
         async fn workflows_reclaim(&mut self, now_ms: i64) -> $crate::storage::StorageResult<u64> {
-            $( self.$before().await; )?
+            $( self.$before("workflows_reclaim").await; )?
             self.$inner.workflows_reclaim(now_ms).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflows_claim) => {
         async fn workflows_claim(&mut self, params: $crate::storage::WorkflowsClaim) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::WorkflowRow>> {
-            $( self.$before().await; )?
+            $( self.$before("workflows_claim").await; )?
             self.$inner.workflows_claim(params).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflows_release) => {
         async fn workflows_release(&mut self, executor_id: &str, now_ms: i64) -> $crate::storage::StorageResult<u64> {
-            $( self.$before().await; )?
+            $( self.$before("workflows_release").await; )?
             self.$inner.workflows_release(executor_id, now_ms).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflow_enqueue) => {
         async fn workflow_enqueue(&mut self, params: $crate::storage::WorkflowEnqueue) -> $crate::storage::StorageResult<::std::string::String> {
-            $( self.$before().await; )?
+            $( self.$before("workflow_enqueue").await; )?
             self.$inner.workflow_enqueue(params).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflow_suspend) => {
         async fn workflow_suspend(&mut self, id: &str, owner_epoch: i64, run_after_ms: i64, now_ms: i64) -> $crate::storage::StorageResult<()> {
-            $( self.$before().await; )?
+            $( self.$before("workflow_suspend").await; )?
             self.$inner.workflow_suspend(id, owner_epoch, run_after_ms, now_ms).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], message_send) => {
         async fn message_send(&mut self, workflow_id: &str, topic: &str, payload: &str, now_ms: i64) -> $crate::storage::StorageResult<()> {
-            $( self.$before().await; )?
+            $( self.$before("message_send").await; )?
             self.$inner.message_send(workflow_id, topic, payload, now_ms).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], message_take) => {
         async fn message_take(&mut self, workflow_id: &str, topic: &str, owner_epoch: i64) -> $crate::storage::StorageResult<::std::option::Option<::std::string::String>> {
-            $( self.$before().await; )?
+            $( self.$before("message_take").await; )?
             self.$inner.message_take(workflow_id, topic, owner_epoch).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], event_set) => {
         async fn event_set(&mut self, workflow_id: &str, key: &str, value: &str, now_ms: i64) -> $crate::storage::StorageResult<()> {
-            $( self.$before().await; )?
+            $( self.$before("event_set").await; )?
             self.$inner.event_set(workflow_id, key, value, now_ms).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], event_get) => {
         async fn event_get(&mut self, workflow_id: &str, key: &str) -> $crate::storage::StorageResult<::std::option::Option<::std::string::String>> {
-            $( self.$before().await; )?
+            $( self.$before("event_get").await; )?
             self.$inner.event_get(workflow_id, key).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflows_cancel) => {
         async fn workflows_cancel(&mut self, id: &str, reason: &str, now_ms: i64) -> $crate::storage::StorageResult<::std::vec::Vec<::std::string::String>> {
-            $( self.$before().await; )?
+            $( self.$before("workflows_cancel").await; )?
             self.$inner.workflows_cancel(id, reason, now_ms).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflow_resume) => {
         async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> $crate::storage::StorageResult<bool> {
-            $( self.$before().await; )?
+            $( self.$before("workflow_resume").await; )?
             self.$inner.workflow_resume(id, now_ms).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflow_fork) => {
         async fn workflow_fork(&mut self, params: $crate::storage::WorkflowFork) -> $crate::storage::StorageResult<bool> {
-            $( self.$before().await; )?
+            $( self.$before("workflow_fork").await; )?
             self.$inner.workflow_fork(params).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflows_owned) => {
         async fn workflows_owned(&mut self, executor_id: &str) -> $crate::storage::StorageResult<::std::vec::Vec<(::std::string::String, i64)>> {
-            $( self.$before().await; )?
+            $( self.$before("workflows_owned").await; )?
             self.$inner.workflows_owned(executor_id).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflows_list) => {
         async fn workflows_list(&mut self, filter: $crate::storage::WorkflowFilter) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::WorkflowInfo>> {
-            $( self.$before().await; )?
+            $( self.$before("workflows_list").await; )?
             self.$inner.workflows_list(filter).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], workflow_info) => {
         async fn workflow_info(&mut self, id: &str) -> $crate::storage::StorageResult<::std::option::Option<$crate::storage::WorkflowInfo>> {
-            $( self.$before().await; )?
+            $( self.$before("workflow_info").await; )?
             self.$inner.workflow_info(id).await
         }
     };
     (@one $inner:ident, [$($before:ident)?], steps_info) => {
         async fn steps_info(&mut self, workflow_id: &str) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::StepInfo>> {
-            $( self.$before().await; )?
+            $( self.$before("steps_info").await; )?
             self.$inner.steps_info(workflow_id).await
         }
     };

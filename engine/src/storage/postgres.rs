@@ -523,19 +523,29 @@ impl Transaction for PgTx {
     }
 
     async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
-        let done = sqlx::query(
-            "UPDATE tandem.workflows
+        // The cancelled workflow and every cancelled member of its subtree,
+        // as the cancel's cascade left them: a resumed parent must not find
+        // its child still cancelled.
+        let resumed: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE tree AS (
+                 SELECT id FROM tandem.workflows WHERE id = $1 AND status = 'CANCELLED'
+                 UNION
+                 SELECT w.id FROM tandem.workflows w JOIN tree ON w.parent_id = tree.id
+             )
+             UPDATE tandem.workflows w
                 SET status = 'ENQUEUED', error = NULL, executor_id = NULL, run_after = NULL,
-                    deadline_at = NULL, completed_at = NULL, owner_epoch = owner_epoch + 1,
+                    deadline_at = NULL, completed_at = NULL, owner_epoch = w.owner_epoch + 1,
                     updated_at = to_timestamp($2::float8 / 1000)
-              WHERE id = $1 AND status = 'CANCELLED'",
+               FROM tree
+              WHERE w.id = tree.id AND w.status = 'CANCELLED'
+          RETURNING w.id",
         )
         .bind(id)
         .bind(now_ms)
-        .execute(&mut *self.tx)
+        .fetch_all(&mut *self.tx)
         .await
         .map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+        Ok(resumed.iter().any(|r| r == id))
     }
 
     async fn workflow_fork(&mut self, p: WorkflowFork) -> StorageResult<bool> {

@@ -639,6 +639,27 @@ async fn a_child_started_before_a_crash_exists_exactly_once<A: App>() {
         .map(|w| w.row.status)
         .collect();
     assert_eq!(statuses, [Status::Cancelled]);
+
+    // Resuming the parent resumes what its cancel cancelled: the child runs
+    // again and the parent gets its result, instead of failing at once on a
+    // cancelled child.
+    engine.admin().resume("parent-2").await.unwrap();
+    let statuses: Vec<Status> = children(&admin, "parent-2")
+        .await
+        .into_iter()
+        .map(|w| w.row.status)
+        .collect();
+    assert_ne!(statuses, [Status::Cancelled], "the child was resumed too");
+    engine
+        .send("parent-2-child-0", "greeting", &"hi again")
+        .await
+        .unwrap();
+    let result = engine
+        .handle::<Option<String>>("parent-2")
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(result.as_deref(), Some("hi again"));
     engine.shutdown().await;
 }
 

@@ -42,6 +42,7 @@ fn seeds_hold_every_invariant() {
     let started = Instant::now();
     let mut fired: BTreeMap<Site, u64> = BTreeMap::new();
     let mut observed: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut ops: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut virtual_ms = 0u128;
     let options = Options::default();
     // `SIM_KEEP_GOING=1`: run every seed and list the failing ones at the
@@ -63,6 +64,9 @@ fn seeds_hold_every_invariant() {
         for (what, n) in &report.observed {
             *observed.entry(what).or_insert(0) += n;
         }
+        for (op, n) in &report.ops {
+            *ops.entry(op).or_insert(0) += n;
+        }
         virtual_ms += report.virtual_time.as_millis();
     }
     let secs = started.elapsed().as_secs_f64();
@@ -81,6 +85,11 @@ fn seeds_hold_every_invariant() {
     for (what, n) in &observed {
         println!("| `{what}` (observed) | {n} |");
     }
+    println!("\n| operation | performed |");
+    println!("|---|---|");
+    for (op, n) in &ops {
+        println!("| `{op}` | {n} |");
+    }
     if let Some((_, message)) = failed.first() {
         let seeds: Vec<String> = failed.iter().map(|(seed, _)| seed.to_string()).collect();
         panic!("failing seeds: {}\nfirst: {message}", seeds.join(", "));
@@ -92,6 +101,12 @@ fn seeds_hold_every_invariant() {
                 fired.get(&site).copied().unwrap_or(0) > 0,
                 "fault site {} never fired in {count} seeds",
                 site.name()
+            );
+        }
+        for op in sim::OPERATIONS {
+            assert!(
+                ops.get(op).copied().unwrap_or(0) > 0,
+                "operation {op} never performed in {count} seeds"
             );
         }
     }

@@ -523,33 +523,7 @@ impl MemConn {
         // an UPDATE of its unfinished members, re-checked after a wait: a
         // workflow that finished meanwhile is left alone.
         let snap = self.start("workflows_cancel")?;
-        let tree: Vec<String> = {
-            let mut db = self.storage.db();
-            let (t, txs) = Workflows.split(&mut db);
-            let mut children: std::collections::HashMap<&str, Vec<&str>> = Default::default();
-            for (k, i) in t.scan(txs, &snap, ..) {
-                if let Some(parent) = &t.data(k, i).parent_id {
-                    children
-                        .entry(parent.as_str())
-                        .or_default()
-                        .push(k.as_str());
-                }
-            }
-            let mut tree: Vec<String> = Vec::new();
-            if t.visible(txs, &snap, &id.to_owned()).is_some() {
-                tree.push(id.to_owned());
-            }
-            let mut next = 0;
-            while next < tree.len() {
-                for child in children.get(tree[next].as_str()).into_iter().flatten() {
-                    if !tree.iter().any(|t| t == child) {
-                        tree.push((*child).to_owned());
-                    }
-                }
-                next += 1;
-            }
-            tree
-        };
+        let tree = self.subtree(&snap, id, |_| true);
         let mut cancelled = Vec::new();
         for key in tree {
             let updated = self
@@ -577,23 +551,69 @@ impl MemConn {
         id: &str,
         now_ms: i64,
     ) -> Result<bool, MemError> {
+        // The subtree of a cancelled root (WITH RECURSIVE over the
+        // snapshot), then an UPDATE of its cancelled members, each re-checked
+        // after a wait.
         let snap = self.start("workflow_resume")?;
-        let updated = self
-            .update_row(&Workflows, &snap, &id.to_owned(), |w| {
-                (w.status == Status::Cancelled).then(|| WorkflowRecord {
-                    status: Status::Enqueued,
-                    error: None,
-                    executor_id: None,
-                    run_after_ms: None,
-                    deadline_ms: None,
-                    completed_ms: None,
-                    owner_epoch: w.owner_epoch + 1,
-                    updated_ms: now_ms,
-                    ..w.clone()
+        let tree = self.subtree(&snap, id, |w| w.status == Status::Cancelled);
+        let mut root = false;
+        for key in tree {
+            let updated = self
+                .update_row(&Workflows, &snap, &key, |w| {
+                    (w.status == Status::Cancelled).then(|| WorkflowRecord {
+                        status: Status::Enqueued,
+                        error: None,
+                        executor_id: None,
+                        run_after_ms: None,
+                        deadline_ms: None,
+                        completed_ms: None,
+                        owner_epoch: w.owner_epoch + 1,
+                        updated_ms: now_ms,
+                        ..w.clone()
+                    })
                 })
-            })
-            .await?;
-        Ok(updated.is_some())
+                .await?;
+            root |= updated.is_some() && key == id;
+        }
+        Ok(root)
+    }
+
+    /// The IDs of workflow `id` (if the snapshot sees it and `root` accepts
+    /// it) and of all its descendants, breadth first, each once: the
+    /// recursive CTE of the cancel and resume statements.
+    fn subtree(
+        &mut self,
+        snap: &Snapshot,
+        id: &str,
+        root: impl Fn(&WorkflowRecord) -> bool,
+    ) -> Vec<String> {
+        let mut db = self.storage.db();
+        let (t, txs) = Workflows.split(&mut db);
+        let mut children: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+        for (k, i) in t.scan(txs, snap, ..) {
+            if let Some(parent) = &t.data(k, i).parent_id {
+                children
+                    .entry(parent.as_str())
+                    .or_default()
+                    .push(k.as_str());
+            }
+        }
+        let mut tree: Vec<String> = Vec::new();
+        if let Some(i) = t.visible(txs, snap, &id.to_owned())
+            && root(t.data(&id.to_owned(), i))
+        {
+            tree.push(id.to_owned());
+        }
+        let mut next = 0;
+        while next < tree.len() {
+            for child in children.get(tree[next].as_str()).into_iter().flatten() {
+                if !tree.iter().any(|t| t == child) {
+                    tree.push((*child).to_owned());
+                }
+            }
+            next += 1;
+        }
+        tree
     }
 
     pub(super) async fn workflow_fork(&mut self, p: WorkflowFork) -> Result<bool, MemError> {
