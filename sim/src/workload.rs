@@ -994,12 +994,25 @@ pub fn check(world: &World) -> Vec<String> {
                         v.push(format!("sleep {id} step {i} never recorded"));
                     }
                 }
-                Op::Recv { .. } => {
-                    if !steps
-                        .iter()
-                        .any(|s| s.workflow_id == *id && s.step_id == i && s.kind == StepKind::Recv)
-                    {
-                        v.push(format!("recv {id} step {i} never recorded"));
+                Op::Recv { sent, timeout_ms } => {
+                    let recorded = steps.iter().find(|s| {
+                        s.workflow_id == *id && s.step_id == i && s.kind == StepKind::Recv
+                    });
+                    match recorded {
+                        None => v.push(format!("recv {id} step {i} never recorded")),
+                        // A timeout never comes early: the execution that
+                        // recorded it waited its whole timeout, on its clock.
+                        Some(s)
+                            if !sent
+                                && s.output.as_deref() == Some("null")
+                                && s.completed_ms - s.started_ms < *timeout_ms as i64 =>
+                        {
+                            v.push(format!(
+                                "recv {id} step {i} timed out after {} ms, its timeout is {timeout_ms} ms",
+                                s.completed_ms - s.started_ms
+                            ))
+                        }
+                        Some(_) => {}
                     }
                 }
                 Op::SetEvent { .. } | Op::Child { .. } => {
