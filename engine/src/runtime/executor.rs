@@ -108,6 +108,13 @@ impl<S: Storage> Shared<S> {
                 }
             }
             for queue in &self.config.queues {
+                // Checked right before counting the free slots: an execution
+                // that a shutdown stops frees its slot while its row stays
+                // RUNNING here until the release, so a claim after that
+                // would run more of the queue here than its concurrency.
+                if self.is_shutting_down() {
+                    break;
+                }
                 let free = queue
                     .worker_concurrency
                     .saturating_sub(self.running_in(queue.name()));

@@ -213,3 +213,16 @@ fn a_lost_claim_ack_does_not_exceed_the_worker_concurrency() {
     let report = run_seed(349, &Options::default());
     assert!(report.passed(), "{}", report.failure_message(60));
 }
+
+/// Regression test of an engine bug the queue-limit invariant found on its
+/// first long run (seed 21001766): exec-2 began a graceful shutdown while
+/// running order-0 (worker concurrency 1); order-0's execution stopped and
+/// freed its slot, but its row stays `RUNNING` here until the shutdown's
+/// release, and the claim loop, not yet at its shutdown check, claimed
+/// order-1 into the free slot. The claim loop now checks for a shutdown
+/// right before counting free slots.
+#[test]
+fn a_shutting_down_executor_claims_nothing_more() {
+    let report = run_seed(21_001_766, &Options::default());
+    assert!(report.passed(), "{}", report.failure_message(60));
+}
