@@ -844,8 +844,14 @@ fn index_entry<V>(txs: &Txs, me: Xid, v: &Version<V>) -> Option<Unique> {
     } else {
         match txs.status(v.xmin) {
             TxStatus::Aborted => false,
-            // Unless its own inserter already deleted it again.
-            TxStatus::InProgress if v.xmax.is_some_and(|(x, _)| x == v.xmin) => false,
+            // Even if its own inserter already deleted it again: PostgreSQL's
+            // dirty snapshot reports a row whose inserter is in progress
+            // without looking at its deleter ("XXX shouldn't we fall through
+            // to look at xmax?" in HeapTupleSatisfiesDirty), so the unique
+            // check waits for that transaction. Found by the differential
+            // test: an executor row upserted and deleted by one open
+            // transaction (a heartbeat, then a release) makes a concurrent
+            // registration of that executor wait.
             TxStatus::InProgress => return Some(Unique::WaitFor(v.xmin)),
             TxStatus::Committed(_) => true,
         }

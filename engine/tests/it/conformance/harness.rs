@@ -14,8 +14,8 @@ use sqlx::{PgConnection, PgPool};
 use tandem::storage::memory::{LockWait, MemConn, MemError, RowLock, Scan};
 use tandem::storage::{
     ErrorKind, ExecutorRegister, QueueLimits, Status, StepKind, StepRecord, StepRecorded, Storage,
-    StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowInsert,
-    WorkflowInserted, WorkflowsClaim, WorkflowsRecover,
+    StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFork,
+    WorkflowInsert, WorkflowInserted, WorkflowsClaim, WorkflowsRecover,
 };
 use tandem::{MemStorage, PgStorage};
 use tokio::sync::{mpsc, oneshot};
@@ -91,18 +91,30 @@ pub enum Op {
     MsgTake(&'static str, i64),
     /// Cancels a workflow and its unfinished descendants.
     Cancel(&'static str),
+    /// Resumes a cancelled workflow and the cancelled members of its subtree.
+    Resume(&'static str),
+    /// Hands executor `.0`'s `RUNNING` workflows back to their queues.
+    Release(&'static str),
+    /// Sets workflow `.0`'s event `k` to `.1`.
+    EventSet(&'static str, &'static str),
+    /// Suspends workflow `.0` under epoch `.1` until time 0 (due at once).
+    Suspend(&'static str, i64),
+    /// Forks workflow `.0` as `.1` from step `.2`.
+    Fork(&'static str, &'static str, i32),
     Commit,
     Rollback,
     /// The connection drops (on PostgreSQL: `pg_terminate_backend`).
     Disconnect,
 }
 
-/// The state before the steps: jobs `(id, owner)` and `RUNNING` workflows
-/// `(id, executor)` at epoch 1.
+/// The state before the steps: jobs `(id, owner)`, `RUNNING` workflows
+/// `(id, executor)` at epoch 1, and `RUNNING` children `(id, parent,
+/// executor)` at epoch 1.
 #[derive(Debug, Clone, Default)]
 pub struct Setup {
     pub jobs: Vec<(i64, Option<i64>)>,
     pub workflows: Vec<(&'static str, &'static str)>,
+    pub children: Vec<(&'static str, &'static str, &'static str)>,
 }
 
 /// A backend the harness can drive.
@@ -358,6 +370,24 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             m.unwrap_or_else(|| "none".to_owned())
         }),
         Op::Cancel(id) => label(tx.workflows_cancel(id, "stop", 0).await, sorted),
+        Op::Resume(id) => label(tx.workflow_resume(id, 0).await, |r| r.to_string()),
+        Op::Release(executor) => label(tx.workflows_release(executor, 0).await, |n| n.to_string()),
+        Op::EventSet(id, value) => {
+            label(tx.event_set(id, "k", value, 0).await, |()| "ok".to_owned())
+        }
+        Op::Suspend(id, epoch) => label(tx.workflow_suspend(id, epoch, 0, 0).await, |()| {
+            "ok".to_owned()
+        }),
+        Op::Fork(source, new_id, from_step) => label(
+            tx.workflow_fork(WorkflowFork {
+                source_id: source.to_owned(),
+                new_id: new_id.to_owned(),
+                from_step,
+                now_ms: 0,
+            })
+            .await,
+            |r| r.to_string(),
+        ),
         _ => return None,
     })
 }
@@ -695,6 +725,13 @@ impl Backend for Pg {
         .fetch_all(&self.admin)
         .await
         .expect("messages");
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT workflow_id || '/' || key || ':' || value::text FROM tandem.events
+              ORDER BY workflow_id, key",
+        )
+        .fetch_all(&self.admin)
+        .await
+        .expect("events");
         dump(
             jobs,
             workflows
@@ -702,7 +739,7 @@ impl Backend for Pg {
                 .map(|(id, s, e, x)| (id, s, e, x.unwrap_or_default()))
                 .collect(),
             steps,
-        ) + &dump_more(executors, messages)
+        ) + &dump_more(executors, messages, events)
     }
 
     async fn pause() {
@@ -711,14 +748,16 @@ impl Backend for Pg {
 }
 
 async fn seed_workflows<S: Storage>(storage: &S, setup: &Setup) {
-    for &(id, executor) in &setup.workflows {
+    let top = setup.workflows.iter().map(|&(id, e)| (id, None, e));
+    let children = setup.children.iter().map(|&(id, p, e)| (id, Some(p), e));
+    for (id, parent, executor) in top.chain(children) {
         storage
             .workflow_insert(WorkflowInsert {
                 id: id.to_owned(),
                 name: "wf".to_owned(),
                 input: "null".to_owned(),
                 executor_id: executor.to_owned(),
-                parent_id: None,
+                parent_id: parent.map(str::to_owned),
                 deadline_ms: None,
                 now_ms: 0,
             })
@@ -778,15 +817,18 @@ fn dump(
     )
 }
 
-/// The tables of queues and messages, shown only when a scenario used them
-/// (so the older scenarios' expectations stay as they were).
-fn dump_more(executors: Vec<String>, messages: Vec<String>) -> String {
+/// The tables of queues, messages and events, shown only when a scenario
+/// used them (so the older scenarios' expectations stay as they were).
+fn dump_more(executors: Vec<String>, messages: Vec<String>, events: Vec<String>) -> String {
     let mut out = String::new();
     if !executors.is_empty() {
         writeln!(out, "executors {}", executors.join(" ")).unwrap();
     }
     if !messages.is_empty() {
         writeln!(out, "messages {}", messages.join(" ")).unwrap();
+    }
+    if !events.is_empty() {
+        writeln!(out, "events {}", events.join(" ")).unwrap();
     }
     out
 }
@@ -1078,7 +1120,13 @@ impl Backend for Mem {
             .into_iter()
             .map(|m| format!("{}:{}", m.workflow_id, m.payload))
             .collect();
-        dump(jobs, workflows, steps) + &dump_more(executors, messages)
+        let events = self
+            .storage
+            .events()
+            .into_iter()
+            .map(|(w, k, e)| format!("{w}/{k}:{}", e.value))
+            .collect();
+        dump(jobs, workflows, steps) + &dump_more(executors, messages, events)
     }
 
     async fn pause() {

@@ -70,6 +70,7 @@ fn jobs() -> Setup {
     Setup {
         jobs: vec![(1, None), (2, None)],
         workflows: vec![("w1", "a")],
+        children: Vec::new(),
     }
 }
 
@@ -178,6 +179,7 @@ fn counter() -> Setup {
     Setup {
         jobs: vec![(1, Some(10))],
         workflows: vec![],
+        children: Vec::new(),
     }
 }
 
