@@ -231,7 +231,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             .init(move || workload::message_client(world.clone()))
             .build();
     }
-    // The admin node (steering generation): cancels, resumes, reads events.
+    // The admin node (steering generation): cancels, resumes, forks, reads.
     if world.workload.generation >= Generation::Steering {
         let world = world.clone();
         handle
@@ -329,10 +329,9 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     // Since the steering generation a pause outlasts the chaos phase as
     // drawn: cut short at its end, a pause begun after the first few
     // milliseconds could never outlast a lease, and its executor would never
-    // come back as a zombie.
-    // Their resumes are timers of their own: the supervisor may block
-    // below (on a row lock a paused node holds) and must not be the one to
-    // wake that node.
+    // come back as a zombie. The resumes are timers of their own: the
+    // supervisor may block below (on a row lock a paused node holds) and
+    // must not be the one to wake that node.
     if world.workload.generation >= Generation::Steering {
         let paused: Vec<(String, Instant)> = std::mem::take(&mut world.state().paused)
             .into_iter()
@@ -377,8 +376,8 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             if !world.state().admin_done {
                 unfinished.push("the admin node".to_owned());
             }
-            // Children are awaited by their parents; a parent that finished
-            // has its children's results.
+            // The admin node's forks must finish too. (Children need no
+            // entry: their parents await them.)
             let forks: Vec<String> = workload::resolve_forks(&world)
                 .into_iter()
                 .filter_map(|f| f.id)

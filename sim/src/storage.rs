@@ -4,8 +4,11 @@
 //! Storage-level faults (lost acknowledgements, dropped connections,
 //! serialization failures) are injected by the memory backend's own fault
 //! hook, installed in `run.rs`; this wrapper adds what only the executor's
-//! side can do: die before or after a COMMIT, and record which checkpoints
-//! an execution loaded (the plain-step invariant needs them).
+//! side can do: die before or after a COMMIT, record which checkpoints an
+//! execution loaded (the plain-step invariant needs them), log every fenced
+//! write with its writer and its statement's snapshot (the history check in
+//! `history.rs` judges them), and count every operation for the coverage
+//! table.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -42,6 +42,10 @@ struct Own {
     touched_committed: bool,
     /// The row as the transaction now sees it; `None`: deleted.
     cur: Option<Row>,
+    /// It inserted a row of the key (perhaps deleted again since): other
+    /// inserters of the key wait for it, as PostgreSQL's unique check does
+    /// for a row whose inserter is in progress, whatever its deleter.
+    inserted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,6 +503,7 @@ impl Reference {
                         Own {
                             touched_committed: prior,
                             cur: Some(Row { rid, vid: rid, val }),
+                            inserted: true,
                         },
                     );
                     Advance::Done(if ignore {
@@ -525,11 +530,13 @@ impl Reference {
             Some(own) if own.cur.is_some() => own.touched_committed,
             _ => true,
         };
+        let inserted = tx.own.get(&k).is_some_and(|own| own.inserted);
         tx.own.insert(
             k,
             Own {
                 touched_committed,
                 cur,
+                inserted,
             },
         );
     }
@@ -604,10 +611,9 @@ impl Reference {
                 o != s
                     && self.sessions[o].tx.as_ref().is_some_and(|tx| {
                         tx.state == TxState::Open
-                            && tx
-                                .own
-                                .get(&k)
-                                .is_some_and(|own| own.touched_committed || own.cur.is_some())
+                            && tx.own.get(&k).is_some_and(|own| {
+                                own.touched_committed || own.cur.is_some() || own.inserted
+                            })
                     })
             })
             .collect();
