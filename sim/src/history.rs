@@ -35,11 +35,12 @@ use crate::world::World;
 /// Every violation of the history invariants.
 pub fn check(world: &World) -> Vec<String> {
     let mut v = Vec::new();
+    let history = world.mem.workflow_history();
+    v.extend(queue_limits(world, &history));
     let mut versions: BTreeMap<String, Vec<(u64, WorkflowRecord)>> = BTreeMap::new();
-    for (csn, row) in world.mem.workflow_history() {
+    for (csn, row) in history {
         versions.entry(row.id.clone()).or_default().push((csn, row));
     }
-    v.extend(queue_limits(world));
     // Terminal statuses.
     let mut terminal_at: BTreeMap<&str, u64> = BTreeMap::new();
     for (id, chain) in &versions {
@@ -122,13 +123,13 @@ pub fn check(world: &World) -> Vec<String> {
     v
 }
 
-/// The `orders` queue's limits, after every commit: the state is replayed
-/// version by version in commit order and counted after each transaction.
-fn queue_limits(world: &World) -> Vec<String> {
+/// The `orders` queue's limits, after every commit: `history` (every
+/// workflow version, in commit order) is replayed and counted after each
+/// transaction.
+fn queue_limits(world: &World, history: &[(u64, WorkflowRecord)]) -> Vec<String> {
     let w = &world.workload;
     let mut v = Vec::new();
     let mut running: BTreeMap<String, Option<String>> = BTreeMap::new();
-    let history = world.mem.workflow_history();
     let twins = world
         .state()
         .incarnations

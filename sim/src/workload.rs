@@ -875,10 +875,13 @@ pub fn check(world: &World) -> Vec<String> {
         }
         checked.push((id, ops));
     }
+    let steps = world.mem.steps();
     // Forks: each succeeds with its source's output, as do the children it
     // starts anew; its steps before its step are copies (`check_forks`).
     let mut copied: BTreeMap<String, i32> = BTreeMap::new();
-    for (fork, planned) in fork_workflows(world) {
+    let forks = fork_workflows(world);
+    v.extend(check_forks(forks.iter().map(|(f, _)| f), &steps));
+    for (fork, planned) in forks {
         copied.insert(fork.id.clone().unwrap_or_default(), fork.from_step);
         for p in planned {
             match rows.get(&p.id) {
@@ -905,7 +908,6 @@ pub fn check(world: &World) -> Vec<String> {
             checked.push((p.id, p.ops));
         }
     }
-    v.extend(check_forks(world, &world.mem.steps()));
     let expected_ids: BTreeSet<&String> = checked.iter().map(|(id, _)| id).collect();
     for id in rows.keys() {
         if !expected_ids.contains(id) {
@@ -914,7 +916,6 @@ pub fn check(world: &World) -> Vec<String> {
     }
     // Transactional steps: exactly one ledger row per checkpoint, none
     // without one.
-    let steps = world.mem.steps();
     // (A fork's copies of its source's checkpoints ran nothing.)
     let ran = |s: &&tandem::storage::memory::StepRecordRow| {
         s.owner_epoch != tandem::storage::EPOCH_NEVER_RAN
@@ -1440,9 +1441,12 @@ pub fn fork_workflows(world: &World) -> Vec<(Fork, Vec<Planned>)> {
 /// The fork invariant: a fork copies exactly its source's checkpoints
 /// before its step (same name, kind and outcome, under the epoch that
 /// replays for every execution) and runs every later step itself.
-fn check_forks(world: &World, steps: &[tandem::storage::memory::StepRecordRow]) -> Vec<String> {
+fn check_forks<'a>(
+    forks: impl Iterator<Item = &'a Fork>,
+    steps: &[tandem::storage::memory::StepRecordRow],
+) -> Vec<String> {
     let mut v = Vec::new();
-    for f in resolve_forks(world) {
+    for f in forks {
         let Some(fork_id) = &f.id else { continue };
         let of = |id: &str| -> BTreeMap<i32, &tandem::storage::memory::StepRecordRow> {
             steps
