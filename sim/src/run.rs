@@ -213,32 +213,12 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         spawn_node(&handle, &world, name.clone(), i, true);
         nodes.push(name);
     }
-    // The application client of the outbox workload, on a node of its own.
-    {
-        let world = world.clone();
-        handle
-            .create_node()
-            .name("app")
-            .init(move || workload::app_client(world.clone()))
-            .build();
-    }
-    // The message client, on a node of its own too.
-    {
-        let world = world.clone();
-        handle
-            .create_node()
-            .name("sender")
-            .init(move || workload::message_client(world.clone()))
-            .build();
-    }
-    // The admin node (steering generation): cancels, resumes, forks, reads.
+    // The application client of the outbox workload, the message client and
+    // (steering generation) the admin node, each on a node of its own.
+    spawn_client(&handle, &world, "app", workload::app_client);
+    spawn_client(&handle, &world, "sender", workload::message_client);
     if world.workload.generation >= Generation::Steering {
-        let world = world.clone();
-        handle
-            .create_node()
-            .name("admin")
-            .init(move || workload::admin_client(world.clone()))
-            .build();
+        spawn_client(&handle, &world, "admin", workload::admin_client);
     } else {
         world.state().admin_done = true;
     }
@@ -583,6 +563,22 @@ fn restart_due(handle: &Handle, world: &World, all: bool) {
         world.log(format!("supervisor restarts {n}"));
         handle.restart(n.as_str());
     }
+}
+
+/// Creates the madsim node `name` running `client` (restarted from scratch
+/// if the node is).
+fn spawn_client<F: Future<Output = ()> + 'static>(
+    handle: &Handle,
+    world: &Arc<World>,
+    name: &str,
+    client: fn(Arc<World>) -> F,
+) {
+    let world = world.clone();
+    handle
+        .create_node()
+        .name(name)
+        .init(move || client(world.clone()))
+        .build();
 }
 
 /// Creates the madsim node `name` running executor `exec-<executor>`;

@@ -768,10 +768,7 @@ pub fn check(world: &World) -> Vec<String> {
                 spec.id, r.status, r.error
             )),
             Some(r) => {
-                let got: Option<Vec<i64>> = r
-                    .output
-                    .as_deref()
-                    .and_then(|o| serde_json::from_str(o).ok());
+                let got = output_of(r);
                 if got.as_ref() != Some(&spec.expected) {
                     v.push(format!(
                         "{} output {:?}, fault-free output {:?}",
@@ -823,10 +820,7 @@ pub fn check(world: &World) -> Vec<String> {
                 o.id, r.status, r.error
             )),
             Some(r) => {
-                let got: Option<Vec<i64>> = r
-                    .output
-                    .as_deref()
-                    .and_then(|o| serde_json::from_str(o).ok());
+                let got = output_of(r);
                 if got.as_ref() != Some(&o.expected) || r.queue != ORDERS_QUEUE {
                     v.push(format!(
                         "{} output {:?} on queue {}, fault-free output {:?} on {ORDERS_QUEUE}",
@@ -861,10 +855,7 @@ pub fn check(world: &World) -> Vec<String> {
                 r.status, r.error
             )),
             Some(r) => {
-                let got: Option<Vec<i64>> = r
-                    .output
-                    .as_deref()
-                    .and_then(|o| serde_json::from_str(o).ok());
+                let got = output_of(r);
                 if got.as_ref() != Some(&expected) {
                     v.push(format!(
                         "child {id} output {:?}, fault-free output {expected:?}",
@@ -886,10 +877,7 @@ pub fn check(world: &World) -> Vec<String> {
         for p in planned {
             match rows.get(&p.id) {
                 Some(r) if r.status == Status::Success && r.parent_id == p.parent => {
-                    let got: Option<Vec<i64>> = r
-                        .output
-                        .as_deref()
-                        .and_then(|o| serde_json::from_str(o).ok());
+                    let got = output_of(r);
                     if got.as_ref() != Some(&p.expected) {
                         v.push(format!(
                             "{} (fork of {}) output {:?}, fault-free output {:?}",
@@ -1136,6 +1124,13 @@ pub fn check(world: &World) -> Vec<String> {
         }
     }
     v
+}
+
+/// A finished workflow's recorded output, as the workload's outputs are.
+fn output_of(r: &tandem::storage::memory::WorkflowRecord) -> Option<Vec<i64>> {
+    r.output
+        .as_deref()
+        .and_then(|o| serde_json::from_str(o).ok())
 }
 
 /// A cheap check run during the run: a finished workflow's outcome never
