@@ -67,11 +67,26 @@ pub enum Bug {
     ShutdownFailsWorkflows,
     /// A fork from step `n` also copies step `n`, which should run anew.
     ForkCopiesItsStep,
+    /// Claims order ready workflows by age alone, not by priority first.
+    ClaimIgnoresPriority,
+    /// Claims take workflows whose delay (or suspended sleep) has not yet
+    /// run out.
+    ClaimIgnoresDelay,
+    /// Claims leave out the queue's rate limit.
+    ClaimIgnoresRateLimit,
+    /// Enqueue leaves out the deduplication check: two unfinished workflows
+    /// of a queue hold the same key.
+    EnqueueIgnoresDedup,
+    /// Resume re-enqueues a workflow although another unfinished one holds
+    /// its dedup key.
+    ResumeIgnoresDedup,
+    /// Steps begin although the workflow's deadline has passed.
+    DeadlineNotChecked,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 22] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -88,6 +103,12 @@ impl Bug {
         Bug::ClaimIgnoresGlobalLimit,
         Bug::ShutdownFailsWorkflows,
         Bug::ForkCopiesItsStep,
+        Bug::ClaimIgnoresPriority,
+        Bug::ClaimIgnoresDelay,
+        Bug::ClaimIgnoresRateLimit,
+        Bug::EnqueueIgnoresDedup,
+        Bug::ResumeIgnoresDedup,
+        Bug::DeadlineNotChecked,
     ];
 }
 
@@ -183,6 +204,9 @@ pub(crate) fn claim_limits(limits: &crate::storage::QueueLimits) -> crate::stora
     let mut limits = limits.clone();
     if active(Bug::ClaimIgnoresGlobalLimit) {
         limits.concurrency_global = None;
+    }
+    if active(Bug::ClaimIgnoresRateLimit) {
+        limits.rate_limit = None;
     }
     limits
 }

@@ -647,7 +647,9 @@ impl<S: Storage> WorkflowContext<S> {
         let Some(deadline_ms) = self.deadline_ms else {
             return Ok(());
         };
-        if self.shared.now_ms() < deadline_ms {
+        if self.shared.now_ms() < deadline_ms
+            || crate::bugs::active(crate::bugs::Bug::DeadlineNotChecked)
+        {
             return Ok(());
         }
         let storage = self.shared.storage().clone();

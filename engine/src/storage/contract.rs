@@ -74,6 +74,16 @@ pub fn classify_sqlstate(code: &str) -> ErrorKind {
     }
 }
 
+/// Why a resume failed whole: a workflow it would re-enqueue has a
+/// `dedup_key` that another unfinished workflow of its queue took meanwhile
+/// (the partial unique index `workflows_dedup` allows one).
+pub fn resume_dedup_held(workflow_id: &str) -> String {
+    format!(
+        "workflow {workflow_id:?} cannot be resumed: another unfinished workflow of its queue \
+         holds the dedup_key of a workflow it would resume; resume it once that one has finished"
+    )
+}
+
 /// The error of a write by an execution that no longer owns its workflow.
 pub fn fenced(workflow_id: &str) -> StorageError {
     StorageError::new(

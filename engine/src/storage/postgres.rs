@@ -29,7 +29,7 @@ use super::{
     StepInfo, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
     Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork, WorkflowInfo,
     WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
-    classify_sqlstate, fenced,
+    classify_sqlstate, contract, fenced,
 };
 
 /// The embedded migrations (`migrations/` at the workspace root).
@@ -544,7 +544,12 @@ impl Transaction for PgTx {
         .bind(now_ms)
         .fetch_all(&mut *self.tx)
         .await
-        .map_err(map_err)?;
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.constraint() == Some("workflows_dedup") => {
+                StorageError::new(ErrorKind::Invalid, contract::resume_dedup_held(id))
+            }
+            _ => map_err(e),
+        })?;
         Ok(resumed.iter().any(|r| r == id))
     }
 

@@ -28,6 +28,7 @@ both!(
     fork_replays_steps_before_n_and_list_filters,
     forking_a_workflow_again_starts_another_run,
     a_workflow_past_its_deadline_is_cancelled,
+    resuming_a_workflow_whose_dedup_key_was_taken_meanwhile_fails_whole,
 );
 
 /// An environment whose clock moves only when the test says so; its tasks
@@ -838,6 +839,63 @@ async fn a_workflow_past_its_deadline_is_cancelled<A: App>() {
     assert!(
         matches!(&err, Error::WorkflowCancelled { reason, .. } if reason == "deadline exceeded"),
         "{err}"
+    );
+    engine.shutdown().await;
+}
+
+async fn resuming_a_workflow_whose_dedup_key_was_taken_meanwhile_fails_whole<A: App>() {
+    let (storage, _app) = A::create(0, 0).await;
+    // Declare the queue `idle`, then run an engine that does not serve it:
+    // what is enqueued there stays ENQUEUED.
+    Engine::builder(storage.clone())
+        .register(Napper)
+        .queue(tandem::Queue::new("idle"))
+        .launch()
+        .await
+        .unwrap()
+        .shutdown()
+        .await;
+    let engine = Engine::builder(storage.clone())
+        .register(Napper)
+        .launch()
+        .await
+        .unwrap();
+    let admin = engine.admin();
+    let options = || {
+        tandem::EnqueueOptions::default()
+            .queue("idle")
+            .dedup_key("customer-7")
+    };
+    let first = engine.enqueue::<Napper>(1, options()).await.unwrap();
+    assert_eq!(
+        engine.cancel(first.workflow_id()).await.unwrap(),
+        [first.workflow_id()]
+    );
+    // A cancelled workflow is finished for deduplication: the key is free.
+    let second = engine.enqueue::<Napper>(2, options()).await.unwrap();
+    assert_ne!(first.workflow_id(), second.workflow_id());
+
+    let err = admin.resume(first.workflow_id()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("cannot be resumed")
+            && err.to_string().contains("holds the dedup_key"),
+        "{err}"
+    );
+    assert_eq!(
+        workflow(&storage, first.workflow_id()).await.status,
+        Status::Cancelled
+    );
+    assert_eq!(
+        workflow(&storage, second.workflow_id()).await.status,
+        Status::Enqueued
+    );
+
+    // Once the holder is finished (here: cancelled), the resume goes through.
+    engine.cancel(second.workflow_id()).await.unwrap();
+    admin.resume(first.workflow_id()).await.unwrap();
+    assert_eq!(
+        workflow(&storage, first.workflow_id()).await.status,
+        Status::Enqueued
     );
     engine.shutdown().await;
 }

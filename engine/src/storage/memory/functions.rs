@@ -29,6 +29,7 @@ impl MemConn {
                 let mut check = t.unique(txs, self.s.xid, &id);
                 if check == Unique::Free
                     && let Some(key) = &row.dedup_key
+                    && !crate::bugs::active(crate::bugs::Bug::EnqueueIgnoresDedup)
                 {
                     check = t.unique_where(txs, self.s.xid, |w| {
                         w.queue == row.queue && w.dedup_key.as_ref() == Some(key) && unfinished(w)

@@ -354,7 +354,8 @@ impl MemConn {
             w.status == Status::Enqueued
                 && w.queue == p.queue.name
                 && p.names.contains(&w.name)
-                && w.run_after_ms.is_none_or(|t| t <= p.now_ms)
+                && (w.run_after_ms.is_none_or(|t| t <= p.now_ms)
+                    || crate::bugs::active(crate::bugs::Bug::ClaimIgnoresDelay))
         };
         let mut candidates: Vec<(i32, i64, String, usize)> = {
             let mut db = self.storage.db();
@@ -363,7 +364,13 @@ impl MemConn {
                 .filter(|(k, i)| ready(t.data(k, *i)))
                 .map(|(k, i)| {
                     let w = t.data(k, i);
-                    (w.priority, w.created_ms, k.clone(), i)
+                    // (The planted bug orders by age alone.)
+                    let priority = if crate::bugs::active(crate::bugs::Bug::ClaimIgnoresPriority) {
+                        0
+                    } else {
+                        w.priority
+                    };
+                    (priority, w.created_ms, k.clone(), i)
                 })
                 .collect()
         };
@@ -573,9 +580,50 @@ impl MemConn {
                     })
                 })
                 .await?;
+            if let Some(w) = &updated {
+                // The UPDATE puts the row back into the partial unique index
+                // workflows_dedup: another unfinished holder of its key fails
+                // the whole statement (after waiting for one in progress).
+                self.resume_dedup_check(w, id).await?;
+            }
             root |= updated.is_some() && key == id;
         }
         Ok(root)
+    }
+
+    /// The unique check of `workflows_dedup` for the version of `w` a resume
+    /// just wrote.
+    async fn resume_dedup_check(&mut self, w: &WorkflowRecord, root: &str) -> Result<(), MemError> {
+        let Some(key) = &w.dedup_key else {
+            return Ok(());
+        };
+        if crate::bugs::active(crate::bugs::Bug::ResumeIgnoresDedup) {
+            return Ok(());
+        }
+        loop {
+            let wake = {
+                let mut db = self.storage.db();
+                let (t, txs) = Workflows.split(&mut db);
+                let check = t.unique_where(txs, self.s.xid, |o| {
+                    o.id != w.id
+                        && o.queue == w.queue
+                        && o.dedup_key.as_ref() == Some(key)
+                        && matches!(o.status, Status::Enqueued | Status::Running)
+                });
+                match check {
+                    Unique::Free => return Ok(()),
+                    Unique::Conflict => {
+                        let e = MemError::Raised {
+                            sqlstate: "23505",
+                            message: crate::storage::contract::resume_dedup_held(root),
+                        };
+                        return Err(self.s.fail(&mut db, e));
+                    }
+                    Unique::WaitFor(x) => self.s.wait(&mut db, WaitTarget::Tx(x), vec![x])?,
+                }
+            };
+            self.s.block(wake).await?;
+        }
     }
 
     /// The IDs of workflow `id` (if the snapshot sees it and `root` accepts
