@@ -22,6 +22,9 @@ use crate::storage::{
 };
 use crate::workflow::Workflow;
 
+/// The reason a workflow cancelled for its deadline records.
+const DEADLINE_EXCEEDED: &str = "deadline exceeded";
+
 /// The handle a workflow body receives: runs steps and replays recorded ones.
 ///
 /// Steps are numbered in the order the body calls them. On a first execution
@@ -531,7 +534,7 @@ impl<S: Storage> WorkflowContext<S> {
                     W::NAME,
                     child_id.clone(),
                     json,
-                    Some(self.workflow_id.clone()),
+                    Some((self.workflow_id.clone(), self.owner_epoch)),
                     self.deadline_ms,
                 );
                 let result = start.await;
@@ -558,9 +561,22 @@ impl<S: Storage> WorkflowContext<S> {
             Replay::Recorded(row) => return self.decode_recorded(row),
             Replay::Run(step_id) => step_id,
         };
+        // Awaiting a child is a step like any other: it does not begin past
+        // the deadline.
+        self.check_deadline().await?;
         let started_ms = self.shared.now_ms();
         let outcome = self.shared.outcome(&child.id).await;
-        let recorded = match self.note(outcome)? {
+        let outcome = self.note(outcome)?;
+        // The child inherited this workflow's deadline: cancelled for it,
+        // it says this workflow is past it too (whatever this executor's
+        // clock says). That is this workflow's cancellation, not a failure
+        // of this step.
+        if self.deadline_ms.is_some()
+            && matches!(&outcome, Outcome::Cancelled(reason) if reason == DEADLINE_EXCEEDED)
+        {
+            return Err(self.deadline_exceeded().await.into());
+        }
+        let recorded = match outcome {
             Outcome::Success(json) => Ok(json),
             Outcome::Error(message) => {
                 Err(format!("child workflow {:?} failed: {message}", child.id))
@@ -652,20 +668,32 @@ impl<S: Storage> WorkflowContext<S> {
         {
             return Ok(());
         }
+        Err(self.deadline_exceeded().await)
+    }
+
+    /// Cancels this workflow (and its children) for its deadline; the
+    /// error that stops it.
+    async fn deadline_exceeded(&mut self) -> Error {
         let storage = self.shared.storage().clone();
         let id = self.workflow_id.clone();
         let now_ms = self.shared.now_ms();
-        self.storage_retry(|| {
-            let id = id.clone();
-            storage.autocommit(move |tx| {
-                Box::pin(async move { tx.workflows_cancel(&id, "deadline exceeded", now_ms).await })
+        let cancelled = self
+            .storage_retry(|| {
+                let id = id.clone();
+                storage.autocommit(move |tx| {
+                    Box::pin(
+                        async move { tx.workflows_cancel(&id, DEADLINE_EXCEEDED, now_ms).await },
+                    )
+                })
             })
-        })
-        .await?;
+            .await;
+        if let Err(e) = cancelled {
+            return e;
+        }
         self.interrupted = true;
-        Err(Error::DeadlineExceeded {
+        Error::DeadlineExceeded {
             workflow_id: self.workflow_id.clone(),
-        })
+        }
     }
 
     /// The one place a step's record is built: its outcome is an output

@@ -249,6 +249,11 @@ pub struct WorkflowInsert {
     pub executor_id: String,
     /// The parent, for a child workflow.
     pub parent_id: Option<String>,
+    /// For a child: the epoch of the parent's execution starting it. The
+    /// insert locks the parent's row and inserts only while the parent is
+    /// `RUNNING` at this epoch (otherwise: fenced), so that a cancel of the
+    /// parent either finds the child or keeps it from being created.
+    pub parent_epoch: Option<i64>,
     /// The deadline (ms since the epoch), if any.
     pub deadline_ms: Option<i64>,
     /// The engine's clock.

@@ -388,6 +388,7 @@ async fn write_history(storage: &MemStorage, case: &Case) {
         input: case.input.clone(),
         executor_id: EXECUTOR.to_owned(),
         parent_id: None,
+        parent_epoch: None,
         deadline_ms: None,
         now_ms: start_ms() - 60_000,
     })

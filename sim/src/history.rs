@@ -20,10 +20,7 @@
 //!   the snapshot and takes no row lock; the checkpoint's primary key is
 //!   what makes a step exactly-once);
 //! - no checkpoint commits after its workflow's terminal version;
-//! - after no commit are more of the `orders` queue's workflows `RUNNING`
-//!   than its global concurrency limit allows, nor more on one executor
-//!   than its worker concurrency (unless a zombie shares the executor ID:
-//!   worker concurrency is per process).
+//! - the queue-admission and deadline invariants of `admission.rs`.
 
 use std::collections::BTreeMap;
 
@@ -36,7 +33,7 @@ use crate::world::World;
 pub fn check(world: &World) -> Vec<String> {
     let mut v = Vec::new();
     let history = world.mem.workflow_history();
-    v.extend(queue_limits(world, &history));
+    v.extend(crate::admission::check(world, &history));
     let mut versions: BTreeMap<String, Vec<(u64, WorkflowRecord)>> = BTreeMap::new();
     for (csn, row) in history {
         versions.entry(row.id.clone()).or_default().push((csn, row));
@@ -118,69 +115,6 @@ pub fn check(world: &World) -> Vec<String> {
                     seen.map(|(_, r)| (r.status, r.owner_epoch))
                 ));
             }
-        }
-    }
-    v
-}
-
-/// The `orders` queue's limits, after every commit: `history` (every
-/// workflow version, in commit order) is replayed and counted after each
-/// transaction.
-fn queue_limits(world: &World, history: &[(u64, WorkflowRecord)]) -> Vec<String> {
-    let w = &world.workload;
-    let mut v = Vec::new();
-    let mut running: BTreeMap<String, Option<String>> = BTreeMap::new();
-    let twins = world
-        .state()
-        .incarnations
-        .keys()
-        .any(|n| n.starts_with("zombie-"));
-    let mut i = 0;
-    while i < history.len() {
-        let csn = history[i].0;
-        let mut touched = false;
-        while i < history.len() && history[i].0 == csn {
-            let r = &history[i].1;
-            if r.queue == crate::workload::ORDERS_QUEUE {
-                touched = true;
-                if r.status == Status::Running {
-                    running.insert(r.id.clone(), r.executor_id.clone());
-                } else {
-                    running.remove(&r.id);
-                }
-            }
-            i += 1;
-        }
-        if !touched {
-            continue;
-        }
-        if let Some(limit) = w.orders_global
-            && running.len() > limit as usize
-        {
-            v.push(format!(
-                "after commit {csn} {} workflows of queue {} run ({:?}), its global limit is {limit}",
-                running.len(),
-                crate::workload::ORDERS_QUEUE,
-                running.keys().collect::<Vec<_>>()
-            ));
-            break;
-        }
-        // A zombie shares its executor ID with a live engine, and worker
-        // concurrency is per process: two processes may each run up to it.
-        if twins {
-            continue;
-        }
-        let mut per: BTreeMap<&Option<String>, usize> = BTreeMap::new();
-        for e in running.values() {
-            *per.entry(e).or_insert(0) += 1;
-        }
-        if let Some((e, n)) = per.into_iter().find(|(_, n)| *n > w.orders_worker) {
-            v.push(format!(
-                "after commit {csn} {n} workflows of queue {} run on {e:?}, its worker concurrency is {}",
-                crate::workload::ORDERS_QUEUE,
-                w.orders_worker
-            ));
-            break;
         }
     }
     v

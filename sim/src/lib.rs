@@ -14,6 +14,7 @@
 //! the world's clock and `run` ties them together.
 #![cfg(madsim)]
 
+pub mod admission;
 pub mod env;
 pub mod faults;
 pub mod history;

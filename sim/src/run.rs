@@ -336,6 +336,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         }
         let unfinished: Vec<String> = {
             let rows = world.mem.workflows();
+            // (A deduplicated order has no workflow of its own.)
             let committed: Vec<(String, i64)> = world
                 .mem
                 .rows(workload::ORDERS)
@@ -343,6 +344,9 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
                 .filter_map(|(k, _)| match k {
                     tandem::storage::memory::Key::Int(n) => Some((format!("order-{n}"), n)),
                     tandem::storage::memory::Key::Text(_) => None,
+                })
+                .filter(|(id, n)| {
+                    !crate::admission::deduplicated(&world, *n) || rows.iter().any(|r| r.id == *id)
                 })
                 .collect();
             let mut unfinished: Vec<String> = if world.state().app_done {
@@ -369,8 +373,14 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
                 .map(|w| w.id.clone())
                 .chain(committed.into_iter().map(|(id, _)| id))
                 .chain(forks);
+            // (Since the admission generation a deadline may cancel a
+            // workflow at any time: a cancelled one waits for its resume.)
+            let resumes = world.workload.generation >= Generation::Admission;
+            let done = |r: &tandem::storage::memory::WorkflowRecord| {
+                r.status.is_terminal() && !(resumes && r.status == tandem::Status::Cancelled)
+            };
             unfinished.extend(
-                ids.filter(|id| !rows.iter().any(|r| r.id == *id && r.status.is_terminal()))
+                ids.filter(|id| !rows.iter().any(|r| r.id == *id && done(r)))
                     .map(|id| {
                         let row = rows.iter().find(|r| r.id == id);
                         format!(
@@ -658,11 +668,25 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
                 madsim::rand::thread_rng().gen_range(0..20),
             ))
             .await;
-            world.faults.count("engine.start_with_id");
-            match engine
-                .start_with_id::<Bank>(spec.id.clone(), spec.ops.clone())
-                .await
-            {
+            let started = match spec.deadline_ms {
+                None => {
+                    world.faults.count("engine.start_with_id");
+                    engine
+                        .start_with_id::<Bank>(spec.id.clone(), spec.ops.clone())
+                        .await
+                }
+                Some(ms) => {
+                    world.faults.count("engine.start_with_timeout");
+                    engine
+                        .start_with_timeout::<Bank>(
+                            Some(spec.id.clone()),
+                            Duration::from_millis(ms),
+                            spec.ops.clone(),
+                        )
+                        .await
+                }
+            };
+            match started {
                 Ok(_) => {
                     world.log(format!("{} started {}", node.label, spec.id));
                     world.state().acked.insert(spec.id.clone());
@@ -697,11 +721,14 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
 
 /// The `orders` queue as every executor declares it.
 fn orders_queue(w: &Workload) -> Queue {
-    let queue = Queue::new(workload::ORDERS_QUEUE).worker_concurrency(w.orders_worker);
-    match w.orders_global {
-        Some(n) => queue.concurrency_global(n),
-        None => queue,
+    let mut queue = Queue::new(workload::ORDERS_QUEUE).worker_concurrency(w.orders_worker);
+    if let Some(n) = w.orders_global {
+        queue = queue.concurrency_global(n);
     }
+    if let Some((starts, period_ms)) = w.orders_rate {
+        queue = queue.rate_limit(starts, Duration::from_millis(period_ms as u64));
+    }
+    queue
 }
 
 /// Catches a panic of `f` (used by the sweep to keep going).

@@ -81,6 +81,36 @@ pub struct SimTx {
     claims: Vec<String>,
     /// The fenced writes it made (logged at a successful COMMIT).
     writes: Vec<FencedWrite>,
+    /// Open while this transaction may hold row locks of a cancel.
+    locks: Option<LockGuard>,
+}
+
+/// Ends a transaction's [`LockWindow`](crate::admission::LockWindow) when
+/// dropped: at its COMMIT or rollback, or when a kill drops it.
+struct LockGuard {
+    world: Arc<World>,
+    index: usize,
+}
+
+impl LockGuard {
+    fn new(world: &Arc<World>) -> Self {
+        let mut state = world.state();
+        state.lock_windows.push(crate::admission::LockWindow {
+            from_csn: world.mem.commit_seq(),
+            to_csn: None,
+        });
+        Self {
+            world: world.clone(),
+            index: state.lock_windows.len() - 1,
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let csn = self.world.mem.commit_seq();
+        self.world.state().lock_windows[self.index].to_csn = Some(csn);
+    }
 }
 
 impl SimTx {
@@ -132,6 +162,7 @@ impl Storage for SimStorage {
             step_commit: None,
             claims: Vec::new(),
             writes: Vec::new(),
+            locks: None,
         })
     }
 
@@ -169,7 +200,6 @@ impl Transaction for SimTx {
         message_take,
         event_set,
         event_get,
-        workflows_cancel,
         workflow_resume,
         workflow_fork,
         workflows_owned,
@@ -246,9 +276,42 @@ impl Transaction for SimTx {
         Ok(n)
     }
 
+    async fn workflows_cancel(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> StorageResult<Vec<String>> {
+        self.latency("workflows_cancel").await;
+        if self.locks.is_none() {
+            self.locks = Some(LockGuard::new(&self.world));
+        }
+        let cancelled = self.tx.workflows_cancel(id, reason, now_ms).await?;
+        if reason == "deadline exceeded" && !cancelled.is_empty() {
+            self.world.faults.observe("deadline.cancelled");
+        }
+        Ok(cancelled)
+    }
+
     async fn workflows_claim(&mut self, p: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
         self.latency("workflows_claim").await;
+        // No await between this read and the statement.
+        let before_csn = self.world.mem.commit_seq();
+        let seen = p.queue.is_limited().then(|| crate::admission::ClaimSeen {
+            node: self.node.label.clone(),
+            queue: p.queue.name.clone(),
+            names: p.names.clone(),
+            now_ms: p.now_ms,
+            before_csn,
+            claimed: Vec::new(),
+        });
         let rows = self.tx.workflows_claim(p).await?;
+        if let Some(mut seen) = seen
+            && !rows.is_empty()
+        {
+            seen.claimed = rows.iter().map(|r| (r.id.clone(), r.owner_epoch)).collect();
+            self.world.state().claims_seen.push(seen);
+        }
         self.claims.extend(rows.iter().map(|r| r.id.clone()));
         // A claimed workflow's execution knows at least the checkpoints
         // committed before the claim (it loads them unless it never ran;
@@ -294,6 +357,7 @@ impl Transaction for SimTx {
             step_commit,
             claims,
             writes,
+            locks: _locks,
         } = self;
         world.faults.count("commit");
         world.latency().await;

@@ -60,11 +60,15 @@ pub enum Generation {
     /// Plus events, child workflows, cancel and resume from an admin node,
     /// and queue concurrency limits.
     Steering,
+    /// Plus queue admission: priorities, delays and dedup keys on the
+    /// orders, a rate limit on their queue, deadlines on workflows, and the
+    /// admin node cancelling orders too.
+    Admission,
 }
 
 impl Generation {
     /// The newest generation: what `cargo test -p sim` runs.
-    pub const LATEST: Generation = Generation::Steering;
+    pub const LATEST: Generation = Generation::Admission;
 }
 
 /// One step of a bank workflow.
@@ -209,6 +213,13 @@ pub struct OrderSpec {
     pub expected: Vec<i64>,
     /// Whether the client rolls the transaction back instead of committing.
     pub rollback: bool,
+    /// Its claim priority (lower first).
+    pub priority: i32,
+    /// Not claimable before this long after the enqueue.
+    pub delay_ms: Option<u64>,
+    /// Its deduplication key: while another unfinished order of the queue
+    /// holds it, the enqueue answers with that one and creates nothing.
+    pub dedup_key: Option<String>,
 }
 
 /// One workflow of the workload.
@@ -222,6 +233,8 @@ pub struct WorkflowSpec {
     pub ops: Vec<Op>,
     /// The output a fault-free run produces.
     pub expected: Vec<i64>,
+    /// Its deadline, counted from its start (`Engine::start_with_timeout`).
+    pub deadline_ms: Option<u64>,
 }
 
 /// What one run executes.
@@ -241,6 +254,8 @@ pub struct Workload {
     pub orders_global: Option<u32>,
     /// The `orders` queue's per-executor concurrency.
     pub orders_worker: usize,
+    /// The `orders` queue's rate limit: starts per period (ms).
+    pub orders_rate: Option<(u32, i64)>,
     /// Each executor's clock skew (zero before the steering generation):
     /// within a third of the lease, the bound `docs/guarantees.md` asks of
     /// a deployment.
@@ -397,6 +412,7 @@ impl Workload {
                     owner: rng.gen_range(0..executors),
                     ops,
                     expected,
+                    deadline_ms: None,
                 }
             })
             .collect();
@@ -439,9 +455,37 @@ impl Workload {
                     ops,
                     expected,
                     rollback: rng.gen_bool(0.3),
+                    priority: 0,
+                    delay_ms: None,
+                    dedup_key: None,
                 }
             })
             .collect();
+        let mut orders: Vec<OrderSpec> = orders;
+        let mut orders_rate = None;
+        if generation >= Generation::Admission {
+            let mut admission = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_ad31_5510);
+            if admission.gen_bool(0.5) {
+                orders_rate = Some((admission.gen_range(1..=3), admission.gen_range(100..=300)));
+            }
+            let priorities = admission.gen_bool(0.7);
+            for o in &mut orders {
+                if priorities {
+                    o.priority = admission.gen_range(0..=2);
+                }
+                if admission.gen_bool(0.3) {
+                    o.delay_ms = Some(admission.gen_range(20..=250));
+                }
+                if admission.gen_bool(0.5) {
+                    o.dedup_key = Some(format!("customer-{}", admission.gen_range(0..2)));
+                }
+            }
+            for w in &mut workflows {
+                if admission.gen_bool(0.25) {
+                    w.deadline_ms = Some(admission.gen_range(20..=400));
+                }
+            }
+        }
         Self {
             executors,
             accounts,
@@ -450,6 +494,7 @@ impl Workload {
             generation,
             orders_global,
             orders_worker,
+            orders_rate,
             skews_ms,
         }
     }
@@ -808,6 +853,11 @@ pub fn check(world: &World) -> Vec<String> {
         }
         if o.rollback {
             v.push(format!("order {} was rolled back but its row exists", o.n));
+        }
+        if row.is_none() && crate::admission::deduplicated(world, o.n) {
+            // Its enqueue answered with the key's holder (which
+            // `admission::check` judges): there is nothing to run.
+            continue;
         }
         checked.push((o.id.clone(), o.ops.clone()));
         match row {
@@ -1201,18 +1251,35 @@ pub async fn app_client(world: Arc<World>) {
                 world.latency().await;
                 let input = serde_json::to_string(&o.ops).expect("ops serialize");
                 world.faults.count("workflow_enqueue");
-                tx.workflow_enqueue(WorkflowEnqueue {
-                    name: "bank".to_owned(),
-                    input,
-                    queue: ORDERS_QUEUE.to_owned(),
-                    workflow_id: Some(o.id.clone()),
-                    priority: 0,
-                    dedup_key: None,
-                    delay_ms: None,
-                    dedup_error: false,
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+                let from_csn = world.mem.commit_seq();
+                let id = tx
+                    .workflow_enqueue(WorkflowEnqueue {
+                        name: "bank".to_owned(),
+                        input,
+                        queue: ORDERS_QUEUE.to_owned(),
+                        workflow_id: Some(o.id.clone()),
+                        priority: o.priority,
+                        dedup_key: o.dedup_key.clone(),
+                        delay_ms: o.delay_ms.map(|d| d as i64),
+                        dedup_error: false,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if id != o.id {
+                    // Deduplicated: the answer names the unfinished holder
+                    // of the key (judged by `admission::check`).
+                    world.faults.observe("enqueue.deduplicated");
+                    world.log(format!("app order {} deduplicated into {id}", o.n));
+                    world
+                        .state()
+                        .dedup_answers
+                        .push(crate::admission::DedupAnswer {
+                            order: o.n,
+                            holder: id,
+                            from_csn,
+                            to_csn: world.mem.commit_seq(),
+                        });
+                }
                 world.latency().await;
                 if o.rollback {
                     tx.rollback().await.map_err(|e| e.to_string())?;
@@ -1584,9 +1651,31 @@ pub async fn admin_client(world: Arc<World>) {
                 .workflows()
                 .into_iter()
                 .filter(|r| !r.status.is_terminal() && r.parent_id.is_none())
-                .filter(|r| r.id.starts_with("wf-"))
+                .filter(|r| {
+                    r.id.starts_with("wf-")
+                        || (world.workload.generation >= Generation::Admission
+                            && r.id.starts_with("order-"))
+                })
                 .map(|r| r.id)
                 .collect();
+            // Half of the cancels pick an order holding a dedup key: its
+            // resume may then meet another order that took the key.
+            let keyed: Vec<String> = open
+                .iter()
+                .filter(|id| {
+                    world
+                        .workload
+                        .orders
+                        .iter()
+                        .any(|o| o.id == **id && o.dedup_key.is_some())
+                })
+                .cloned()
+                .collect();
+            let open = if !keyed.is_empty() && madsim::rand::thread_rng().gen_bool(0.5) {
+                keyed
+            } else {
+                open
+            };
             if !open.is_empty() {
                 let id = &open[madsim::rand::thread_rng().gen_range(0..open.len())];
                 cancels += 1;
@@ -1615,13 +1704,21 @@ pub async fn admin_client(world: Arc<World>) {
                 world.faults.count("admin.resume");
                 let result = admin.resume(id).await;
                 world.log(format!("admin resume {id}: {result:?}"));
-                if result.is_ok() {
-                    world.faults.observe("admin.resumed");
+                match &result {
+                    Ok(()) => world.faults.observe("admin.resumed"),
+                    Err(e) if e.to_string().contains("holds the dedup_key") => {
+                        world.faults.observe("admin.resume_refused_dedup_key_held")
+                    }
+                    Err(_) => {}
                 }
             }
             if stopped && cancelled.is_empty() {
                 world.state().admin_done = true;
-                return;
+                // A deadline may still cancel a workflow: since the
+                // admission generation the node resumes until the end.
+                if world.workload.generation < Generation::Admission {
+                    return;
+                }
             }
         }
         if madsim::rand::thread_rng().gen_bool(0.2) {

@@ -71,6 +71,12 @@ pub struct State {
     pub admin_reads: Vec<crate::workload::AdminRead>,
     /// Every fenced write that committed (acknowledged), in commit order.
     pub writes: Vec<crate::storage::FencedWrite>,
+    /// Every enqueue the app client saw deduplicated.
+    pub dedup_answers: Vec<crate::admission::DedupAnswer>,
+    /// Every claim statement of a limited queue that returned rows.
+    pub claims_seen: Vec<crate::admission::ClaimSeen>,
+    /// When each cancel transaction was open.
+    pub lock_windows: Vec<crate::admission::LockWindow>,
 }
 
 /// Everything a run shares.

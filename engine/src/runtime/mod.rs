@@ -411,9 +411,10 @@ impl<S: Storage> Shared<S> {
         name: &str,
         id: String,
         input: String,
-        parent_id: Option<String>,
+        parent: Option<(String, i64)>,
         deadline_ms: Option<i64>,
     ) -> Result<String, Error> {
+        let (parent_id, parent_epoch) = parent.unzip();
         let Some((&name, workflow)) = self.registry.get_key_value(name) else {
             return Err(Error::UnknownWorkflow {
                 name: name.to_owned(),
@@ -427,6 +428,7 @@ impl<S: Storage> Shared<S> {
             input: input.clone(),
             executor_id: self.config.executor_id.clone(),
             parent_id: parent_id.clone(),
+            parent_epoch,
             deadline_ms,
             now_ms: self.now_ms(),
         };

@@ -498,28 +498,47 @@ impl Transaction for PgTx {
         reason: &str,
         now_ms: i64,
     ) -> StorageResult<Vec<String>> {
-        // The whole subtree of children, then every unfinished one of them.
-        sqlx::query_scalar(
-            "WITH RECURSIVE tree AS (
-                 SELECT id FROM tandem.workflows WHERE id = $1
-                 UNION
-                 SELECT w.id FROM tandem.workflows w JOIN tree ON w.parent_id = tree.id
-             )
-             UPDATE tandem.workflows w
-                SET status = 'CANCELLED', error = $2, executor_id = NULL,
-                    owner_epoch = w.owner_epoch + 1,
-                    updated_at = to_timestamp($3::float8 / 1000),
-                    completed_at = clock_timestamp()
-               FROM tree
-              WHERE w.id = tree.id AND w.status IN ('ENQUEUED', 'RUNNING')
-          RETURNING w.id",
-        )
-        .bind(id)
-        .bind(reason)
-        .bind(now_ms)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(map_err)
+        // Level by level, each in statements of their own: the UPDATE of a
+        // level locks its unfinished rows, waiting for any child insert that
+        // holds one (a child's insert locks its running parent), so the next
+        // statement's snapshot sees every child started under them; a child
+        // insert that comes later finds its parent cancelled and inserts
+        // nothing. (One recursive statement would miss a child whose insert
+        // commits while it runs: that child would run on, uncancelled.)
+        let mut cancelled = Vec::new();
+        let mut level = vec![id.to_owned()];
+        let mut seen: std::collections::HashSet<String> = level.iter().cloned().collect();
+        while !level.is_empty() {
+            let mut ids: Vec<String> = sqlx::query_scalar(
+                "UPDATE tandem.workflows w
+                    SET status = 'CANCELLED', error = $2, executor_id = NULL,
+                        owner_epoch = w.owner_epoch + 1,
+                        updated_at = to_timestamp($3::float8 / 1000),
+                        completed_at = clock_timestamp()
+                  WHERE w.id = ANY($1) AND w.status IN ('ENQUEUED', 'RUNNING')
+              RETURNING w.id",
+            )
+            .bind(&level)
+            .bind(reason)
+            .bind(now_ms)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+            ids.sort();
+            cancelled.extend(ids);
+            let children: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM tandem.workflows WHERE parent_id = ANY($1) ORDER BY id",
+            )
+            .bind(&level)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+            level = children
+                .into_iter()
+                .filter(|c| seen.insert(c.clone()))
+                .collect();
+        }
+        Ok(cancelled)
     }
 
     async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
@@ -747,26 +766,48 @@ async fn workflow_insert(
 ) -> StorageResult<WorkflowInserted> {
     // ON CONFLICT DO NOTHING: a concurrent start of the same ID waits for the
     // first inserter and then inserts nothing, so an ID never gets two runs.
-    let inserted: Option<(i64,)> = sqlx::query_as(
-        "INSERT INTO tandem.workflows
-             (id, name, status, input, executor_id, owner_epoch, created_at, updated_at,
-              started_at, parent_id, deadline_at)
-         VALUES ($1, $2, 'RUNNING', $3::jsonb, $4, 1, to_timestamp($5::float8 / 1000),
-                 to_timestamp($5::float8 / 1000), clock_timestamp(), $6,
-                 to_timestamp($7::float8 / 1000))
-         ON CONFLICT (id) DO NOTHING
-         RETURNING owner_epoch",
-    )
-    .bind(&p.id)
-    .bind(&p.name)
-    .bind(&p.input)
-    .bind(&p.executor_id)
-    .bind(p.now_ms)
-    .bind(&p.parent_id)
-    .bind(p.deadline_ms)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(map_err)?;
+    // A child's row comes from the parent's row, locked (FOR NO KEY UPDATE,
+    // re-checked after a wait) while the parent runs at the starting
+    // execution's epoch: a cancel of the parent (an UPDATE of that row)
+    // either waits for this insert to commit, and then finds the child, or
+    // commits first, and then this inserts nothing.
+    macro_rules! insert_select {
+        () => {
+            "INSERT INTO tandem.workflows
+                 (id, name, status, input, executor_id, owner_epoch, created_at, updated_at,
+                  started_at, parent_id, deadline_at)
+             SELECT $1, $2, 'RUNNING', $3::jsonb, $4, 1, to_timestamp($5::float8 / 1000),
+                    to_timestamp($5::float8 / 1000), clock_timestamp(), $6,
+                    to_timestamp($7::float8 / 1000)"
+        };
+    }
+    let sql = if p.parent_epoch.is_some() {
+        concat!(
+            "WITH parent AS (
+                 SELECT 1 FROM tandem.workflows
+                  WHERE id = $6 AND owner_epoch = $8 AND status = 'RUNNING'
+                    FOR NO KEY UPDATE) ",
+            insert_select!(),
+            " FROM parent ON CONFLICT (id) DO NOTHING RETURNING owner_epoch"
+        )
+    } else {
+        concat!(
+            insert_select!(),
+            " WHERE $8::bigint IS NULL ON CONFLICT (id) DO NOTHING RETURNING owner_epoch"
+        )
+    };
+    let inserted: Option<(i64,)> = sqlx::query_as(sql)
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(&p.input)
+        .bind(&p.executor_id)
+        .bind(p.now_ms)
+        .bind(&p.parent_id)
+        .bind(p.deadline_ms)
+        .bind(p.parent_epoch)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
     if inserted.is_some() {
         return Ok(WorkflowInserted::Inserted);
     }
@@ -774,10 +815,13 @@ async fn workflow_insert(
     // existing row is read in a statement of its own (a fresh snapshot).
     match workflow_get(conn, &p.id).await? {
         Some(row) => Ok(WorkflowInserted::Existing(Box::new(row))),
-        None => Err(StorageError::new(
-            ErrorKind::Conflict,
-            format!("workflow {:?} conflicted on insert but is gone", p.id),
-        )),
+        None => match (&p.parent_id, p.parent_epoch) {
+            (Some(parent), Some(_)) => Err(fenced(parent)),
+            _ => Err(StorageError::new(
+                ErrorKind::Conflict,
+                format!("workflow {:?} conflicted on insert but is gone", p.id),
+            )),
+        },
     }
 }
 

@@ -29,6 +29,7 @@ both!(
     forking_a_workflow_again_starts_another_run,
     a_workflow_past_its_deadline_is_cancelled,
     resuming_a_workflow_whose_dedup_key_was_taken_meanwhile_fails_whole,
+    a_cancel_racing_a_child_start_cancels_the_child_or_keeps_it_from_existing,
 );
 
 /// An environment whose clock moves only when the test says so; its tasks
@@ -898,6 +899,77 @@ async fn resuming_a_workflow_whose_dedup_key_was_taken_meanwhile_fails_whole<A: 
         Status::Enqueued
     );
     engine.shutdown().await;
+}
+
+/// The race the simulator found (seed 1441): a parent's execution inserted
+/// its child while an admin cancel of the parent ran; the cancel's cascade
+/// did not see the uncommitted child, which then ran on under a cancelled
+/// parent. A child's insert now locks its running parent, and the cancel
+/// cascades level by level, so the two serialize on the parent's row.
+async fn a_cancel_racing_a_child_start_cancels_the_child_or_keeps_it_from_existing<A: App>() {
+    let (storage, _app) = A::create(0, 0).await;
+    let insert = |id: &str, parent: Option<&str>| tandem::storage::WorkflowInsert {
+        id: id.to_owned(),
+        name: "napper".to_owned(),
+        input: "1".to_owned(),
+        executor_id: "exec".to_owned(),
+        parent_id: parent.map(str::to_owned),
+        parent_epoch: parent.map(|_| tandem::storage::EPOCH_FIRST),
+        deadline_ms: None,
+        now_ms: 0,
+    };
+    let cancel = |storage: &A::Storage, id: &'static str| {
+        let storage = storage.clone();
+        async move {
+            storage
+                .autocommit(move |tx| {
+                    Box::pin(async move { tx.workflows_cancel(id, "cancelled", 0).await })
+                })
+                .await
+        }
+    };
+    for parent in ["p1", "p2"] {
+        storage.workflow_insert(insert(parent, None)).await.unwrap();
+    }
+
+    // The child's insert first: the cancel waits for it, then cancels it.
+    let mut tx = storage.begin().await.unwrap();
+    let inserted = tx
+        .workflow_insert(insert("p1-child-0", Some("p1")))
+        .await
+        .unwrap();
+    assert_eq!(inserted, tandem::storage::WorkflowInserted::Inserted);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (cancelled, ()) = tokio::join!(
+        async {
+            let cancelled = cancel(&storage, "p1").await;
+            done.store(true, Ordering::SeqCst);
+            cancelled
+        },
+        async {
+            support::sleep(Duration::from_millis(200)).await;
+            assert!(
+                !done.load(Ordering::SeqCst),
+                "the cancel waits for the parent's row"
+            );
+            tx.commit().await.unwrap();
+        }
+    );
+    let cancelled = cancelled.unwrap();
+    assert_eq!(cancelled, ["p1", "p1-child-0"]);
+    assert_eq!(
+        workflow(&storage, "p1-child-0").await.status,
+        Status::Cancelled
+    );
+
+    // The cancel first: the child's insert is fenced and nothing exists.
+    assert_eq!(cancel(&storage, "p2").await.unwrap(), ["p2"]);
+    let err = storage
+        .workflow_insert(insert("p2-child-0", Some("p2")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fenced, "{err}");
+    assert!(storage.workflow_get("p2-child-0").await.unwrap().is_none());
 }
 
 /// A tracing subscriber that records the spans created, with their fields.

@@ -210,7 +210,13 @@ fn a_receive_notices_its_step_recorded_by_another_execution() {
 /// claimed from until the orphan look has adopted or ruled out what it took.
 #[test]
 fn a_lost_claim_ack_does_not_exceed_the_worker_concurrency() {
-    let report = run_seed(349, &Options::default());
+    let report = run_seed(
+        349,
+        &Options {
+            generation: Generation::Steering,
+            ..Options::default()
+        },
+    );
     assert!(report.passed(), "{}", report.failure_message(60));
 }
 
@@ -223,6 +229,34 @@ fn a_lost_claim_ack_does_not_exceed_the_worker_concurrency() {
 /// right before counting free slots.
 #[test]
 fn a_shutting_down_executor_claims_nothing_more() {
-    let report = run_seed(21_001_766, &Options::default());
+    let report = run_seed(
+        21_001_766,
+        &Options {
+            generation: Generation::Steering,
+            ..Options::default()
+        },
+    );
+    assert!(report.passed(), "{}", report.failure_message(60));
+}
+
+/// Regression test of an engine bug the admission workload found (seed
+/// 1441): the admin node cancelled wf-3 while its execution was inserting
+/// child wf-3-child-2; the cancel's recursive cascade ran on a snapshot
+/// without the uncommitted child, so the child ran on under a cancelled
+/// parent, kept the deadline the parent's resume cleared, was cancelled by
+/// it after a clock jump, and the resumed parent recorded that as a failed
+/// step. A child's insert now locks its running parent and the cancel
+/// cascades level by level (`steering::a_cancel_racing_a_child_start_*`).
+/// The seed also passes through a parent awaiting a child cancelled for the
+/// deadline they share: the parent is cancelled too, not failed.
+#[test]
+fn a_cancel_racing_a_child_start_cancels_the_child() {
+    let report = run_seed(
+        1441,
+        &Options {
+            generation: Generation::Admission,
+            ..Options::default()
+        },
+    );
     assert!(report.passed(), "{}", report.failure_message(60));
 }

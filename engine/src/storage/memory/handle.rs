@@ -387,7 +387,7 @@ impl Transaction for MemTx {
     }
 
     async fn workflow_insert(&mut self, params: WorkflowInsert) -> StorageResult<WorkflowInserted> {
-        Ok(self.conn.workflow_insert(params).await?)
+        self.conn.workflow_insert(params).await
     }
 
     async fn workflow_get(&mut self, id: &str) -> StorageResult<Option<WorkflowRow>> {

@@ -7,7 +7,7 @@ impl MemConn {
     pub(super) async fn workflow_insert(
         &mut self,
         p: WorkflowInsert,
-    ) -> Result<WorkflowInserted, MemError> {
+    ) -> StorageResult<WorkflowInserted> {
         // INSERT ... ON CONFLICT (id) DO NOTHING: waits for a concurrent
         // inserter of the same ID, then inserts nothing if it committed.
         let snap = self.start("workflow_insert")?;
@@ -30,12 +30,37 @@ impl MemConn {
             // clock_timestamp(): the database clock, which the model takes
             // from the engine.
             started_ms: Some(p.now_ms),
-            parent_id: p.parent_id,
+            parent_id: p.parent_id.clone(),
             deadline_ms: p.deadline_ms,
         };
-        if self
-            .insert_row(&Workflows, &snap, p.id.clone(), || row.clone(), true)
-            .await?
+        // A child's row comes from its parent's, locked (FOR NO KEY UPDATE,
+        // re-checked after a wait) while it runs at the starting epoch.
+        let parent = match (&p.parent_id, p.parent_epoch) {
+            (Some(parent), Some(epoch)) => {
+                let key = parent.clone();
+                let idx = {
+                    let mut db = self.storage.db();
+                    let (t, txs) = Workflows.split(&mut db);
+                    t.visible(txs, &snap, &key)
+                        .filter(|i| running_at(t.data(&key, *i), epoch))
+                };
+                let locked = match idx {
+                    None => None,
+                    Some(idx) => {
+                        self.lock_row(&Workflows, &snap, &key, idx, LockWait::Block, |w| {
+                            running_at(w, epoch)
+                        })
+                        .await?
+                    }
+                };
+                Some((parent.clone(), locked.is_some()))
+            }
+            _ => None,
+        };
+        if parent.as_ref().is_none_or(|(_, live)| *live)
+            && self
+                .insert_row(&Workflows, &snap, p.id.clone(), || row.clone(), true)
+                .await?
         {
             return Ok(WorkflowInserted::Inserted);
         }
@@ -43,7 +68,10 @@ impl MemConn {
         // conflicting row's commit.
         match self.workflow_get(&p.id).await? {
             Some(row) => Ok(WorkflowInserted::Existing(Box::new(row))),
-            None => Err(MemError::SerializationFailure),
+            None => match parent {
+                Some((parent, _)) => Err(fenced(&parent)),
+                None => Err(MemError::SerializationFailure.into()),
+            },
         }
     }
 
@@ -526,29 +554,58 @@ impl MemConn {
         reason: &str,
         now_ms: i64,
     ) -> Result<Vec<String>, MemError> {
-        // WITH RECURSIVE tree over the snapshot (UNION: each ID once), then
-        // an UPDATE of its unfinished members, re-checked after a wait: a
-        // workflow that finished meanwhile is left alone.
-        let snap = self.start("workflows_cancel")?;
-        let tree = self.subtree(&snap, id, |_| true);
+        // Level by level, as on PostgreSQL: an UPDATE of the level's
+        // unfinished rows (each re-checked after a wait: a workflow that
+        // finished meanwhile is left alone), then in a new statement, whose
+        // snapshot sees every child inserted under the rows now locked, the
+        // next level.
         let mut cancelled = Vec::new();
-        for key in tree {
-            let updated = self
-                .update_row(&Workflows, &snap, &key, |w| {
-                    matches!(w.status, Status::Enqueued | Status::Running).then(|| WorkflowRecord {
-                        status: Status::Cancelled,
-                        error: Some(reason.to_owned()),
-                        executor_id: None,
-                        owner_epoch: w.owner_epoch + 1,
-                        updated_ms: now_ms,
-                        completed_ms: Some(now_ms),
-                        ..w.clone()
+        let mut level = vec![id.to_owned()];
+        let mut seen: std::collections::HashSet<String> = level.iter().cloned().collect();
+        while !level.is_empty() {
+            let snap = self.start("workflows_cancel")?;
+            let mut ids = Vec::new();
+            for key in &level {
+                let updated = self
+                    .update_row(&Workflows, &snap, key, |w| {
+                        matches!(w.status, Status::Enqueued | Status::Running).then(|| {
+                            WorkflowRecord {
+                                status: Status::Cancelled,
+                                error: Some(reason.to_owned()),
+                                executor_id: None,
+                                owner_epoch: w.owner_epoch + 1,
+                                updated_ms: now_ms,
+                                completed_ms: Some(now_ms),
+                                ..w.clone()
+                            }
+                        })
                     })
-                })
-                .await?;
-            if updated.is_some() {
-                cancelled.push(key);
+                    .await?;
+                if updated.is_some() {
+                    ids.push(key.clone());
+                }
             }
+            ids.sort();
+            cancelled.extend(ids);
+            let snap = self.start("workflows_cancel")?;
+            let mut children: Vec<String> = {
+                let mut db = self.storage.db();
+                let (t, txs) = Workflows.split(&mut db);
+                t.scan(txs, &snap, ..)
+                    .filter(|(k, i)| {
+                        t.data(k, *i)
+                            .parent_id
+                            .as_ref()
+                            .is_some_and(|p| level.contains(p))
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            children.sort();
+            level = children
+                .into_iter()
+                .filter(|c| seen.insert(c.clone()))
+                .collect();
         }
         Ok(cancelled)
     }
@@ -597,9 +654,6 @@ impl MemConn {
         let Some(key) = &w.dedup_key else {
             return Ok(());
         };
-        if crate::bugs::active(crate::bugs::Bug::ResumeIgnoresDedup) {
-            return Ok(());
-        }
         loop {
             let wake = {
                 let mut db = self.storage.db();
@@ -808,6 +862,11 @@ pub(super) fn workflow_info(w: &WorkflowRecord) -> WorkflowInfo {
 
 /// A running workflow handed back to its queue (reclaim, release): owned by
 /// no one, under a bumped epoch that fences its last execution.
+/// Whether `w` runs at `epoch` (a child's insert checks its parent so).
+fn running_at(w: &WorkflowRecord, epoch: i64) -> bool {
+    w.status == Status::Running && w.owner_epoch == epoch
+}
+
 fn handed_back(w: &WorkflowRecord, now_ms: i64) -> WorkflowRecord {
     WorkflowRecord {
         status: Status::Enqueued,

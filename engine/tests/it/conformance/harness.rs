@@ -203,6 +203,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 input: "null".to_owned(),
                 executor_id: executor.to_owned(),
                 parent_id: None,
+                parent_epoch: None,
                 deadline_ms: None,
                 now_ms: 0,
             })
@@ -289,6 +290,9 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 input: "null".to_owned(),
                 executor_id: executor.to_owned(),
                 parent_id: Some(parent.to_owned()),
+                // Started by the parent's first execution: fenced once a
+                // cancel (or a claim) bumped its epoch.
+                parent_epoch: Some(1),
                 deadline_ms: None,
                 now_ms: 0,
             })
@@ -758,6 +762,7 @@ async fn seed_workflows<S: Storage>(storage: &S, setup: &Setup) {
                 input: "null".to_owned(),
                 executor_id: executor.to_owned(),
                 parent_id: parent.map(str::to_owned),
+                parent_epoch: None,
                 deadline_ms: None,
                 now_ms: 0,
             })
