@@ -76,5 +76,18 @@ pub const OPERATIONS: &[&str] = &[
     "admin.get_workflow",
     "admin.list_workflows",
     "engine.start_with_id",
+    "engine.start_with_timeout",
     "engine.shutdown",
+];
+
+/// What the admission generation must be seen doing in a default-size run
+/// (the sweep fails if one is never observed): a claim choosing by priority
+/// over age, a claim at the rate limit, a claim after a delay, a
+/// deduplicated enqueue, a deadline cancelling a workflow.
+pub const ADMISSION_OBSERVED: &[&str] = &[
+    "claim.priority_over_age",
+    "claim.rate_limit_reached",
+    "claim.after_run_after",
+    "enqueue.deduplicated",
+    "deadline.cancelled",
 ];

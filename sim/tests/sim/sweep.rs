@@ -109,6 +109,12 @@ fn seeds_hold_every_invariant() {
                 "operation {op} never performed in {count} seeds"
             );
         }
+        for what in sim::ADMISSION_OBSERVED {
+            assert!(
+                observed.get(what).copied().unwrap_or(0) > 0,
+                "{what} never observed in {count} seeds"
+            );
+        }
     }
 }
 
