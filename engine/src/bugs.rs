@@ -79,11 +79,14 @@ pub enum Bug {
     EnqueueIgnoresDedup,
     /// Steps begin although the workflow's deadline has passed.
     DeadlineNotChecked,
+    /// A receive recovered after a crash ignores the timeout its first wait
+    /// recorded and waits its whole timeout again.
+    RecvDeadlineRestarts,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 22] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -105,6 +108,7 @@ impl Bug {
         Bug::ClaimIgnoresRateLimit,
         Bug::EnqueueIgnoresDedup,
         Bug::DeadlineNotChecked,
+        Bug::RecvDeadlineRestarts,
     ];
 }
 

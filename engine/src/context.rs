@@ -377,8 +377,12 @@ impl<S: Storage> WorkflowContext<S> {
         };
         self.check_deadline().await?;
         let started_ms = self.shared.now_ms();
-        let deadline_ms = started_ms.saturating_add(duration_ms(timeout));
+        let timeout_ms = duration_ms(timeout);
+        let mut deadline_ms = started_ms.saturating_add(timeout_ms);
         let mut st = StepTx::new(step_id, StepKind::Recv, started_ms);
+        // Whether this execution has recorded (or learned) when the wait
+        // times out: the first wait at this step decides, whoever ran it.
+        let mut deadline_recorded = false;
         loop {
             // Subscribe before looking, so a message sent in between still
             // wakes this wait.
@@ -405,7 +409,8 @@ impl<S: Storage> WorkflowContext<S> {
             let now_ms = self.shared.now_ms();
             let payload = match taken {
                 Some(payload) => payload,
-                None if now_ms >= deadline_ms => "null".to_owned(),
+                // (Only once the first wait's recorded time is known.)
+                None if deadline_recorded && now_ms >= deadline_ms => "null".to_owned(),
                 None => {
                     // Nothing yet, unless another execution recorded this
                     // step meanwhile: a zombie that had the message locked in
@@ -426,6 +431,39 @@ impl<S: Storage> WorkflowContext<S> {
                             st.failed();
                             continue;
                         }
+                    }
+                    if !deadline_recorded {
+                        // Before the first wait: record when it times out,
+                        // or learn when an earlier execution's wait does.
+                        let recorded = match tx
+                            .recv_deadline(
+                                &self.workflow_id,
+                                self.owner_epoch,
+                                step_id,
+                                deadline_ms,
+                            )
+                            .await
+                        {
+                            Ok(recorded) => recorded,
+                            Err(e) => {
+                                let _ = tx.rollback().await;
+                                self.backoff_after(e, st.attempts).await?;
+                                st.failed();
+                                continue;
+                            }
+                        };
+                        if let Err(e) = tx.commit().await {
+                            self.backoff_after(e, st.attempts).await?;
+                            st.failed();
+                            continue;
+                        }
+                        deadline_recorded = true;
+                        if !crate::bugs::active(crate::bugs::Bug::RecvDeadlineRestarts) {
+                            deadline_ms = recorded;
+                            st.started_ms = recorded.saturating_sub(timeout_ms);
+                        }
+                        // Look again at once: the recorded time may be past.
+                        continue;
                     }
                     // Wait outside any transaction.
                     let _ = tx.rollback().await;

@@ -843,6 +843,19 @@ pub trait Transaction: Send + Sized {
         owner_epoch: i64,
     ) -> impl Future<Output = StorageResult<Option<String>>> + Send;
 
+    /// When the receive at step `step_id` of `workflow_id` times out: an
+    /// earlier execution's recorded time if it waited at this step already,
+    /// otherwise `deadline_ms`, recorded now. Fenced like a checkpoint. A
+    /// receive's timeout so counts from its first wait, across crashes and
+    /// takeovers, as a sleep's wake-up time does.
+    fn recv_deadline(
+        &mut self,
+        workflow_id: &str,
+        owner_epoch: i64,
+        step_id: i32,
+        deadline_ms: i64,
+    ) -> impl Future<Output = StorageResult<i64>> + Send;
+
     /// Sets an event's value.
     fn event_set(
         &mut self,

@@ -51,6 +51,7 @@ pub const OPERATIONS: &[&str] = &[
     "workflow_suspend",
     "message_send",
     "message_take",
+    "recv_deadline",
     "event_set",
     "event_get",
     "workflows_cancel",
@@ -83,11 +84,13 @@ pub const OPERATIONS: &[&str] = &[
 /// What the admission generation must be seen doing in a default-size run
 /// (the sweep fails if one is never observed): a claim choosing by priority
 /// over age, a claim at the rate limit, a claim after a delay, a
-/// deduplicated enqueue, a deadline cancelling a workflow.
+/// deduplicated enqueue, a deadline cancelling a workflow, a receive timing
+/// out at the time an earlier execution's wait recorded.
 pub const ADMISSION_OBSERVED: &[&str] = &[
     "claim.priority_over_age",
     "claim.rate_limit_reached",
     "claim.after_run_after",
     "enqueue.deduplicated",
     "deadline.cancelled",
+    "recv.timeout_kept_across_executions",
 ];

@@ -198,6 +198,7 @@ impl Transaction for SimTx {
         workflow_enqueue,
         message_send,
         message_take,
+        recv_deadline,
         event_set,
         event_get,
         workflow_resume,

@@ -484,6 +484,18 @@ impl Workload {
                 if admission.gen_bool(0.25) {
                     w.deadline_ms = Some(admission.gen_range(20..=400));
                 }
+                // Half the receives nobody sends to wait long enough for a
+                // crash or a takeover to fall inside the wait.
+                for op in &mut w.ops {
+                    if let Op::Recv {
+                        sent: false,
+                        timeout_ms,
+                    } = op
+                        && admission.gen_bool(0.5)
+                    {
+                        *timeout_ms = admission.gen_range(50..=250);
+                    }
+                }
             }
         }
         Self {
@@ -1002,6 +1014,16 @@ pub fn check(world: &World) -> Vec<String> {
             ));
         }
     }
+    // When each receive's first wait was recorded to time out.
+    // (With the epoch of the execution that recorded it.)
+    let mut waits: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    for (_, r) in world.mem.workflow_history() {
+        if let (Some(step), Some(until)) = (r.wait_step, r.wait_until_ms) {
+            waits
+                .entry((r.id.clone(), step))
+                .or_insert((until, r.owner_epoch));
+        }
+    }
     // Every step of every workflow, counted against the spec: a transfer
     // applied exactly once, a call made (successfully) at least once.
     let calls_ok: BTreeSet<(String, i32)> = world
@@ -1050,6 +1072,28 @@ pub fn check(world: &World) -> Vec<String> {
                                 "recv {id} step {i} timed out after {} ms, its timeout is {timeout_ms} ms",
                                 s.completed_ms - s.started_ms
                             ))
+                        }
+                        // And it timed out counting from the first wait at
+                        // this step, whichever execution waited then: the
+                        // wait it recorded is the recorded time's.
+                        Some(s)
+                            if !sent
+                                && s.output.as_deref() == Some("null")
+                                && waits.get(&key).map(|w| w.0)
+                                    != Some(s.started_ms + *timeout_ms as i64) =>
+                        {
+                            v.push(format!(
+                                "recv {id} step {i} timed out counting from {} ms, its first wait was recorded to end at {:?}",
+                                s.started_ms,
+                                waits.get(&key).map(|w| w.0)
+                            ))
+                        }
+                        Some(s)
+                            if !sent
+                                && s.output.as_deref() == Some("null")
+                                && waits.get(&key).is_some_and(|w| w.1 != s.owner_epoch) =>
+                        {
+                            world.faults.observe("recv.timeout_kept_across_executions");
                         }
                         Some(_) => {}
                     }

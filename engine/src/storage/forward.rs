@@ -117,6 +117,12 @@ macro_rules! forward_transaction {
             self.$inner.message_send(workflow_id, topic, payload, now_ms).await
         }
     };
+    (@one $inner:ident, [$($before:ident)?], recv_deadline) => {
+        async fn recv_deadline(&mut self, workflow_id: &str, owner_epoch: i64, step_id: i32, deadline_ms: i64) -> $crate::storage::StorageResult<i64> {
+            $( self.$before("recv_deadline").await; )?
+            self.$inner.recv_deadline(workflow_id, owner_epoch, step_id, deadline_ms).await
+        }
+    };
     (@one $inner:ident, [$($before:ident)?], message_take) => {
         async fn message_take(&mut self, workflow_id: &str, topic: &str, owner_epoch: i64) -> $crate::storage::StorageResult<::std::option::Option<::std::string::String>> {
             $( self.$before("message_take").await; )?

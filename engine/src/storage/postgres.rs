@@ -421,6 +421,32 @@ impl Transaction for PgTx {
         message_send(&mut self.tx, workflow_id, topic, payload).await
     }
 
+    async fn recv_deadline(
+        &mut self,
+        workflow_id: &str,
+        owner_epoch: i64,
+        step_id: i32,
+        deadline_ms: i64,
+    ) -> StorageResult<i64> {
+        // Kept if this step's wait recorded one already (an earlier
+        // execution's); the engine's clock, in ms, like a sleep's wake-up.
+        let recorded: Option<i64> = sqlx::query_scalar(
+            "UPDATE tandem.workflows
+                SET wait_until_ms = CASE WHEN wait_step = $3 THEN wait_until_ms ELSE $4 END,
+                    wait_step = $3
+              WHERE id = $1 AND owner_epoch = $2 AND status = 'RUNNING'
+          RETURNING wait_until_ms",
+        )
+        .bind(workflow_id)
+        .bind(owner_epoch)
+        .bind(step_id)
+        .bind(deadline_ms)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        recorded.ok_or_else(|| fenced(workflow_id))
+    }
+
     async fn message_take(
         &mut self,
         workflow_id: &str,

@@ -29,6 +29,7 @@ both!(
     forking_a_workflow_again_starts_another_run,
     a_workflow_past_its_deadline_is_cancelled,
     resuming_a_workflow_whose_dedup_key_was_taken_meanwhile_fails_whole,
+    a_receive_interrupted_by_a_crash_times_out_at_the_recorded_time,
     a_cancel_racing_a_child_start_cancels_the_child_or_keeps_it_from_existing,
 );
 
@@ -219,6 +220,92 @@ async fn a_sleep_interrupted_by_a_crash_wakes_at_the_recorded_time<A: App>() {
     env.advance(1);
     let (before, after) = engine.handle::<(i64, i64)>("nap").result().await.unwrap();
     assert_eq!((before, after), (start, start + 3_600_000));
+}
+
+/// Records the clock before and after a receive of `secs` seconds on a
+/// topic nobody sends to.
+struct Waiter {
+    clock: ManualEnv,
+}
+
+impl<S: Storage> Workflow<S> for Waiter {
+    const NAME: &'static str = "waiter";
+    type Input = u64;
+    type Output = (i64, Option<i32>, i64);
+
+    async fn run(
+        &self,
+        ctx: &mut WorkflowContext<S>,
+        secs: u64,
+    ) -> Result<(i64, Option<i32>, i64), WorkflowError> {
+        let before = ctx
+            .step("before", || async {
+                Ok::<_, std::io::Error>(self.clock.now_ms())
+            })
+            .await?;
+        let got = ctx.recv::<i32>("never", Duration::from_secs(secs)).await?;
+        let after = ctx
+            .step("after", || async {
+                Ok::<_, std::io::Error>(self.clock.now_ms())
+            })
+            .await?;
+        Ok((before, got, after))
+    }
+}
+
+async fn a_receive_interrupted_by_a_crash_times_out_at_the_recorded_time<A: App>() {
+    let (storage, app) = A::create(0, 0).await;
+    let start = 1_800_000_000_000;
+    let env = ManualEnv::new(start);
+    let launch = |env: ManualEnv| {
+        Engine::builder(storage.clone())
+            .env(env.clone())
+            .register(Waiter { clock: env })
+            .launch()
+    };
+    let engine = launch(env.clone()).await.unwrap();
+    engine.start_with_id::<Waiter>("wait", 3600).await.unwrap();
+    let recorded = || async {
+        app.workflows()
+            .await
+            .into_iter()
+            .find(|w| w.id == "wait")
+            .and_then(|w| w.wait_until_ms)
+    };
+    wait_until("wait recorded when its receive times out", async || {
+        recorded().await.is_some()
+    })
+    .await;
+    assert_eq!(recorded().await, Some(start + 3_600_000));
+    env.advance(10 * 60 * 1000);
+    env.crash.crash();
+    drop(engine);
+
+    // Restarted 10 minutes in: the timeout still ends an hour after the
+    // first wait began, not an hour after the restart.
+    let engine = launch(env.clone()).await.unwrap();
+    env.advance(50 * 60 * 1000 - 1);
+    support::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        workflow(&storage, "wait").await.status,
+        Status::Running,
+        "still waiting 1 ms before the recorded time"
+    );
+    env.advance(1);
+    // (Waiting an hour from the restart instead would never end here.)
+    wait_until("the receive timed out at the recorded time", async || {
+        workflow(&storage, "wait").await.status == Status::Success
+    })
+    .await;
+    let result = engine
+        .handle::<(i64, Option<i32>, i64)>("wait")
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(result, (start, None, start + 3_600_000));
+    let steps = steps(&storage, "wait").await;
+    assert_eq!(steps[1].output.as_deref(), Some("null"), "{steps:?}");
+    engine.shutdown().await;
 }
 
 /// Sleeps `ms` milliseconds between two steps.

@@ -73,6 +73,8 @@ pub struct WorkflowInfo {
     pub id: String,
     pub status: Status,
     pub owner_epoch: i64,
+    /// When the receive it waits at (or last waited at) times out.
+    pub wait_until_ms: Option<i64>,
 }
 
 /// The application on one backend: its tables (accounts, a ledger row per
@@ -227,16 +229,18 @@ impl App for PgApp {
     }
 
     async fn workflows(&self) -> Vec<WorkflowInfo> {
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT id, status, owner_epoch FROM tandem.workflows ORDER BY id")
-                .fetch_all(&self.pool)
-                .await
-                .expect("read workflows");
+        let rows: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, status, owner_epoch, wait_until_ms FROM tandem.workflows ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("read workflows");
         rows.into_iter()
-            .map(|(id, status, owner_epoch)| WorkflowInfo {
+            .map(|(id, status, owner_epoch, wait_until_ms)| WorkflowInfo {
                 id,
                 status: Status::parse(&status).expect("a known status"),
                 owner_epoch,
+                wait_until_ms,
             })
             .collect()
     }
@@ -376,6 +380,7 @@ impl App for MemApp {
                 id: w.id,
                 status: w.status,
                 owner_epoch: w.owner_epoch,
+                wait_until_ms: w.wait_until_ms,
             })
             .collect()
     }
@@ -791,6 +796,7 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
         workflow_suspend,
         message_send,
         message_take,
+        recv_deadline,
         event_set,
         event_get,
         workflows_cancel,

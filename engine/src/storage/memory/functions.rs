@@ -271,6 +271,8 @@ pub(super) fn enqueue_checked(
         started_ms: None,
         parent_id: None,
         deadline_ms: None,
+        wait_step: None,
+        wait_until_ms: None,
     };
     Ok((id, row, notify_on_enqueue(db, snap)))
 }

@@ -478,6 +478,18 @@ impl Transaction for MemTx {
             .await?)
     }
 
+    async fn recv_deadline(
+        &mut self,
+        workflow_id: &str,
+        owner_epoch: i64,
+        step_id: i32,
+        deadline_ms: i64,
+    ) -> StorageResult<i64> {
+        self.conn
+            .recv_deadline(workflow_id, owner_epoch, step_id, deadline_ms)
+            .await
+    }
+
     async fn message_take(
         &mut self,
         workflow_id: &str,

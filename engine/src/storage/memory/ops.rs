@@ -32,6 +32,8 @@ impl MemConn {
             started_ms: Some(p.now_ms),
             parent_id: p.parent_id.clone(),
             deadline_ms: p.deadline_ms,
+            wait_step: None,
+            wait_until_ms: None,
         };
         // A child's row comes from its parent's, locked (FOR NO KEY UPDATE,
         // re-checked after a wait) while it runs at the starting epoch.
@@ -473,6 +475,34 @@ impl MemConn {
         }
     }
 
+    pub(super) async fn recv_deadline(
+        &mut self,
+        id: &str,
+        owner_epoch: i64,
+        step_id: i32,
+        deadline_ms: i64,
+    ) -> StorageResult<i64> {
+        // One UPDATE, fenced on the snapshot and re-checked after a wait.
+        let snap = self.start("recv_deadline")?;
+        let updated = self
+            .update_row(&Workflows, &snap, &id.to_owned(), |w| {
+                running_at(w, owner_epoch).then(|| WorkflowRecord {
+                    wait_until_ms: if w.wait_step == Some(step_id) {
+                        w.wait_until_ms
+                    } else {
+                        Some(deadline_ms)
+                    },
+                    wait_step: Some(step_id),
+                    ..w.clone()
+                })
+            })
+            .await?;
+        match updated.and_then(|w| w.wait_until_ms) {
+            Some(recorded) => Ok(recorded),
+            None => Err(fenced(id)),
+        }
+    }
+
     pub(super) async fn message_take(
         &mut self,
         workflow_id: &str,
@@ -745,6 +775,8 @@ impl MemConn {
             started_ms: None,
             parent_id: None,
             deadline_ms: None,
+            wait_step: None,
+            wait_until_ms: None,
         };
         self.insert_row(&Workflows, &snap, p.new_id.clone(), || row.clone(), false)
             .await?;

@@ -40,6 +40,10 @@ pub struct WorkflowRecord {
     pub parent_id: Option<String>,
     /// The deadline (engine clock).
     pub deadline_ms: Option<i64>,
+    /// The step of the receive that last recorded when it times out.
+    pub wait_step: Option<i32>,
+    /// When that receive times out (engine clock).
+    pub wait_until_ms: Option<i64>,
 }
 
 /// A row of `tandem.executors`.

@@ -92,6 +92,13 @@ fn engine_op() -> impl Strategy<Value = Op> {
             .prop_map(|(w, m)| Op::MsgSend(w, m)),
         (workflow(), epoch()).prop_map(|(w, e)| Op::MsgTake(w, e)),
         (workflow(), prop_oneof![Just("1"), Just("2")]).prop_map(|(w, v)| Op::EventSet(w, v)),
+        (
+            workflow(),
+            epoch(),
+            0..2i32,
+            prop_oneof![Just(100i64), Just(200)]
+        )
+            .prop_map(|(w, e, s, t)| Op::RecvDeadline(w, e, s, t)),
         workflow().prop_map(Op::Cancel),
         workflow().prop_map(Op::Resume),
         (0..3i32).prop_map(|s| Op::Fork("w1", "f1", s)),

@@ -97,6 +97,9 @@ pub enum Op {
     Release(&'static str),
     /// Sets workflow `.0`'s event `k` to `.1`.
     EventSet(&'static str, &'static str),
+    /// Records (or reads) when workflow `.0`'s receive at step `.2` times
+    /// out, under epoch `.1`, proposing `.3`.
+    RecvDeadline(&'static str, i64, i32, i64),
     /// Suspends workflow `.0` under epoch `.1` until time 0 (due at once).
     Suspend(&'static str, i64),
     /// Forks workflow `.0` as `.1` from step `.2`.
@@ -378,6 +381,11 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
         Op::Release(executor) => label(tx.workflows_release(executor, 0).await, |n| n.to_string()),
         Op::EventSet(id, value) => {
             label(tx.event_set(id, "k", value, 0).await, |()| "ok".to_owned())
+        }
+        Op::RecvDeadline(id, epoch, step, deadline) => {
+            label(tx.recv_deadline(id, epoch, step, deadline).await, |t| {
+                t.to_string()
+            })
         }
         Op::Suspend(id, epoch) => label(tx.workflow_suspend(id, epoch, 0, 0).await, |()| {
             "ok".to_owned()
@@ -736,6 +744,13 @@ impl Backend for Pg {
         .fetch_all(&self.admin)
         .await
         .expect("events");
+        let waits: Vec<String> = sqlx::query_scalar(
+            "SELECT id || '/' || wait_step || ':' || wait_until_ms FROM tandem.workflows
+              WHERE wait_step IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.admin)
+        .await
+        .expect("waits");
         dump(
             jobs,
             workflows
@@ -743,7 +758,7 @@ impl Backend for Pg {
                 .map(|(id, s, e, x)| (id, s, e, x.unwrap_or_default()))
                 .collect(),
             steps,
-        ) + &dump_more(executors, messages, events)
+        ) + &dump_more(executors, messages, events, waits)
     }
 
     async fn pause() {
@@ -824,7 +839,12 @@ fn dump(
 
 /// The tables of queues, messages and events, shown only when a scenario
 /// used them (so the older scenarios' expectations stay as they were).
-fn dump_more(executors: Vec<String>, messages: Vec<String>, events: Vec<String>) -> String {
+fn dump_more(
+    executors: Vec<String>,
+    messages: Vec<String>,
+    events: Vec<String>,
+    waits: Vec<String>,
+) -> String {
     let mut out = String::new();
     if !executors.is_empty() {
         writeln!(out, "executors {}", executors.join(" ")).unwrap();
@@ -834,6 +854,9 @@ fn dump_more(executors: Vec<String>, messages: Vec<String>, events: Vec<String>)
     }
     if !events.is_empty() {
         writeln!(out, "events {}", events.join(" ")).unwrap();
+    }
+    if !waits.is_empty() {
+        writeln!(out, "waits {}", waits.join(" ")).unwrap();
     }
     out
 }
@@ -1131,7 +1154,13 @@ impl Backend for Mem {
             .into_iter()
             .map(|(w, k, e)| format!("{w}/{k}:{}", e.value))
             .collect();
-        dump(jobs, workflows, steps) + &dump_more(executors, messages, events)
+        let waits = self
+            .storage
+            .workflows()
+            .into_iter()
+            .filter_map(|w| Some(format!("{}/{}:{}", w.id, w.wait_step?, w.wait_until_ms?)))
+            .collect();
+        dump(jobs, workflows, steps) + &dump_more(executors, messages, events, waits)
     }
 
     async fn pause() {
