@@ -84,6 +84,14 @@ pub enum MemError {
     /// for a commit the outcome is unknown (08006).
     #[error("connection to the database lost")]
     ConnectionLost,
+    /// A row violates a CHECK constraint of its table (23514).
+    #[error("new row for relation {table:?} violates check constraint {constraint:?}")]
+    CheckViolation {
+        /// The table.
+        table: String,
+        /// The constraint's name.
+        constraint: String,
+    },
     /// An error one of the engine's SQL functions raises
     /// (`tandem.enqueue_workflow`, `tandem.send`), or a bad `jsonb` cast
     /// (22P02): the same SQLSTATE and message as PostgreSQL's.
@@ -111,6 +119,7 @@ impl MemError {
             MemError::SerializationFailure => "40001",
             MemError::LockNotAvailable { .. } => "55P03",
             MemError::UniqueViolation { .. } => "23505",
+            MemError::CheckViolation { .. } => "23514",
             MemError::TransactionAborted => "25P02",
             MemError::ConnectionLost => "08006",
             MemError::Raised { sqlstate, .. } => sqlstate,
@@ -185,6 +194,23 @@ impl MemStorage {
             }
         }
         self
+    }
+
+    /// `ALTER TABLE table ADD CONSTRAINT name CHECK (...)`: every later
+    /// insert, update or upsert of a row of `table` for which `check` is
+    /// false fails with [`MemError::CheckViolation`] (23514) and aborts its
+    /// transaction. Rows already there are not checked.
+    pub fn add_check(
+        &self,
+        table: &str,
+        name: &str,
+        check: impl Fn(&serde_json::Value) -> bool + Send + Sync + 'static,
+    ) {
+        self.db()
+            .checks
+            .entry(table.to_owned())
+            .or_default()
+            .push((name.to_owned(), std::sync::Arc::new(check)));
     }
 
     /// Installs (or removes) the fault hook.

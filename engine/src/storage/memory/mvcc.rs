@@ -488,6 +488,9 @@ pub(crate) struct Defects {
     pub(crate) update_ignores_newer_versions: bool,
 }
 
+/// A CHECK constraint's predicate over a row.
+pub(crate) type Check = std::sync::Arc<dyn Fn(&serde_json::Value) -> bool + Send + Sync>;
+
 /// The whole database.
 #[derive(Default)]
 pub(crate) struct Db {
@@ -495,6 +498,9 @@ pub(crate) struct Db {
     pub(crate) workflows: Table<String, WorkflowRecord>,
     pub(crate) steps: Table<(String, i32), StepRecordRow>,
     pub(crate) app: HashMap<String, Table<Key, serde_json::Value>>,
+    /// CHECK constraints of application tables, by table: name and
+    /// predicate (`MemStorage::add_check`).
+    pub(crate) checks: HashMap<String, Vec<(String, Check)>>,
     pub(crate) executors: Table<String, ExecutorRecord>,
     /// `tandem.workflow_names`: the input types of each name.
     pub(crate) workflow_names: Table<String, Vec<String>>,

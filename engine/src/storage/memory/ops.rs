@@ -224,7 +224,7 @@ impl MemConn {
         for (name, types) in workflows {
             let snap = self.start("executor_register")?;
             let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
-            self.upsert(&WorkflowNames, &snap, name, types.clone(), |_| {
+            self.upsert_row(&WorkflowNames, &snap, name, types.clone(), |_| {
                 types.clone()
             })
             .await?;
@@ -237,7 +237,7 @@ impl MemConn {
                 concurrency_global: q.concurrency_global,
                 rate_limit: q.rate_limit,
             };
-            self.upsert(&Queues, &snap, q.name, row.clone(), |_| row.clone())
+            self.upsert_row(&Queues, &snap, q.name, row.clone(), |_| row.clone())
                 .await?;
         }
         let snap = self.start("executor_register")?;
@@ -245,7 +245,7 @@ impl MemConn {
             ("notify_on_enqueue", p.notify_on_enqueue.to_string()),
             ("payload_max_bytes", p.payload_max_bytes.to_string()),
         ] {
-            self.upsert(&Settings, &snap, key.to_owned(), value.clone(), |_| {
+            self.upsert_row(&Settings, &snap, key.to_owned(), value.clone(), |_| {
                 value.clone()
             })
             .await?;
@@ -267,7 +267,7 @@ impl MemConn {
             heartbeat_ms: now_ms,
             lease_expires_ms,
         };
-        self.upsert(&Executors, &snap, executor_id.to_owned(), row, |e| {
+        self.upsert_row(&Executors, &snap, executor_id.to_owned(), row, |e| {
             ExecutorRecord {
                 heartbeat_ms: now_ms,
                 lease_expires_ms,
@@ -563,7 +563,7 @@ impl MemConn {
             updated_ms: now_ms,
         };
         let key = (workflow_id.to_owned(), key.to_owned());
-        self.upsert(&Events, &snap, key, row.clone(), |_| row.clone())
+        self.upsert_row(&Events, &snap, key, row.clone(), |_| row.clone())
             .await
     }
 

@@ -188,10 +188,15 @@ impl RowLock {
 /// A scan's WHERE clause.
 pub(super) type Filter<'f> = Box<dyn FnMut(&Key, &Value) -> bool + Send + 'f>;
 
+/// A scan's ORDER BY column: an integer, `None` for NULL.
+pub(super) type OrderBy<'f> = Box<dyn Fn(&Key, &Value) -> Option<i64> + Send + 'f>;
+
 /// A scan of an application table in key order: `SELECT * FROM t WHERE
-/// filter ORDER BY key LIMIT limit [FOR UPDATE ...]`.
+/// filter ORDER BY key LIMIT limit [FOR UPDATE ...]`, or ordered by a column
+/// ([`Scan::order_by`]).
 pub struct Scan<'f> {
     pub(super) filter: Filter<'f>,
+    pub(super) order: Option<OrderBy<'f>>,
     pub(super) limit: Option<usize>,
     pub(super) lock: Option<RowLock>,
 }
@@ -210,9 +215,21 @@ impl<'f> Scan<'f> {
     pub fn all() -> Self {
         Self {
             filter: Box::new(|_, _| true),
+            order: None,
             limit: None,
             lock: None,
         }
+    }
+
+    /// `ORDER BY column NULLS LAST, key` instead of key order, `column`
+    /// being an integer the closure reads from the row (`None` for NULL;
+    /// negate it for `DESC`). Rows are sorted by the values the statement's
+    /// snapshot sees; a locking scan then locks them in that order and, as
+    /// in PostgreSQL, does not sort again after a wait, so a row whose
+    /// column changed meanwhile keeps its place.
+    pub fn order_by(mut self, column: impl Fn(&Key, &Value) -> Option<i64> + Send + 'f) -> Self {
+        self.order = Some(Box::new(column));
+        self
     }
 
     /// Only rows for which `filter` holds. With a lock, the filter is
@@ -314,15 +331,29 @@ impl MemConn {
             for (k, i) in t.scan(txs, &snap, ..) {
                 // Checked before taking the row, so that `LIMIT 0` returns
                 // nothing (the mvcc_model fuzz target found it returning one
-                // row). A locking scan applies its limit after the locks.
-                if scan.lock.is_none() && scan.limit.is_some_and(|n| candidates.len() >= n) {
+                // row). A locking scan applies its limit after the locks; an
+                // ordered one after sorting.
+                if scan.lock.is_none()
+                    && scan.order.is_none()
+                    && scan.limit.is_some_and(|n| candidates.len() >= n)
+                {
                     break;
                 }
                 if (scan.filter)(k, t.data(k, i)) {
                     candidates.push((k.clone(), i));
                 }
             }
+            if let Some(order) = &scan.order {
+                // NULLS LAST, then the key (a stable sort over key order).
+                candidates.sort_by_key(|(k, i)| {
+                    let column = order(k, t.data(k, *i));
+                    (column.is_none(), column)
+                });
+            }
             if scan.lock.is_none() {
+                if let Some(n) = scan.limit {
+                    candidates.truncate(n);
+                }
                 return Ok(candidates
                     .into_iter()
                     .map(|(k, i)| {
@@ -366,6 +397,7 @@ impl MemConn {
     ) -> Result<(), MemError> {
         let key = key.into();
         let snap = self.start("app.insert")?;
+        self.check(table, &value)?;
         // Without DO NOTHING a conflict is an error, so `false` never comes.
         self.insert_row(&App(table), &snap, key, || value.clone(), false)
             .await
@@ -381,8 +413,56 @@ impl MemConn {
     ) -> Result<bool, MemError> {
         let key = key.into();
         let snap = self.start("app.insert")?;
+        self.check(table, &value)?;
         self.insert_row(&App(table), &snap, key, || value.clone(), true)
             .await
+    }
+
+    /// `INSERT INTO table VALUES (key, value) ON CONFLICT (key) DO UPDATE SET
+    /// ... RETURNING *`: inserts `value`, or, if the key exists (after
+    /// waiting for a concurrent inserter or writer), replaces the newest
+    /// version by `update` of it, even one committed after the statement's
+    /// snapshot (PostgreSQL's rule in READ COMMITTED). Returns the row as
+    /// written.
+    pub async fn upsert(
+        &mut self,
+        table: &str,
+        key: impl Into<Key>,
+        value: Value,
+        mut update: impl FnMut(&Value) -> Value + Send,
+    ) -> Result<Value, MemError> {
+        let key = key.into();
+        let snap = self.start("app.upsert")?;
+        self.check(table, &value)?;
+        let mut written = value.clone();
+        self.upsert_row(&App(table), &snap, key, value, |v| {
+            written = update(v);
+            written.clone()
+        })
+        .await?;
+        self.check(table, &written)?;
+        Ok(written)
+    }
+
+    /// A CHECK constraint of `table` (`MemStorage::add_check`) that `value`
+    /// violates fails the statement with 23514 and aborts the transaction.
+    fn check(&mut self, table: &str, value: &Value) -> Result<(), MemError> {
+        let mut db = self.storage.db();
+        let violated = db
+            .checks
+            .get(table)
+            .and_then(|checks| checks.iter().find(|(_, ok)| !ok(value)))
+            .map(|(name, _)| name.clone());
+        match violated {
+            None => Ok(()),
+            Some(constraint) => {
+                let e = MemError::CheckViolation {
+                    table: table.to_owned(),
+                    constraint,
+                };
+                Err(self.s.fail(&mut db, e))
+            }
+        }
     }
 
     /// `UPDATE table SET ... WHERE key = $1 AND ... RETURNING *`: `f` maps
@@ -397,7 +477,13 @@ impl MemConn {
     ) -> Result<Option<Value>, MemError> {
         let key = key.into();
         let snap = self.start("app.update")?;
-        self.update_row(&App(table), &snap, &key, f).await
+        let updated = self.update_row(&App(table), &snap, &key, f).await?;
+        if let Some(v) = &updated {
+            // (Checked on the row written: the transaction is aborted
+            // either way, so nobody sees it.)
+            self.check(table, v)?;
+        }
+        Ok(updated)
     }
 
     /// `UPDATE table SET ... WHERE filter RETURNING *` over every row, in key
@@ -417,6 +503,7 @@ impl MemConn {
         let mut rows = Vec::new();
         for key in keys {
             if let Some(v) = self.update_row(&sel, &snap, &key, |v| f(&key, v)).await? {
+                self.check(table, &v)?;
                 rows.push((key, v));
             }
         }
@@ -657,7 +744,7 @@ impl MemConn {
     /// `INSERT ... ON CONFLICT (key) DO UPDATE`: inserts, or (after waiting
     /// for a concurrent inserter) locks the newest version, whatever the
     /// snapshot, and updates it, as PostgreSQL does under READ COMMITTED.
-    pub(super) async fn upsert<T: TableSel>(
+    pub(super) async fn upsert_row<T: TableSel>(
         &mut self,
         sel: &T,
         snap: &Snapshot,

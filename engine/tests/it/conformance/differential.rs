@@ -17,7 +17,7 @@ use proptest::test_runner::{Config, TestRunner};
 use tandem::MemStorage;
 use tandem::storage::memory::RowLock;
 
-use super::harness::{Mem, Op, Pg, Setup, run};
+use super::harness::{Mem, Op, Pg, Setup, run_noting_races};
 
 fn op() -> impl Strategy<Value = Op> {
     let workflow = || prop_oneof![Just("w1"), Just("w2")];
@@ -38,6 +38,9 @@ fn op() -> impl Strategy<Value = Op> {
         (any::<bool>(), lock).prop_map(|(unowned, lock)| Op::Select { unowned, lock }),
         (1..=2i64).prop_map(Op::ClaimLocked),
         (1..=2i64).prop_map(Op::Incr),
+        (1..=3i64).prop_map(Op::Upsert),
+        Just(Op::SelectByOwner),
+        (1..=2i64).prop_map(|id| Op::Set(id, 13)),
         Just(Op::Commit),
         Just(Op::Rollback),
     ]
@@ -84,6 +87,7 @@ fn engine_op() -> impl Strategy<Value = Op> {
                 dedup_error,
             }),
         executor().prop_map(|e| Op::Claim(e, 10)),
+        executor().prop_map(|e| Op::ClaimLimited(e, 10)),
         Just(Op::Reclaim),
         executor().prop_map(Op::Owned),
         executor().prop_map(Op::Release),
@@ -167,11 +171,16 @@ fn differential(strategy: impl Strategy<Value = Vec<(usize, Op)>>, setup: Setup)
         ..Config::default()
     });
     let result = runner.run(&strategy, |steps| {
-        let (on_pg, on_model) = runtime.block_on(async {
-            let on_pg = run(&pg, &setup, &steps).await;
-            let on_model = run(&Mem::new(MemStorage::new()), &setup, &steps).await;
+        let ((on_pg, racy_pg), (on_model, racy_model)) = runtime.block_on(async {
+            let on_pg = run_noting_races(&pg, &setup, &steps).await;
+            let on_model = run_noting_races(&Mem::new(MemStorage::new()), &setup, &steps).await;
             (on_pg, on_model)
         });
+        // Two sessions released by one commit (on either backend: on
+        // PostgreSQL the loser may just block again) race on PostgreSQL
+        // (see docs/memory-backend.md): such a run that ends otherwise
+        // there proves nothing either way, and is drawn again.
+        prop_assume!(!(racy_pg || racy_model) || on_pg == on_model);
         prop_assert_eq!(
             &on_pg,
             &on_model,

@@ -58,6 +58,12 @@ pub enum Op {
     /// `UPDATE jobs SET owner = coalesce(owner, 0) + 1 WHERE id = $1
     /// RETURNING owner`.
     Incr(i64),
+    /// `INSERT INTO jobs VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET
+    /// owner = coalesce(jobs.owner, 0) + 1 RETURNING owner`.
+    Upsert(i64),
+    /// `SELECT id FROM jobs ORDER BY owner DESC NULLS LAST, id LIMIT 1 FOR
+    /// UPDATE`: ordered by a column that is not the key.
+    SelectByOwner,
     /// `INSERT INTO jobs VALUES ($1, NULL) [ON CONFLICT DO NOTHING]`.
     InsertJob {
         id: i64,
@@ -81,6 +87,9 @@ pub enum Op {
     },
     /// Executor `.0` claims up to `.1` workflows named `wf` from queue `q`.
     Claim(&'static str, u32),
+    /// The same, declaring `q` limited (one running, two starts an hour):
+    /// the claim locks the queue's row and counts before it takes rows.
+    ClaimLimited(&'static str, u32),
     /// Re-enqueues the workflows of executors whose lease expired.
     Reclaim,
     /// The workflows `RUNNING` under executor `.0`, with their epochs.
@@ -345,9 +354,16 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             Ok(id) => id,
             Err(e) => raised_label(&e),
         },
-        Op::Claim(executor, limit) => label(
+        Op::Claim(executor, limit) | Op::ClaimLimited(executor, limit) => label(
             tx.workflows_claim(WorkflowsClaim {
-                queue: queue_q(),
+                queue: match op {
+                    Op::ClaimLimited(..) => QueueLimits {
+                        concurrency_global: Some(1),
+                        rate_limit: Some((2, 3_600_000)),
+                        ..queue_q()
+                    },
+                    _ => queue_q(),
+                },
                 executor_id: executor.to_owned(),
                 names: vec!["wf".to_owned()],
                 limit,
@@ -492,6 +508,18 @@ fn op_label(op: Op) -> String {
 /// Runs `steps` (session index, operation) on `backend` after `setup` and
 /// returns the outcome log, one line per event, then the final tables.
 pub async fn run<B: Backend>(backend: &B, setup: &Setup, steps: &[(usize, Op)]) -> String {
+    run_noting_races(backend, setup, steps).await.0
+}
+
+/// [`run`], and whether one step released two or more other sessions at
+/// once: which of them PostgreSQL lets go first is a race between server
+/// processes, so such a run may end either way there.
+pub async fn run_noting_races<B: Backend>(
+    backend: &B,
+    setup: &Setup,
+    steps: &[(usize, Op)],
+) -> (String, bool) {
+    let mut racy = false;
     backend.reset(setup).await;
     let count = steps.iter().map(|(s, _)| s + 1).max().unwrap_or(0);
     let sessions: Vec<Session> = (0..count)
@@ -522,6 +550,7 @@ pub async fn run<B: Backend>(backend: &B, setup: &Setup, steps: &[(usize, Op)]) 
             mine.map_or("blocked", |(_, out)| out.as_str())
         )
         .unwrap();
+        racy |= done.iter().filter(|(d, _)| *d != s).count() >= 2;
         for (d, out) in done.iter().filter(|(d, _)| *d != s) {
             writeln!(log, "s{} done: {out}", d + 1).unwrap();
         }
@@ -547,7 +576,7 @@ pub async fn run<B: Backend>(backend: &B, setup: &Setup, steps: &[(usize, Op)]) 
         "sessions still blocked after every transaction ended:\n{log}"
     );
     log.push_str(&backend.dump().await);
-    log
+    (log, racy)
 }
 
 /// Waits until every pending step finished or is blocked (and no deadlock
@@ -598,6 +627,10 @@ async fn settle<B: Backend>(
                     .all(|p| p.as_ref().is_none_or(|out| out.is_empty()))
                 && all_blocked().await
             {
+                // Sessions that one event released finish in an order only
+                // timing decides (PostgreSQL wakes them in parallel): report
+                // them by session.
+                done.sort_by_key(|(s, _)| *s);
                 return done;
             }
         }
@@ -618,10 +651,14 @@ impl Pg {
         let storage = PgStorage::connect(&url).await.expect("connect");
         storage.migrate().await.expect("migrate");
         let admin = storage.pool().clone();
-        sqlx::raw_sql("CREATE TABLE jobs (id bigint PRIMARY KEY, owner bigint)")
-            .execute(&admin)
-            .await
-            .expect("create jobs");
+        // (The CHECK: a `Set(_, 13)` violates it.)
+        sqlx::raw_sql(
+            "CREATE TABLE jobs (id bigint PRIMARY KEY,
+                                owner bigint CONSTRAINT jobs_owner_check CHECK (owner <> 13))",
+        )
+        .execute(&admin)
+        .await
+        .expect("create jobs");
         Pg { storage, admin }
     }
 }
@@ -925,6 +962,15 @@ async fn pg_app(conn: &mut PgConnection, op: Op) -> Result<String, sqlx::Error> 
             "UPDATE jobs SET owner = coalesce(owner, 0) + 1 WHERE id = $1 RETURNING owner",
         )
         .bind(id),
+        Op::Upsert(id) => sqlx::query_scalar(
+            "INSERT INTO jobs VALUES ($1, 1)
+                 ON CONFLICT (id) DO UPDATE SET owner = coalesce(jobs.owner, 0) + 1
+             RETURNING owner",
+        )
+        .bind(id),
+        Op::SelectByOwner => sqlx::query_scalar(
+            "SELECT id FROM jobs ORDER BY owner DESC NULLS LAST, id LIMIT 1 FOR UPDATE",
+        ),
         Op::InsertJob { id, do_nothing } => {
             let sql = if do_nothing {
                 "INSERT INTO jobs VALUES ($1, NULL) ON CONFLICT DO NOTHING RETURNING id"
@@ -955,6 +1001,7 @@ pub struct Mem {
 
 impl Mem {
     pub fn new(storage: MemStorage) -> Mem {
+        storage.add_check("jobs", "jobs_owner_check", |v| owner(v) != Some(13));
         Mem { storage }
     }
 }
@@ -1053,6 +1100,28 @@ async fn mem_app(conn: &mut MemConn, op: Op) -> Result<String, MemError> {
             .into_iter()
             .collect(),
         ),
+        Op::Upsert(id) => show(vec![owner(
+            &conn
+                .upsert(
+                    "jobs",
+                    id,
+                    json!({ "owner": 1 }),
+                    |v| json!({ "owner": owner(v).unwrap_or(0) + 1 }),
+                )
+                .await?,
+        )]),
+        Op::SelectByOwner => {
+            let scan = Scan::all()
+                .order_by(|_, v| owner(v).map(|o| -o))
+                .limit(1)
+                .lock(RowLock::for_update());
+            show(
+                key_ids(conn.scan("jobs", scan).await?)
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+            )
+        }
         Op::InsertJob { id, do_nothing } => {
             let inserted = if do_nothing {
                 conn.insert_or_ignore("jobs", id, json!({ "owner": null }))

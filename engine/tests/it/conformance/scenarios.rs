@@ -56,6 +56,9 @@ scenarios!(
     workflows_enqueued_together_are_claimed_in_id_order,
     a_message_is_taken_once_and_returns_after_a_rollback,
     cancel_cascades_to_unfinished_descendants_after_a_wait,
+    an_upsert_waits_for_a_concurrent_inserter_then_updates_its_row,
+    an_ordered_claim_after_a_wait_keeps_the_row_it_sorted_first,
+    a_check_violation_fails_the_statement_and_aborts_the_transaction,
 );
 
 async fn check<B: Backend>(backend: &B, (setup, steps, expected): Scenario) {
@@ -822,6 +825,91 @@ s1 Cancel(\"w1\"): []
 s1 Commit: ok
 jobs 1:null 2:null
 workflows c1:CANCELLED:e2: c2:SUCCESS:e1:a c3:SUCCESS:e1:a w1:CANCELLED:e2:
+steps 
+",
+    )
+}
+
+fn an_upsert_waits_for_a_concurrent_inserter_then_updates_its_row() -> Scenario {
+    (
+        counter(),
+        vec![
+            (0, Op::Upsert(1)),
+            (1, Op::Upsert(2)),
+            (0, Op::Upsert(2)),
+            (1, Op::Commit),
+            (0, Op::Commit),
+        ],
+        // s1 updates row 1 (10 + 1); s2 inserts row 2; s1's upsert of row 2
+        // waits for s2's insert, then updates the newest version although
+        // its snapshot never saw it.
+        "\
+s1 Upsert(1): [11]
+s2 Upsert(2): [1]
+s1 Upsert(2): blocked
+s2 Commit: ok
+s1 done: [2]
+s1 Commit: ok
+jobs 1:11 2:2
+workflows 
+steps 
+",
+    )
+}
+
+fn an_ordered_claim_after_a_wait_keeps_the_row_it_sorted_first() -> Scenario {
+    (
+        Setup {
+            jobs: vec![(1, Some(1)), (2, Some(5)), (3, None)],
+            workflows: vec![],
+            children: Vec::new(),
+        },
+        vec![
+            (0, Op::Set(2, 0)),
+            (1, Op::SelectByOwner),
+            (0, Op::Commit),
+            (1, Op::SelectByOwner),
+            (1, Op::Commit),
+        ],
+        // s2 sorted row 2 first (owner 5, DESC, NULLS LAST) and waited for
+        // s1; s1 set it to 0, yet s2 returns row 2 (no WHERE to fail, no
+        // sort again). A new statement sorts row 1 first.
+        "\
+s1 Set(2, 0): [0]
+s2 SelectByOwner: blocked
+s1 Commit: ok
+s2 done: [2]
+s2 SelectByOwner: [1]
+s2 Commit: ok
+jobs 1:1 2:0 3:null
+workflows 
+steps 
+",
+    )
+}
+
+fn a_check_violation_fails_the_statement_and_aborts_the_transaction() -> Scenario {
+    (
+        counter(),
+        vec![
+            (0, Op::Incr(1)),
+            (0, Op::Set(1, 13)),
+            (0, Op::Incr(1)),
+            (0, Op::Commit),
+            (1, Op::Upsert(1)),
+            (1, Op::Commit),
+        ],
+        // `owner <> 13`: the violation aborts s1, whose earlier increment
+        // rolls back with it.
+        "\
+s1 Incr(1): [11]
+s1 Set(1, 13): err 23514
+s1 Incr(1): err 25P02
+s1 Commit: ok
+s2 Upsert(1): [11]
+s2 Commit: ok
+jobs 1:11
+workflows 
 steps 
 ",
     )
