@@ -84,6 +84,13 @@ pub enum MemError {
     /// for a commit the outcome is unknown (08006).
     #[error("connection to the database lost")]
     ConnectionLost,
+    /// `ROLLBACK TO` or `RELEASE` of a savepoint that does not exist
+    /// (3B001).
+    #[error("savepoint {name:?} does not exist")]
+    NoSuchSavepoint {
+        /// The name given.
+        name: String,
+    },
     /// A row violates a CHECK constraint of its table (23514).
     #[error("new row for relation {table:?} violates check constraint {constraint:?}")]
     CheckViolation {
@@ -120,6 +127,7 @@ impl MemError {
             MemError::LockNotAvailable { .. } => "55P03",
             MemError::UniqueViolation { .. } => "23505",
             MemError::CheckViolation { .. } => "23514",
+            MemError::NoSuchSavepoint { .. } => "3B001",
             MemError::TransactionAborted => "25P02",
             MemError::ConnectionLost => "08006",
             MemError::Raised { sqlstate, .. } => sqlstate,
@@ -351,6 +359,7 @@ impl MemStorage {
                 cid: 0,
                 state: State::Open,
                 notify: false,
+                savepoints: Vec::new(),
             },
         })
     }

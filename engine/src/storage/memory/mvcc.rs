@@ -376,6 +376,27 @@ impl<K: Ord + Clone + Hash, V> Table<K, V> {
         });
     }
 
+    /// `ROLLBACK TO SAVEPOINT`: what `xid` wrote from command `cid` on is
+    /// undone. Its new versions die (they take `dead`, an aborted
+    /// transaction, as their inserter, as a rolled-back subtransaction's
+    /// rows are); the versions it replaced or deleted are live again.
+    pub(crate) fn rollback_to(&mut self, xid: Xid, cid: u32, dead: Xid) {
+        for versions in self.rows.values_mut() {
+            for v in versions.iter_mut() {
+                if v.xmin == xid && v.cmin >= cid {
+                    v.xmin = dead;
+                }
+                if let Some((x, c)) = v.xmax
+                    && x == xid
+                    && c >= cid
+                {
+                    v.xmax = None;
+                    v.next = None;
+                }
+            }
+        }
+    }
+
     /// Replaces version `idx` (the newest, locked by us) with `data`, or
     /// deletes it (`None`).
     pub(crate) fn write(&mut self, snap: &Snapshot, key: &K, idx: usize, data: Option<V>) {
@@ -778,6 +799,49 @@ impl Db {
 
     /// Commits or aborts `xid`: releases its locks (handing each to the next
     /// waiter) and wakes everyone waiting for it to end. Idempotent.
+    /// How many row locks `xid` holds (a savepoint remembers it).
+    pub(crate) fn locks_held(&self, xid: Xid) -> usize {
+        self.txs.active.get(&xid).map_or(0, |t| t.locks.len())
+    }
+
+    /// `ROLLBACK TO SAVEPOINT` of `xid`'s savepoint taken before command
+    /// `cid`, when it held `locks` row locks: its writes since are undone,
+    /// the row locks it took since are released (to their next waiter), and
+    /// whoever waits for it to end (a unique check on a row it inserted)
+    /// checks again.
+    pub(crate) fn rollback_to(&mut self, xid: Xid, cid: u32, locks: usize) {
+        self.txs.next_xid += 1;
+        let dead = self.txs.next_xid;
+        self.txs.ended.insert(dead, TxStatus::Aborted);
+        self.workflows.rollback_to(xid, cid, dead);
+        self.steps.rollback_to(xid, cid, dead);
+        for t in self.app.values_mut() {
+            t.rollback_to(xid, cid, dead);
+        }
+        self.executors.rollback_to(xid, cid, dead);
+        self.workflow_names.rollback_to(xid, cid, dead);
+        self.queues.rollback_to(xid, cid, dead);
+        self.settings.rollback_to(xid, cid, dead);
+        self.messages.rollback_to(xid, cid, dead);
+        self.events.rollback_to(xid, cid, dead);
+        let (released, waiters) = match self.txs.active.get_mut(&xid) {
+            Some(tx) => {
+                let keep = locks.min(tx.locks.len());
+                (
+                    tx.locks.split_off(keep),
+                    std::mem::take(&mut tx.end_waiters),
+                )
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        for r in &released {
+            self.release(r, xid);
+        }
+        for waiter in waiters {
+            self.wake(waiter, WaitOutcome::Ended);
+        }
+    }
+
     pub(crate) fn end(&mut self, xid: Xid, commit: bool) {
         if !self.txs.active.contains_key(&xid) {
             return;

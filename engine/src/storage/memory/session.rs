@@ -60,6 +60,19 @@ pub(super) struct Session {
     pub(super) state: State,
     /// A `pg_notify` is pending: sent if and when the transaction commits.
     pub(super) notify: bool,
+    /// Open savepoints, oldest first.
+    pub(super) savepoints: Vec<SavepointMark>,
+}
+
+/// What `ROLLBACK TO SAVEPOINT` returns a session to.
+#[derive(Debug)]
+pub(super) struct SavepointMark {
+    name: String,
+    /// The first command after it.
+    cid: u32,
+    /// The row locks held when it was taken.
+    locks: usize,
+    notify: bool,
 }
 
 impl Session {
@@ -104,9 +117,15 @@ impl Session {
     }
 
     /// A statement failed: like PostgreSQL, the transaction aborts at once
-    /// (its locks are released now, not at the client's ROLLBACK).
+    /// (its locks are released now, not at the client's ROLLBACK). Inside a
+    /// savepoint only its innermost subtransaction aborts at once (its rows
+    /// die, its row locks go), and `ROLLBACK TO SAVEPOINT` returns the
+    /// transaction to work.
     pub(super) fn fail(&mut self, db: &mut Db, error: MemError) -> MemError {
-        db.end(self.xid, false);
+        match self.savepoints.last() {
+            None => db.end(self.xid, false),
+            Some(mark) => db.rollback_to(self.xid, mark.cid, mark.locks),
+        }
         if self.state == State::Open {
             self.state = State::Failed;
         }
@@ -444,6 +463,67 @@ impl MemConn {
         Ok(written)
     }
 
+    /// `SAVEPOINT name`.
+    pub async fn savepoint(&mut self, name: &str) -> Result<(), MemError> {
+        let mut db = self.storage.db();
+        self.s.statement(&mut db, "app.savepoint")?;
+        let locks = db.locks_held(self.s.xid);
+        self.s.savepoints.push(SavepointMark {
+            name: name.to_owned(),
+            cid: self.s.cid + 1,
+            locks,
+            notify: self.s.notify,
+        });
+        Ok(())
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: undoes the statements since the
+    /// latest savepoint of that name (their rows, the row locks they took,
+    /// a pending notification) and makes a transaction that failed since
+    /// usable again; the savepoint stays. A transaction chosen as a deadlock
+    /// victim is gone whole in the model (PostgreSQL would let a savepoint
+    /// keep it).
+    pub async fn rollback_to_savepoint(&mut self, name: &str) -> Result<(), MemError> {
+        let mut db = self.storage.db();
+        match self.s.state {
+            State::Open | State::Failed => {}
+            State::Done => return Err(MemError::TransactionAborted),
+            State::Lost => return Err(MemError::ConnectionLost),
+        }
+        // (An unknown name is an error even in a failed transaction.)
+        let Some(pos) = self.s.savepoints.iter().rposition(|s| s.name == name) else {
+            let e = MemError::NoSuchSavepoint {
+                name: name.to_owned(),
+            };
+            return Err(self.s.fail(&mut db, e));
+        };
+        if db.txs.status(self.s.xid) != mvcc::TxStatus::InProgress {
+            self.s.state = State::Failed;
+            return Err(MemError::TransactionAborted);
+        }
+        self.s.savepoints.truncate(pos + 1);
+        let mark = &self.s.savepoints[pos];
+        db.rollback_to(self.s.xid, mark.cid, mark.locks);
+        self.s.notify = mark.notify;
+        self.s.state = State::Open;
+        Ok(())
+    }
+
+    /// `RELEASE SAVEPOINT name`: forgets it and the savepoints after it;
+    /// their work stays part of the transaction.
+    pub async fn release_savepoint(&mut self, name: &str) -> Result<(), MemError> {
+        let mut db = self.storage.db();
+        self.s.statement(&mut db, "app.release_savepoint")?;
+        let Some(pos) = self.s.savepoints.iter().rposition(|s| s.name == name) else {
+            let e = MemError::NoSuchSavepoint {
+                name: name.to_owned(),
+            };
+            return Err(self.s.fail(&mut db, e));
+        };
+        self.s.savepoints.truncate(pos);
+        Ok(())
+    }
+
     /// A CHECK constraint of `table` (`MemStorage::add_check`) that `value`
     /// violates fails the statement with 23514 and aborts the transaction.
     fn check(&mut self, table: &str, value: &Value) -> Result<(), MemError> {
@@ -477,13 +557,39 @@ impl MemConn {
     ) -> Result<Option<Value>, MemError> {
         let key = key.into();
         let snap = self.start("app.update")?;
+        let mut f = f;
+        self.check_before_update(table, &snap, &key, &mut f)?;
         let updated = self.update_row(&App(table), &snap, &key, f).await?;
         if let Some(v) = &updated {
-            // (Checked on the row written: the transaction is aborted
-            // either way, so nobody sees it.)
+            // Again on the row written after a wait (the transaction is
+            // aborted either way, so nobody sees it).
             self.check(table, v)?;
         }
         Ok(updated)
+    }
+
+    /// PostgreSQL checks the row an UPDATE would write from the version its
+    /// snapshot sees before it waits for the row's lock: a violation fails
+    /// at once, whoever holds the row.
+    fn check_before_update(
+        &mut self,
+        table: &str,
+        snap: &Snapshot,
+        key: &Key,
+        f: &mut (impl FnMut(&Value) -> Option<Value> + Send),
+    ) -> Result<(), MemError> {
+        let new = {
+            let mut db = self.storage.db();
+            if !db.checks.contains_key(table) {
+                return Ok(());
+            }
+            let (t, txs) = App(table).split(&mut db);
+            t.visible(txs, snap, key).and_then(|i| f(t.data(key, i)))
+        };
+        match new {
+            Some(v) => self.check(table, &v),
+            None => Ok(()),
+        }
     }
 
     /// `UPDATE table SET ... WHERE filter RETURNING *` over every row, in key
@@ -502,7 +608,9 @@ impl MemConn {
         };
         let mut rows = Vec::new();
         for key in keys {
-            if let Some(v) = self.update_row(&sel, &snap, &key, |v| f(&key, v)).await? {
+            let mut row_f = |v: &Value| f(&key, v);
+            self.check_before_update(table, &snap, &key, &mut row_f)?;
+            if let Some(v) = self.update_row(&sel, &snap, &key, row_f).await? {
                 self.check(table, &v)?;
                 rows.push((key, v));
             }

@@ -64,6 +64,10 @@ pub enum Op {
     /// `SELECT id FROM jobs ORDER BY owner DESC NULLS LAST, id LIMIT 1 FOR
     /// UPDATE`: ordered by a column that is not the key.
     SelectByOwner,
+    /// `SAVEPOINT s`.
+    Savepoint,
+    /// `ROLLBACK TO SAVEPOINT s`.
+    RollbackToSavepoint,
     /// `INSERT INTO jobs VALUES ($1, NULL) [ON CONFLICT DO NOTHING]`.
     InsertJob {
         id: i64,
@@ -511,9 +515,9 @@ pub async fn run<B: Backend>(backend: &B, setup: &Setup, steps: &[(usize, Op)]) 
     run_noting_races(backend, setup, steps).await.0
 }
 
-/// [`run`], and whether one step released two or more other sessions at
-/// once: which of them PostgreSQL lets go first is a race between server
-/// processes, so such a run may end either way there.
+/// [`run`], and whether a step released a session while two or more
+/// waited: which of them PostgreSQL lets go first may be a race between
+/// server processes, so such a run may end either way there.
 pub async fn run_noting_races<B: Backend>(
     backend: &B,
     setup: &Setup,
@@ -537,6 +541,7 @@ pub async fn run_noting_races<B: Backend>(
                 .disconnect(sessions[s].id.load(Ordering::SeqCst))
                 .await;
         }
+        let waiting_before = pending.iter().filter(|p| p.is_some()).count();
         let (reply, out) = oneshot::channel();
         sessions[s].ops.send((op, reply)).expect("session alive");
         pending[s] = Some(out);
@@ -550,7 +555,10 @@ pub async fn run_noting_races<B: Backend>(
             mine.map_or("blocked", |(_, out)| out.as_str())
         )
         .unwrap();
-        racy |= done.iter().filter(|(d, _)| *d != s).count() >= 2;
+        // Two or more sessions waiting when one is released: which of them
+        // goes first may be a race (they may wait on one transaction).
+        let released = done.iter().filter(|(d, _)| *d != s).count();
+        racy |= released >= 1 && waiting_before >= 2;
         for (d, out) in done.iter().filter(|(d, _)| *d != s) {
             writeln!(log, "s{} done: {out}", d + 1).unwrap();
         }
@@ -971,6 +979,15 @@ async fn pg_app(conn: &mut PgConnection, op: Op) -> Result<String, sqlx::Error> 
         Op::SelectByOwner => sqlx::query_scalar(
             "SELECT id FROM jobs ORDER BY owner DESC NULLS LAST, id LIMIT 1 FOR UPDATE",
         ),
+        Op::Savepoint | Op::RollbackToSavepoint => {
+            let sql = if op == Op::Savepoint {
+                "SAVEPOINT s"
+            } else {
+                "ROLLBACK TO SAVEPOINT s"
+            };
+            sqlx::query(sql).execute(&mut *conn).await?;
+            return Ok("ok".to_owned());
+        }
         Op::InsertJob { id, do_nothing } => {
             let sql = if do_nothing {
                 "INSERT INTO jobs VALUES ($1, NULL) ON CONFLICT DO NOTHING RETURNING id"
@@ -1121,6 +1138,14 @@ async fn mem_app(conn: &mut MemConn, op: Op) -> Result<String, MemError> {
                     .map(Some)
                     .collect(),
             )
+        }
+        Op::Savepoint => {
+            conn.savepoint("s").await?;
+            "ok".to_owned()
+        }
+        Op::RollbackToSavepoint => {
+            conn.rollback_to_savepoint("s").await?;
+            "ok".to_owned()
         }
         Op::InsertJob { id, do_nothing } => {
             let inserted = if do_nothing {

@@ -59,6 +59,9 @@ scenarios!(
     an_upsert_waits_for_a_concurrent_inserter_then_updates_its_row,
     an_ordered_claim_after_a_wait_keeps_the_row_it_sorted_first,
     a_check_violation_fails_the_statement_and_aborts_the_transaction,
+    a_check_violation_fails_before_waiting_for_the_row,
+    a_rollback_to_a_savepoint_undoes_since_and_releases_its_locks,
+    a_rollback_to_a_savepoint_lets_a_waiter_have_the_row,
 );
 
 async fn check<B: Backend>(backend: &B, (setup, steps, expected): Scenario) {
@@ -909,6 +912,95 @@ s1 Commit: ok
 s2 Upsert(1): [11]
 s2 Commit: ok
 jobs 1:11
+workflows 
+steps 
+",
+    )
+}
+
+fn a_check_violation_fails_before_waiting_for_the_row() -> Scenario {
+    (
+        counter(),
+        vec![
+            (0, Op::Incr(1)),
+            (1, Op::Set(1, 13)),
+            (0, Op::Commit),
+            (1, Op::Commit),
+        ],
+        // PostgreSQL checks the new row, built from the snapshot's version,
+        // before it waits for the row's lock (found by the differential
+        // test: the model waited first).
+        "\
+s1 Incr(1): [11]
+s2 Set(1, 13): err 23514
+s1 Commit: ok
+s2 Commit: ok
+jobs 1:11
+workflows 
+steps 
+",
+    )
+}
+
+fn a_rollback_to_a_savepoint_undoes_since_and_releases_its_locks() -> Scenario {
+    (
+        counter(),
+        vec![
+            (0, Op::Incr(1)),
+            (0, Op::Savepoint),
+            (0, Op::Upsert(2)),
+            (0, Op::Set(1, 13)),
+            (1, Op::Upsert(2)),
+            (0, Op::RollbackToSavepoint),
+            (0, Op::Incr(1)),
+            (1, Op::Commit),
+            (0, Op::Commit),
+        ],
+        // The CHECK violation aborts s1's subtransaction at once: its insert
+        // of row 2 is gone (s2's upsert inserts the row itself without
+        // waiting) while the increment before the savepoint stays; after
+        // the rollback to the savepoint s1 goes on.
+        "\
+s1 Incr(1): [11]
+s1 Savepoint: ok
+s1 Upsert(2): [1]
+s1 Set(1, 13): err 23514
+s2 Upsert(2): [1]
+s1 RollbackToSavepoint: ok
+s1 Incr(1): [12]
+s2 Commit: ok
+s1 Commit: ok
+jobs 1:12 2:1
+workflows 
+steps 
+",
+    )
+}
+
+fn a_rollback_to_a_savepoint_lets_a_waiter_have_the_row() -> Scenario {
+    (
+        counter(),
+        vec![
+            (0, Op::Savepoint),
+            (0, Op::Incr(1)),
+            (1, Op::Incr(1)),
+            (0, Op::RollbackToSavepoint),
+            (1, Op::Commit),
+            (0, Op::Incr(1)),
+            (0, Op::Commit),
+        ],
+        // s1's increment inside the savepoint held row 1; rolling back to it
+        // releases the row, and s2's increment applies to the original 10.
+        "\
+s1 Savepoint: ok
+s1 Incr(1): [11]
+s2 Incr(1): blocked
+s1 RollbackToSavepoint: ok
+s2 done: [11]
+s2 Commit: ok
+s1 Incr(1): [12]
+s1 Commit: ok
+jobs 1:12
 workflows 
 steps 
 ",
