@@ -125,8 +125,7 @@ fn a_seed_replays_identically() {
     // `SIM_REPLAY_SEEDS=<n>` also replays seeds 1000..1000+n.
     let extra = crate::env_u64("SIM_REPLAY_SEEDS").unwrap_or(0);
     for seed in [3, 17].into_iter().chain(1000..1000 + extra) {
-        let a = run_seed(seed, &Options::default());
-        let b = run_seed(seed, &Options::default());
+        let (a, b) = sim::run::run_twice(seed, &Options::default());
         assert_eq!(a.trace, b.trace, "seed {seed} diverged");
         assert!(a.trace.len() > 10);
     }
@@ -139,7 +138,9 @@ fn a_seed_replays_identically() {
     fn seed_5() -> impl Future<Output = sim::Report> {
         simulate(5, Options::default(), Arc::new(Mutex::new(Vec::new())))
     }
-    madsim::runtime::Runtime::check_determinism(5, madsim::Config::default(), seed_5);
+    sim::run::exclusive(|| {
+        madsim::runtime::Runtime::check_determinism(5, madsim::Config::default(), seed_5)
+    });
 }
 
 /// Regression test of an engine bug the simulator found: a queue claim
