@@ -22,8 +22,7 @@ use crate::storage::{
 };
 use crate::workflow::Workflow;
 
-/// The reason a workflow cancelled for its deadline records.
-const DEADLINE_EXCEEDED: &str = "deadline exceeded";
+use crate::storage::DEADLINE_EXCEEDED;
 
 /// The handle a workflow body receives: runs steps and replays recorded ones.
 ///
@@ -715,17 +714,18 @@ impl<S: Storage> WorkflowContext<S> {
         let storage = self.shared.storage().clone();
         let id = self.workflow_id.clone();
         let now_ms = self.shared.now_ms();
+        let epoch = self.owner_epoch;
         let cancelled = self
             .storage_retry(|| {
                 let id = id.clone();
                 storage.autocommit(move |tx| {
-                    Box::pin(
-                        async move { tx.workflows_cancel(&id, DEADLINE_EXCEEDED, now_ms).await },
-                    )
+                    Box::pin(async move { tx.workflow_cancel_overdue(&id, epoch, now_ms).await })
                 })
             })
             .await;
-        if let Err(e) = cancelled {
+        // Fenced: another execution owns the workflow now (a resume may
+        // have cleared the deadline this one still knows); stop as fenced.
+        if let Err(e) = self.note(cancelled) {
             return e;
         }
         self.interrupted = true;

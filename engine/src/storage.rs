@@ -22,8 +22,8 @@ pub mod memory;
 pub mod postgres;
 
 pub use contract::{
-    DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, PAYLOAD_MAX_BYTES_DEFAULT, WORKFLOW_ID_MAX_CHARS,
-    classify_sqlstate, fenced, jsonb_refuses,
+    DEADLINE_EXCEEDED, DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, PAYLOAD_MAX_BYTES_DEFAULT,
+    WORKFLOW_ID_MAX_CHARS, classify_sqlstate, fenced, jsonb_refuses,
 };
 pub(crate) use contract::{debug_check_completion, debug_check_step_record};
 
@@ -879,6 +879,19 @@ pub trait Transaction: Send + Sized {
         &mut self,
         id: &str,
         reason: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<Vec<String>>> + Send;
+
+    /// The cancel a workflow's own execution makes once its deadline has
+    /// passed: [`workflows_cancel`](Transaction::workflows_cancel) with the
+    /// reason `deadline exceeded`, fenced like a checkpoint (fails with
+    /// [`ErrorKind::Fenced`] unless the workflow is `RUNNING` under
+    /// `owner_epoch`): a superseded execution, whose deadline a resume may
+    /// have cleared, cancels nothing.
+    fn workflow_cancel_overdue(
+        &mut self,
+        id: &str,
+        owner_epoch: i64,
         now_ms: i64,
     ) -> impl Future<Output = StorageResult<Vec<String>>> + Send;
 

@@ -55,6 +55,7 @@ pub const OPERATIONS: &[&str] = &[
     "event_set",
     "event_get",
     "workflows_cancel",
+    "workflow_cancel_overdue",
     "workflow_resume",
     "workflow_fork",
     "workflows_owned",

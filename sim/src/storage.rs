@@ -287,10 +287,29 @@ impl Transaction for SimTx {
         if self.locks.is_none() {
             self.locks = Some(LockGuard::new(&self.world));
         }
-        let cancelled = self.tx.workflows_cancel(id, reason, now_ms).await?;
-        if reason == "deadline exceeded" && !cancelled.is_empty() {
-            self.world.faults.observe("deadline.cancelled");
+        self.tx.workflows_cancel(id, reason, now_ms).await
+    }
+
+    async fn workflow_cancel_overdue(
+        &mut self,
+        id: &str,
+        owner_epoch: i64,
+        now_ms: i64,
+    ) -> StorageResult<Vec<String>> {
+        self.latency("workflow_cancel_overdue").await;
+        if self.locks.is_none() {
+            self.locks = Some(LockGuard::new(&self.world));
         }
+        let cancelled = self
+            .tx
+            .workflow_cancel_overdue(id, owner_epoch, now_ms)
+            .await
+            .inspect_err(|e| {
+                if e.kind() == ErrorKind::Fenced {
+                    self.world.faults.observe("deadline.cancel_fenced");
+                }
+            })?;
+        self.world.faults.observe("deadline.cancelled");
         Ok(cancelled)
     }
 

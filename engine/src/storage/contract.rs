@@ -74,6 +74,10 @@ pub fn classify_sqlstate(code: &str) -> ErrorKind {
     }
 }
 
+/// The reason a workflow cancelled for its deadline records (its error
+/// column; a parent awaiting a child recognizes it).
+pub const DEADLINE_EXCEEDED: &str = "deadline exceeded";
+
 /// Why a resume failed whole: a workflow it would re-enqueue has a
 /// `dedup_key` that another unfinished workflow of its queue took meanwhile
 /// (the partial unique index `workflows_dedup` allows one).

@@ -141,6 +141,12 @@ macro_rules! forward_transaction {
             self.$inner.event_get(workflow_id, key).await
         }
     };
+    (@one $inner:ident, [$($before:ident)?], workflow_cancel_overdue) => {
+        async fn workflow_cancel_overdue(&mut self, id: &str, owner_epoch: i64, now_ms: i64) -> $crate::storage::StorageResult<::std::vec::Vec<::std::string::String>> {
+            $( self.$before("workflow_cancel_overdue").await; )?
+            self.$inner.workflow_cancel_overdue(id, owner_epoch, now_ms).await
+        }
+    };
     (@one $inner:ident, [$($before:ident)?], workflows_cancel) => {
         async fn workflows_cancel(&mut self, id: &str, reason: &str, now_ms: i64) -> $crate::storage::StorageResult<::std::vec::Vec<::std::string::String>> {
             $( self.$before("workflows_cancel").await; )?

@@ -524,45 +524,25 @@ impl Transaction for PgTx {
         reason: &str,
         now_ms: i64,
     ) -> StorageResult<Vec<String>> {
-        // Level by level, each in statements of their own: the UPDATE of a
-        // level locks its unfinished rows, waiting for any child insert that
-        // holds one (a child's insert locks its running parent), so the next
-        // statement's snapshot sees every child started under them; a child
-        // insert that comes later finds its parent cancelled and inserts
-        // nothing. (One recursive statement would miss a child whose insert
-        // commits while it runs: that child would run on, uncancelled.)
-        let mut cancelled = Vec::new();
-        let mut level = vec![id.to_owned()];
-        let mut seen: std::collections::HashSet<String> = level.iter().cloned().collect();
-        while !level.is_empty() {
-            let mut ids: Vec<String> = sqlx::query_scalar(
-                "UPDATE tandem.workflows w
-                    SET status = 'CANCELLED', error = $2, executor_id = NULL,
-                        owner_epoch = w.owner_epoch + 1,
-                        updated_at = to_timestamp($3::float8 / 1000),
-                        completed_at = clock_timestamp()
-                  WHERE w.id = ANY($1) AND w.status IN ('ENQUEUED', 'RUNNING')
-              RETURNING w.id",
-            )
-            .bind(&level)
-            .bind(reason)
-            .bind(now_ms)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
-            ids.sort();
-            cancelled.extend(ids);
-            let children: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM tandem.workflows WHERE parent_id = ANY($1) ORDER BY id",
-            )
-            .bind(&level)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
-            level = children
-                .into_iter()
-                .filter(|c| seen.insert(c.clone()))
-                .collect();
+        cancel_tree(&mut self.tx, id, reason, now_ms, None).await
+    }
+
+    async fn workflow_cancel_overdue(
+        &mut self,
+        id: &str,
+        owner_epoch: i64,
+        now_ms: i64,
+    ) -> StorageResult<Vec<String>> {
+        let cancelled = cancel_tree(
+            &mut self.tx,
+            id,
+            contract::DEADLINE_EXCEEDED,
+            now_ms,
+            Some(owner_epoch),
+        )
+        .await?;
+        if cancelled.first().map(String::as_str) != Some(id) {
+            return Err(fenced(id));
         }
         Ok(cancelled)
     }
@@ -1318,6 +1298,64 @@ fn kind_of(error: &sqlx::Error) -> ErrorKind {
         | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
         _ => ErrorKind::Other,
     }
+}
+
+/// A cancel's cascade. Level by level, each in statements of their own: the
+/// UPDATE of a level locks its unfinished rows, waiting for any child insert
+/// that holds one (a child's insert locks its running parent), so the next
+/// statement's snapshot sees every child started under them; a child insert
+/// that comes later finds its parent cancelled and inserts nothing. (One
+/// recursive statement would miss a child whose insert commits while it
+/// runs: that child would run on, uncancelled.) With `fence`, the root is
+/// cancelled only while it runs under that epoch, and nothing otherwise.
+async fn cancel_tree(
+    conn: &mut PgConnection,
+    id: &str,
+    reason: &str,
+    now_ms: i64,
+    fence: Option<i64>,
+) -> StorageResult<Vec<String>> {
+    let mut cancelled = Vec::new();
+    let mut level = vec![id.to_owned()];
+    let mut seen: std::collections::HashSet<String> = level.iter().cloned().collect();
+    let mut root = true;
+    while !level.is_empty() {
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE tandem.workflows w
+                SET status = 'CANCELLED', error = $2, executor_id = NULL,
+                    owner_epoch = w.owner_epoch + 1,
+                    updated_at = to_timestamp($3::float8 / 1000),
+                    completed_at = clock_timestamp()
+              WHERE w.id = ANY($1) AND w.status IN ('ENQUEUED', 'RUNNING')
+                AND ($4::bigint IS NULL OR (w.status = 'RUNNING' AND w.owner_epoch = $4))
+          RETURNING w.id",
+        )
+        .bind(&level)
+        .bind(reason)
+        .bind(now_ms)
+        .bind(if root { fence } else { None })
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        if root && fence.is_some() && ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        root = false;
+        ids.sort();
+        cancelled.extend(ids);
+        let children: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM tandem.workflows WHERE parent_id = ANY($1) ORDER BY id",
+        )
+        .bind(&level)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        level = children
+            .into_iter()
+            .filter(|c| seen.insert(c.clone()))
+            .collect();
+    }
+    Ok(cancelled)
 }
 
 #[cfg(all(test, feature = "testing"))]

@@ -30,6 +30,7 @@ both!(
     a_workflow_past_its_deadline_is_cancelled,
     resuming_a_workflow_whose_dedup_key_was_taken_meanwhile_fails_whole,
     a_receive_interrupted_by_a_crash_times_out_at_the_recorded_time,
+    a_superseded_execution_cannot_cancel_for_its_deadline,
     a_cancel_racing_a_child_start_cancels_the_child_or_keeps_it_from_existing,
 );
 
@@ -1057,6 +1058,79 @@ async fn a_cancel_racing_a_child_start_cancels_the_child_or_keeps_it_from_existi
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Fenced, "{err}");
     assert!(storage.workflow_get("p2-child-0").await.unwrap().is_none());
+}
+
+/// Found by the simulator (seeds 29001208, 29003679): an execution that a
+/// resume had superseded still knew the deadline the resume cleared, and
+/// cancelled the resumed workflow for it; its parent, resumed too and with
+/// no deadline, then failed on its cancelled child. The deadline's cancel is
+/// fenced on the execution's epoch now.
+async fn a_superseded_execution_cannot_cancel_for_its_deadline<A: App>() {
+    let (storage, _app) = A::create(0, 0).await;
+    let insert = tandem::storage::WorkflowInsert {
+        id: "w".to_owned(),
+        name: "napper".to_owned(),
+        input: "1".to_owned(),
+        executor_id: "exec".to_owned(),
+        parent_id: None,
+        parent_epoch: None,
+        deadline_ms: Some(1),
+        now_ms: 0,
+    };
+    storage.workflow_insert(insert).await.unwrap();
+    let run =
+        |f: fn(&mut <A::Storage as Storage>::Tx) -> tandem::storage::TxFuture<'_, Vec<String>>| {
+            let storage = storage.clone();
+            async move { storage.autocommit(f).await }
+        };
+    // Cancel (epoch 2) and resume (epoch 3): the epoch-1 execution is stale.
+    run(|tx| Box::pin(async move { tx.workflows_cancel("w", "stop", 0).await }))
+        .await
+        .unwrap();
+    storage
+        .autocommit(|tx| Box::pin(async move { tx.workflow_resume("w", 0).await }))
+        .await
+        .unwrap();
+    let err = run(|tx| Box::pin(async move { tx.workflow_cancel_overdue("w", 1, 0).await }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fenced, "{err}");
+    let row = workflow(&storage, "w").await;
+    assert_eq!((row.status, row.deadline_ms), (Status::Enqueued, None));
+
+    // The owning execution's cancel goes through.
+    storage
+        .autocommit(|tx| {
+            Box::pin(async move {
+                tx.workflows_claim(WorkflowsClaim {
+                    queue: QueueLimits {
+                        name: "default".to_owned(),
+                        concurrency_global: None,
+                        rate_limit: None,
+                    },
+                    executor_id: "exec".to_owned(),
+                    names: vec!["napper".to_owned()],
+                    limit: 1,
+                    now_ms: 0,
+                })
+                .await
+            })
+        })
+        .await
+        .unwrap();
+    let epoch = workflow(&storage, "w").await.owner_epoch;
+    let cancelled = storage
+        .autocommit(move |tx| {
+            Box::pin(async move { tx.workflow_cancel_overdue("w", epoch, 0).await })
+        })
+        .await
+        .unwrap();
+    assert_eq!(cancelled, ["w"]);
+    let row = workflow(&storage, "w").await;
+    assert_eq!(
+        (row.status, row.error.as_deref()),
+        (Status::Cancelled, Some("deadline exceeded"))
+    );
 }
 
 /// A tracing subscriber that records the spans created, with their fields.

@@ -800,6 +800,7 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
         event_set,
         event_get,
         workflows_cancel,
+        workflow_cancel_overdue,
         workflow_resume,
         workflow_fork,
         workflows_owned,

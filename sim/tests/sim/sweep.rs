@@ -267,3 +267,29 @@ fn a_cancel_racing_a_child_start_cancels_the_child() {
     );
     assert!(report.passed(), "{}", report.failure_message(60));
 }
+
+/// Regression test of an engine bug the first long admission run found
+/// (six of seeds 29,000,000..29,057,000; seed 29003679: `wf-3 ended Error
+/// ("... child workflow \"wf-3-child-1\" was cancelled: deadline
+/// exceeded")`). A deadline cancelled wf-3 and its child; the admin node
+/// resumed both (which clears the deadline); an execution of the child that
+/// the resume had superseded still knew the old deadline and cancelled the
+/// resumed child for it, and the resumed parent, with no deadline of its
+/// own, recorded the cancelled child as its failure. The deadline's cancel
+/// is now fenced on the execution's epoch
+/// (`steering::a_superseded_execution_cannot_cancel_for_its_deadline`).
+#[test]
+fn a_superseded_execution_cannot_cancel_for_its_deadline() {
+    for seed in [
+        29_001_208, 29_003_679, 29_021_161, 29_047_209, 29_048_130, 29_056_821,
+    ] {
+        let report = run_seed(
+            seed,
+            &Options {
+                generation: Generation::Admission,
+                ..Options::default()
+            },
+        );
+        assert!(report.passed(), "{}", report.failure_message(60));
+    }
+}

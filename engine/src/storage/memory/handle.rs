@@ -550,6 +550,17 @@ impl Transaction for MemTx {
         Ok(self.conn.event_get(workflow_id, key).await?)
     }
 
+    async fn workflow_cancel_overdue(
+        &mut self,
+        id: &str,
+        owner_epoch: i64,
+        now_ms: i64,
+    ) -> StorageResult<Vec<String>> {
+        self.conn
+            .workflow_cancel_overdue(id, owner_epoch, now_ms)
+            .await
+    }
+
     async fn workflows_cancel(
         &mut self,
         id: &str,

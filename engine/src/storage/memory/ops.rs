@@ -584,6 +584,38 @@ impl MemConn {
         reason: &str,
         now_ms: i64,
     ) -> Result<Vec<String>, MemError> {
+        self.cancel_tree(id, reason, now_ms, None).await
+    }
+
+    pub(super) async fn workflow_cancel_overdue(
+        &mut self,
+        id: &str,
+        owner_epoch: i64,
+        now_ms: i64,
+    ) -> StorageResult<Vec<String>> {
+        let cancelled = self
+            .cancel_tree(
+                id,
+                crate::storage::DEADLINE_EXCEEDED,
+                now_ms,
+                Some(owner_epoch),
+            )
+            .await?;
+        if cancelled.first().map(String::as_str) != Some(id) {
+            return Err(fenced(id));
+        }
+        Ok(cancelled)
+    }
+
+    /// A cancel's cascade; with `fence`, the root only while it runs under
+    /// that epoch, and nothing otherwise.
+    async fn cancel_tree(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+        fence: Option<i64>,
+    ) -> Result<Vec<String>, MemError> {
         // Level by level, as on PostgreSQL: an UPDATE of the level's
         // unfinished rows (each re-checked after a wait: a workflow that
         // finished meanwhile is left alone), then in a new statement, whose
@@ -592,14 +624,17 @@ impl MemConn {
         let mut cancelled = Vec::new();
         let mut level = vec![id.to_owned()];
         let mut seen: std::collections::HashSet<String> = level.iter().cloned().collect();
+        let mut root = true;
         while !level.is_empty() {
             let snap = self.start("workflows_cancel")?;
             let mut ids = Vec::new();
+            let fence = if root { fence } else { None };
             for key in &level {
                 let updated = self
                     .update_row(&Workflows, &snap, key, |w| {
-                        matches!(w.status, Status::Enqueued | Status::Running).then(|| {
-                            WorkflowRecord {
+                        let owned = fence.is_none_or(|epoch| running_at(w, epoch));
+                        (owned && matches!(w.status, Status::Enqueued | Status::Running)).then(
+                            || WorkflowRecord {
                                 status: Status::Cancelled,
                                 error: Some(reason.to_owned()),
                                 executor_id: None,
@@ -607,14 +642,18 @@ impl MemConn {
                                 updated_ms: now_ms,
                                 completed_ms: Some(now_ms),
                                 ..w.clone()
-                            }
-                        })
+                            },
+                        )
                     })
                     .await?;
                 if updated.is_some() {
                     ids.push(key.clone());
                 }
             }
+            if fence.is_some() && ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            root = false;
             ids.sort();
             cancelled.extend(ids);
             let snap = self.start("workflows_cancel")?;

@@ -106,6 +106,7 @@ fn engine_op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(w, e, s, t)| Op::RecvDeadline(w, e, s, t)),
         workflow().prop_map(Op::Cancel),
+        (workflow(), epoch()).prop_map(|(w, e)| Op::CancelOverdue(w, e)),
         workflow().prop_map(Op::Resume),
         (0..3i32).prop_map(|s| Op::Fork("w1", "f1", s)),
         Just(Op::Commit),

@@ -104,6 +104,8 @@ pub enum Op {
     MsgTake(&'static str, i64),
     /// Cancels a workflow and its unfinished descendants.
     Cancel(&'static str),
+    /// The same for the deadline, by the execution of epoch `.1` (fenced).
+    CancelOverdue(&'static str, i64),
     /// Resumes a cancelled workflow and the cancelled members of its subtree.
     Resume(&'static str),
     /// Hands executor `.0`'s `RUNNING` workflows back to their queues.
@@ -397,6 +399,9 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             m.unwrap_or_else(|| "none".to_owned())
         }),
         Op::Cancel(id) => label(tx.workflows_cancel(id, "stop", 0).await, sorted),
+        Op::CancelOverdue(id, epoch) => {
+            label(tx.workflow_cancel_overdue(id, epoch, 0).await, sorted)
+        }
         Op::Resume(id) => label(tx.workflow_resume(id, 0).await, |r| r.to_string()),
         Op::Release(executor) => label(tx.workflows_release(executor, 0).await, |n| n.to_string()),
         Op::EventSet(id, value) => {
