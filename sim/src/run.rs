@@ -150,11 +150,12 @@ pub fn run_twice(seed: u64, options: &Options) -> (Report, Report) {
 /// Runs `f` while no other simulation of this process runs.
 ///
 /// Known defect, under investigation (docs/simulation.md, "Determinism"):
-/// some seeds of the admission generation (rate-limited queues) depend on
-/// the process's heap layout. Run twice in a row they replay; with another
-/// simulation on a parallel thread, or another seed run in between, madsim's
-/// determinism check can fail in a task-scheduling draw. Simulations of one
-/// process therefore run one at a time.
+/// some seeds of the admission generation (rate-limited queues) are not a
+/// function of their seed alone. Run twice in a row they replay; with
+/// another busy thread in the process (a spinning one suffices), or another
+/// seed run in between, madsim's determinism check can fail in a
+/// task-scheduling draw. Simulations of one process therefore run one at a
+/// time.
 pub fn exclusive<R>(f: impl FnOnce() -> R) -> R {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
