@@ -151,11 +151,11 @@ pub fn run_twice(seed: u64, options: &Options) -> (Report, Report) {
 ///
 /// Known defect, under investigation (docs/simulation.md, "Determinism"):
 /// some seeds of the admission generation (rate-limited queues) are not a
-/// function of their seed alone. Run twice in a row they replay; with
-/// another busy thread in the process (a spinning one suffices), or another
-/// seed run in between, madsim's determinism check can fail in a
-/// task-scheduling draw. Simulations of one process therefore run one at a
-/// time.
+/// function of their seed alone but also of what the process ran before
+/// (presumably through the heap's layout). Run twice in a row they replay;
+/// after other runs, or beside parallel ones, madsim's determinism check
+/// can fail in a task-scheduling draw. Simulations of one process therefore
+/// run one at a time, so that a test's history is at least its own.
 pub fn exclusive<R>(f: impl FnOnce() -> R) -> R {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
