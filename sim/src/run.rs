@@ -138,31 +138,6 @@ impl Report {
 /// Runs one seed on a fresh thread with a fresh madsim runtime (thread
 /// locals and the first `HashMap`'s seed must not leak between runs).
 pub fn run_seed(seed: u64, options: &Options) -> Report {
-    exclusive(|| run_seed_alone(seed, options))
-}
-
-/// Runs a seed twice in a row, with no other simulation of this process
-/// in between (see [`exclusive`]): what the replay test compares.
-pub fn run_twice(seed: u64, options: &Options) -> (Report, Report) {
-    exclusive(|| (run_seed_alone(seed, options), run_seed_alone(seed, options)))
-}
-
-/// Runs `f` while no other simulation of this process runs.
-///
-/// Known defect, under investigation (docs/simulation.md, "Determinism"):
-/// some seeds of the admission generation (rate-limited queues) are not a
-/// function of their seed alone but also of what the process ran before
-/// (presumably through the heap's layout). Run twice in a row they replay;
-/// after other runs, or beside parallel ones, madsim's determinism check
-/// can fail in a task-scheduling draw. Simulations of one process therefore
-/// run one at a time, so that a test's history is at least its own.
-pub fn exclusive<R>(f: impl FnOnce() -> R) -> R {
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    f()
-}
-
-fn run_seed_alone(seed: u64, options: &Options) -> Report {
     let options = options.clone();
     let options_plan = options.plan.clone();
     let options_bug = options.bug;

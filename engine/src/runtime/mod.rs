@@ -9,6 +9,7 @@
 //! methods of [`Shared`], never its fields) for storage, clock and retries.
 
 mod executor;
+mod watch;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,7 +20,6 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::context::WorkflowContext;
@@ -197,13 +197,13 @@ impl<S: Storage> Shared<S> {
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutdown.get()
     }
 
     /// Sleeps, unless the engine starts shutting down first.
     pub(crate) async fn sleep_unless_shutdown(&self, delay: Duration) -> Result<(), Error> {
         let mut shutdown = self.shutdown.subscribe();
-        if *shutdown.borrow_and_update() {
+        if shutdown.get() {
             return Err(Error::Shutdown);
         }
         // `biased`: branches are polled in order, never in an order drawn
@@ -486,7 +486,7 @@ impl<S: Storage> Shared<S> {
             if let Some(mut receiver) = local
                 && let Ok(outcome) = receiver.wait_for(Option::is_some).await
             {
-                return Ok(outcome.clone().expect("waited for Some"));
+                return Ok(outcome.expect("waited for Some"));
             }
             if self.is_shutting_down() {
                 return Err(Error::Shutdown);
