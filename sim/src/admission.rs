@@ -46,9 +46,11 @@ pub struct DedupAnswer {
 ///
 /// On a limited queue claimers are serialized on the queue's row lock, so
 /// no other claim holds a row lock while this one looks; a better ready
-/// workflow it passed over must have been locked by something else. The
-/// only other transactions that lock `ENQUEUED` rows are cancels, whose
-/// windows are [`LockWindow`]s: a claim overlapping one is not judged.
+/// workflow it passed over must have been locked by something else: a
+/// cancel, or an UPDATE of workflow rows whose re-check after a wait failed
+/// (a reclaim, release, recovery or fenced write: PostgreSQL keeps such a
+/// lock to the end of the transaction). Their windows are [`LockWindow`]s:
+/// a claim overlapping one is not judged.
 #[derive(Debug, Clone)]
 pub struct ClaimSeen {
     /// The node incarnation.
@@ -65,8 +67,8 @@ pub struct ClaimSeen {
     pub claimed: Vec<(String, i64)>,
 }
 
-/// When a transaction that may hold row locks on queued workflows (a
-/// cancel) was open, in commit sequence numbers (`None`: never ended).
+/// When a transaction that may hold row locks on queued workflows was
+/// open, in commit sequence numbers (`None`: never ended).
 #[derive(Debug, Clone)]
 pub struct LockWindow {
     /// The newest commit when it took its locks.
@@ -249,8 +251,8 @@ fn dedup_answers(
 
 /// Claims of a limited queue took the best ready workflows: none passed
 /// over a better one (lower priority, or the same priority and older) that
-/// was ready and unchanged throughout the claim, unless a cancel was open
-/// meanwhile (it may have held the better one's lock).
+/// was ready and unchanged throughout the claim, unless a transaction that
+/// may hold such locks was open meanwhile (see [`ClaimSeen`]).
 fn priorities(world: &World, chains: &BTreeMap<&str, Vec<(u64, &WorkflowRecord)>>) -> Vec<String> {
     let mut v = Vec::new();
     let state = world.state();

@@ -81,7 +81,7 @@ pub struct SimTx {
     claims: Vec<String>,
     /// The fenced writes it made (logged at a successful COMMIT).
     writes: Vec<FencedWrite>,
-    /// Open while this transaction may hold row locks of a cancel.
+    /// Open while this transaction may hold row locks on queued workflows.
     locks: Option<LockGuard>,
 }
 
@@ -116,7 +116,26 @@ impl Drop for LockGuard {
 impl SimTx {
     /// The simulated round trip before each operation, counted for the
     /// coverage table.
-    async fn latency(&self, op: &'static str) {
+    async fn latency(&mut self, op: &'static str) {
+        // Operations that may leave row locks on queued workflows until the
+        // transaction ends: a cancel, and every UPDATE of workflow rows that
+        // re-checks a row's newest version after a wait (a reclaim, a
+        // release, a recovery, a fenced write): PostgreSQL keeps the lock of
+        // a row whose re-check failed. The priority check skips claims that
+        // overlap one.
+        const LOCKERS: [&str; 8] = [
+            "workflows_cancel",
+            "workflow_cancel_overdue",
+            "workflows_reclaim",
+            "workflows_release",
+            "workflows_recover",
+            "workflow_complete",
+            "workflow_suspend",
+            "recv_deadline",
+        ];
+        if self.locks.is_none() && LOCKERS.contains(&op) {
+            self.locks = Some(LockGuard::new(&self.world));
+        }
         self.world.faults.count(op);
         self.world.latency().await;
     }
@@ -284,9 +303,6 @@ impl Transaction for SimTx {
         now_ms: i64,
     ) -> StorageResult<Vec<String>> {
         self.latency("workflows_cancel").await;
-        if self.locks.is_none() {
-            self.locks = Some(LockGuard::new(&self.world));
-        }
         self.tx.workflows_cancel(id, reason, now_ms).await
     }
 
@@ -297,9 +313,6 @@ impl Transaction for SimTx {
         now_ms: i64,
     ) -> StorageResult<Vec<String>> {
         self.latency("workflow_cancel_overdue").await;
-        if self.locks.is_none() {
-            self.locks = Some(LockGuard::new(&self.world));
-        }
         let cancelled = self
             .tx
             .workflow_cancel_overdue(id, owner_epoch, now_ms)
@@ -433,7 +446,7 @@ impl Transaction for SimTx {
         result
     }
 
-    async fn rollback(self) -> StorageResult<()> {
+    async fn rollback(mut self) -> StorageResult<()> {
         self.latency("rollback").await;
         self.tx.rollback().await
     }

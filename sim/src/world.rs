@@ -75,7 +75,8 @@ pub struct State {
     pub dedup_answers: Vec<crate::admission::DedupAnswer>,
     /// Every claim statement of a limited queue that returned rows.
     pub claims_seen: Vec<crate::admission::ClaimSeen>,
-    /// When each cancel transaction was open.
+    /// When each transaction that may hold row locks on queued workflows
+    /// was open (a cancel, a reclaim, a fenced write...).
     pub lock_windows: Vec<crate::admission::LockWindow>,
 }
 
