@@ -43,6 +43,9 @@ struct ManualEnv {
 }
 
 impl ManualEnv {
+    // A test clock on real tokio, never simulated: its wake-up order does
+    // not matter.
+    #[allow(clippy::disallowed_methods)]
     fn new(start_ms: i64) -> Self {
         Self {
             now_ms: Arc::new(watch::channel(start_ms).0),
