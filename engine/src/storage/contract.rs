@@ -6,7 +6,7 @@
 //! default, a check in `tandem.enqueue_workflow`); the tests in this module
 //! and the conformance suite hold the two together.
 
-use super::{ErrorKind, StorageError};
+use super::{ErrorKind, StorageError, StorageResult};
 
 /// The queue of workflows started locally, and of enqueues that name none
 /// (the column default of `tandem.workflows.queue`).
@@ -77,6 +77,16 @@ pub fn classify_sqlstate(code: &str) -> ErrorKind {
 /// The reason a workflow cancelled for its deadline records (its error
 /// column; a parent awaiting a child recognizes it).
 pub const DEADLINE_EXCEEDED: &str = "deadline exceeded";
+
+/// The outcome of a deadline's fenced cancel, from what its cascade
+/// cancelled: the root first, or nothing when the execution no longer owns
+/// the workflow (then fenced).
+pub(crate) fn overdue_cancelled(id: &str, cancelled: Vec<String>) -> StorageResult<Vec<String>> {
+    if cancelled.first().map(String::as_str) != Some(id) {
+        return Err(fenced(id));
+    }
+    Ok(cancelled)
+}
 
 /// Why a resume failed whole: a workflow it would re-enqueue has a
 /// `dedup_key` that another unfinished workflow of its queue took meanwhile

@@ -541,10 +541,7 @@ impl Transaction for PgTx {
             Some(owner_epoch),
         )
         .await?;
-        if cancelled.first().map(String::as_str) != Some(id) {
-            return Err(fenced(id));
-        }
-        Ok(cancelled)
+        crate::storage::contract::overdue_cancelled(id, cancelled)
     }
 
     async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {

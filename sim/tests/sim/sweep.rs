@@ -173,15 +173,8 @@ fn a_claim_with_a_lost_ack_does_not_orphan_its_workflows() {
 /// periodically, not only after a failed claim.
 #[test]
 fn a_lost_claim_ack_over_an_older_local_execution_does_not_strand_it() {
-    let report = run_seed(
-        7_013_272,
-        &Options {
-            // The workload the seed was found with.
-            generation: Generation::Bank,
-            ..Options::default()
-        },
-    );
-    assert!(report.passed(), "{}", report.failure_message(60));
+    // The workload the seed was found with.
+    seeds_pass(&[7_013_272], Generation::Bank);
 }
 
 /// Regression test of an engine bug the message workload found (seed
@@ -195,16 +188,7 @@ fn a_lost_claim_ack_over_an_older_local_execution_does_not_strand_it() {
 /// step.
 #[test]
 fn a_receive_notices_its_step_recorded_by_another_execution() {
-    for seed in [13_009_472, 13_028_253] {
-        let report = run_seed(
-            seed,
-            &Options {
-                generation: Generation::Messages,
-                ..Options::default()
-            },
-        );
-        assert!(report.passed(), "{}", report.failure_message(60));
-    }
+    seeds_pass(&[13_009_472, 13_028_253], Generation::Messages);
 }
 
 /// Regression test of an engine bug the queue-limit invariant found (seed
@@ -216,14 +200,8 @@ fn a_receive_notices_its_step_recorded_by_another_execution() {
 /// claimed from until the orphan look has adopted or ruled out what it took.
 #[test]
 fn a_lost_claim_ack_does_not_exceed_the_worker_concurrency() {
-    let report = run_seed(
-        349,
-        &Options {
-            generation: Generation::Steering,
-            ..Options::default()
-        },
-    );
-    assert!(report.passed(), "{}", report.failure_message(60));
+    // The workload the seed was found with.
+    seeds_pass(&[349], Generation::Steering);
 }
 
 /// Regression test of an engine bug the queue-limit invariant found on its
@@ -235,14 +213,8 @@ fn a_lost_claim_ack_does_not_exceed_the_worker_concurrency() {
 /// right before counting free slots.
 #[test]
 fn a_shutting_down_executor_claims_nothing_more() {
-    let report = run_seed(
-        21_001_766,
-        &Options {
-            generation: Generation::Steering,
-            ..Options::default()
-        },
-    );
-    assert!(report.passed(), "{}", report.failure_message(60));
+    // The workload the seed was found with.
+    seeds_pass(&[21_001_766], Generation::Steering);
 }
 
 /// Regression test of an engine bug the admission workload found (seed
@@ -257,14 +229,8 @@ fn a_shutting_down_executor_claims_nothing_more() {
 /// deadline they share: the parent is cancelled too, not failed.
 #[test]
 fn a_cancel_racing_a_child_start_cancels_the_child() {
-    let report = run_seed(
-        1441,
-        &Options {
-            generation: Generation::Admission,
-            ..Options::default()
-        },
-    );
-    assert!(report.passed(), "{}", report.failure_message(60));
+    // The workload the seed was found with.
+    seeds_pass(&[1441], Generation::Admission);
 }
 
 /// Regression test of an engine bug the first long admission run found
@@ -279,18 +245,12 @@ fn a_cancel_racing_a_child_start_cancels_the_child() {
 /// (`steering::a_superseded_execution_cannot_cancel_for_its_deadline`).
 #[test]
 fn a_superseded_execution_cannot_cancel_for_its_deadline() {
-    for seed in [
-        29_001_208, 29_003_679, 29_021_161, 29_047_209, 29_048_130, 29_056_821,
-    ] {
-        let report = run_seed(
-            seed,
-            &Options {
-                generation: Generation::Admission,
-                ..Options::default()
-            },
-        );
-        assert!(report.passed(), "{}", report.failure_message(60));
-    }
+    seeds_pass(
+        &[
+            29_001_208, 29_003_679, 29_021_161, 29_047_209, 29_048_130, 29_056_821,
+        ],
+        Generation::Admission,
+    );
 }
 
 /// Regression test of a nondeterminism the admission workload exposed: run
@@ -314,5 +274,20 @@ fn seeds_replay_after_other_seeds_in_one_process() {
     for seed in 1014..=1022 {
         SEED.store(seed, std::sync::atomic::Ordering::SeqCst);
         madsim::runtime::Runtime::check_determinism(seed, madsim::Config::default(), this_seed);
+    }
+}
+
+/// Runs each of `seeds` with the workload of `generation` (the one it was
+/// found with) and fails with the first failing run's trace.
+fn seeds_pass(seeds: &[u64], generation: Generation) {
+    for &seed in seeds {
+        let report = run_seed(
+            seed,
+            &Options {
+                generation,
+                ..Options::default()
+            },
+        );
+        assert!(report.passed(), "{}", report.failure_message(60));
     }
 }

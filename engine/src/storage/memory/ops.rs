@@ -601,10 +601,7 @@ impl MemConn {
                 Some(owner_epoch),
             )
             .await?;
-        if cancelled.first().map(String::as_str) != Some(id) {
-            return Err(fenced(id));
-        }
-        Ok(cancelled)
+        crate::storage::contract::overdue_cancelled(id, cancelled)
     }
 
     /// A cancel's cascade; with `fence`, the root only while it runs under
