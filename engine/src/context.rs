@@ -42,6 +42,10 @@ pub struct WorkflowContext<S: Storage> {
     /// Set once a step was interrupted (fenced or shutting down): whatever
     /// the body returns afterwards, nothing more is recorded.
     interrupted: bool,
+    /// A replay check (`Engine::replay`): recorded steps replay, and the
+    /// first step beyond the history stops the body with
+    /// [`Error::ReplayEnded`] instead of running.
+    replay_only: bool,
 }
 
 /// A started child workflow; await it with
@@ -153,7 +157,27 @@ impl<S: Storage> WorkflowContext<S> {
             history,
             next_step_id: 0,
             interrupted: false,
+            replay_only: false,
         }
+    }
+
+    /// A context that only replays `history` (see `Engine::replay`): it
+    /// never runs a step nor writes anything.
+    pub(crate) fn replay_only(
+        shared: Arc<Shared<S>>,
+        workflow_id: String,
+        owner_epoch: i64,
+        history: Vec<StepRow>,
+    ) -> Self {
+        Self {
+            replay_only: true,
+            ..Self::new(shared, workflow_id, owner_epoch, None, history)
+        }
+    }
+
+    /// How many steps the body has called so far.
+    pub(crate) fn steps_called(&self) -> i32 {
+        self.next_step_id
     }
 
     /// This workflow's ID.
@@ -667,6 +691,10 @@ impl<S: Storage> WorkflowContext<S> {
     /// Waits until the engine's clock reaches `wake_ms`, or hands the
     /// workflow back to its queue until then if that is far off.
     async fn wait_until(&mut self, wake_ms: i64) -> Result<(), Error> {
+        if self.replay_only {
+            // A replay check does not wait: the recorded step is enough.
+            return Ok(());
+        }
         loop {
             self.check_deadline().await?;
             let now_ms = self.shared.now_ms();
@@ -900,6 +928,13 @@ impl<S: Storage> WorkflowContext<S> {
                     return Ok(Replay::Run(step_id));
                 }
                 Ok(Replay::Recorded(row))
+            }
+            Err(_) if self.replay_only => {
+                self.interrupted = true;
+                Err(Error::ReplayEnded {
+                    step_id,
+                    name: name.to_owned(),
+                })
             }
             Err(_) => Ok(Replay::Run(step_id)),
         }

@@ -313,6 +313,16 @@ impl<S: Storage> Engine<S> {
         self.admin.clone()
     }
 
+    /// Replays run `id` from its recorded history against the code
+    /// registered on this engine, without running a step or writing
+    /// anything, and reports whether they agree: the same steps in the same
+    /// order and, for a finished run, the same output or error (see
+    /// [`replay`](crate::replay)). `tandem::testing::CrashTest` runs it on
+    /// every finished workflow.
+    pub async fn replay(&self, id: &str) -> Result<crate::replay::Replay, Error> {
+        self.shared.replay(id).await
+    }
+
     /// Cancels a workflow and its unfinished children (see
     /// [`Admin::cancel`]); executions in this process stop at their next
     /// step boundary.

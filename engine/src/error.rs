@@ -110,6 +110,15 @@ pub enum Error {
         /// The workflow ID.
         workflow_id: String,
     },
+    /// A replay check (`Engine::replay`) reached a step beyond the recorded
+    /// history; the body stopped there.
+    #[error("replay reached step {step_id} ({name:?}), beyond the recorded history")]
+    ReplayEnded {
+        /// The step's ID.
+        step_id: i32,
+        /// The name the code calls it by.
+        name: String,
+    },
     /// The engine is shutting down; the workflow stopped at a step boundary
     /// and resumes on the next start.
     #[error("the engine is shutting down")]
@@ -174,6 +183,7 @@ impl Error {
             Error::Fenced { .. }
                 | Error::Shutdown
                 | Error::Suspended
+                | Error::ReplayEnded { .. }
                 | Error::DeadlineExceeded { .. }
         )
     }

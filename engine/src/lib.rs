@@ -102,6 +102,7 @@ pub mod error;
 mod outbox;
 pub mod payload;
 pub mod queue;
+pub mod replay;
 pub mod retry;
 mod runtime;
 pub mod storage;

@@ -17,6 +17,7 @@
 
 mod contract;
 mod forward;
+pub mod intercept;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -147,6 +147,11 @@ impl<S: Storage> Shared<S> {
     }
 
     /// The storage.
+    /// The registered workflow called `name`.
+    pub(crate) fn workflow(&self, name: &str) -> Option<Arc<dyn ErasedWorkflow<S>>> {
+        self.registry.get(name).cloned()
+    }
+
     pub(crate) fn storage(&self) -> &S {
         &self.storage
     }

@@ -24,6 +24,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::intercept::{Hook, Interceptor, Phase, Tap, Verdict};
 use super::{
     EPOCH_FIRST, EPOCH_NEVER_RAN, ErrorKind, ExecutorRegister, Listener, QueueLimits, Status,
     StepInfo, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
@@ -31,6 +32,7 @@ use super::{
     WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
     classify_sqlstate, contract, fenced,
 };
+use std::sync::Arc;
 
 /// The embedded migrations (`migrations/` at the workspace root).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -73,6 +75,7 @@ macro_rules! info_columns {
 #[derive(Debug, Clone)]
 pub struct PgStorage {
     pool: PgPool,
+    hook: Hook,
 }
 
 impl PgStorage {
@@ -89,12 +92,27 @@ impl PgStorage {
             .connect_with(options)
             .await
             .map_err(map_err)?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Uses an existing pool, for example the application's own.
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            hook: Hook::default(),
+        }
+    }
+
+    /// This storage with every engine statement and commit reported to
+    /// `interceptor`, which may inject faults (for crash tests; see
+    /// [`storage::intercept`](super::intercept)). Autocommit operations then
+    /// run as transactions of one statement, so that each has a commit to
+    /// intercept.
+    pub fn with_interceptor(&self, interceptor: Arc<dyn Interceptor>) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            hook: Hook::new(interceptor),
+        }
     }
 
     /// The pool, for the application's own queries.
@@ -157,6 +175,66 @@ pub struct QueueInfo {
 #[derive(Debug)]
 pub struct PgTx {
     tx: sqlx::Transaction<'static, Postgres>,
+    tap: Tap,
+}
+
+impl PgTx {
+    /// Consults the interceptor before statement `op` and injects its fault
+    /// for real: the server terminates this backend, or raises 40001.
+    async fn at(
+        &mut self,
+        op: &'static str,
+        workflow_id: Option<&str>,
+        step: Option<&str>,
+    ) -> StorageResult<()> {
+        match self.tap.statement(op, workflow_id, step).await {
+            Verdict::Proceed => Ok(()),
+            Verdict::SerializationFailure => Err(raise_serialization_failure(&mut self.tx).await),
+            Verdict::ConnectionLost | Verdict::LoseAck => {
+                Err(terminate_backend(&mut self.tx).await)
+            }
+        }
+    }
+}
+
+/// An injected connection loss: the backend serving `conn` terminates
+/// itself (57P01), so the transaction rolls back on the server.
+async fn terminate_backend(conn: &mut PgConnection) -> StorageError {
+    match sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+        .execute(conn)
+        .await
+    {
+        Err(e) => map_err(e),
+        Ok(_) => StorageError::new(ErrorKind::Unavailable, "injected connection loss"),
+    }
+}
+
+/// An injected serialization failure, raised by the server (40001): the
+/// transaction is aborted there.
+async fn raise_serialization_failure(conn: &mut PgConnection) -> StorageError {
+    match sqlx::query(
+        "DO $$ BEGIN RAISE EXCEPTION 'injected serialization failure' \
+         USING ERRCODE = 'serialization_failure'; END $$",
+    )
+    .execute(conn)
+    .await
+    {
+        Err(e) => map_err(e),
+        Ok(_) => StorageError::new(ErrorKind::Conflict, "injected serialization failure"),
+    }
+}
+
+/// Runs an autocommit operation as `BEGIN`, the operation, `COMMIT` while an
+/// interceptor is installed, so that its commit can be intercepted.
+macro_rules! intercepted {
+    ($self:ident, |$tx:ident| $op:expr) => {
+        if $self.hook.is_installed() {
+            let mut $tx = $self.begin().await?;
+            let r = $op.await?;
+            $tx.commit().await?;
+            return Ok(r);
+        }
+    };
 }
 
 /// The channel `tandem.enqueue_workflow` notifies (payload: the queue).
@@ -189,7 +267,10 @@ impl Storage for PgStorage {
 
     async fn begin(&self) -> StorageResult<PgTx> {
         let tx = self.pool.begin().await.map_err(map_err)?;
-        Ok(PgTx { tx })
+        Ok(PgTx {
+            tx,
+            tap: self.hook.tap(),
+        })
     }
 
     async fn migrate(&self) -> StorageResult<()> {
@@ -225,36 +306,43 @@ impl Storage for PgStorage {
     // COMMIT.
 
     async fn workflow_insert(&self, params: WorkflowInsert) -> StorageResult<WorkflowInserted> {
+        intercepted!(self, |tx| tx.workflow_insert(params));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         workflow_insert(&mut conn, params).await
     }
 
     async fn workflow_get(&self, id: &str) -> StorageResult<Option<WorkflowRow>> {
+        intercepted!(self, |tx| tx.workflow_get(id));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         workflow_get(&mut conn, id).await
     }
 
     async fn workflow_complete(&self, params: WorkflowComplete) -> StorageResult<()> {
+        intercepted!(self, |tx| tx.workflow_complete(params));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         workflow_complete(&mut conn, params).await
     }
 
     async fn workflows_recover(&self, params: WorkflowsRecover) -> StorageResult<Vec<WorkflowRow>> {
+        intercepted!(self, |tx| tx.workflows_recover(params));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         workflows_recover(&mut conn, params).await
     }
 
     async fn steps_load(&self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
+        intercepted!(self, |tx| tx.steps_load(workflow_id));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         steps_load(&mut conn, workflow_id).await
     }
 
     async fn step_get(&self, workflow_id: &str, step_id: i32) -> StorageResult<Option<StepRow>> {
+        intercepted!(self, |tx| tx.step_get(workflow_id, step_id));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         step_get(&mut conn, workflow_id, step_id).await
     }
 
     async fn step_record(&self, params: StepRecord) -> StorageResult<StepRecorded> {
+        intercepted!(self, |tx| tx.step_record(params));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         step_record(&mut conn, params).await
     }
@@ -265,16 +353,23 @@ impl Storage for PgStorage {
         now_ms: i64,
         lease_ms: i64,
     ) -> StorageResult<()> {
+        intercepted!(self, |tx| tx.executor_heartbeat(
+            executor_id,
+            now_ms,
+            lease_ms
+        ));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         executor_heartbeat(&mut conn, executor_id, now_ms, lease_ms).await
     }
 
     async fn workflows_reclaim(&self, now_ms: i64) -> StorageResult<u64> {
+        intercepted!(self, |tx| tx.workflows_reclaim(now_ms));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         workflows_reclaim(&mut conn, now_ms).await
     }
 
     async fn workflows_claim(&self, params: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
+        intercepted!(self, |tx| tx.workflows_claim(params));
         // A queue without limits claims in one autocommit statement; a
         // limited one needs a transaction to hold its queue lock.
         if params.queue.is_limited() {
@@ -289,17 +384,20 @@ impl Storage for PgStorage {
     }
 
     async fn workflows_release(&self, executor_id: &str, now_ms: i64) -> StorageResult<u64> {
+        intercepted!(self, |tx| tx.workflows_release(executor_id, now_ms));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         workflows_release(&mut conn, executor_id, now_ms).await
     }
 
     async fn workflows_owned(&self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
+        intercepted!(self, |tx| tx.workflows_owned(executor_id));
         // One autocommit statement: no BEGIN and COMMIT round trips.
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         workflows_owned(&mut conn, executor_id).await
     }
 
     async fn workflow_enqueue(&self, params: WorkflowEnqueue) -> StorageResult<String> {
+        intercepted!(self, |tx| tx.workflow_enqueue(params));
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         workflow_enqueue(&mut conn, params).await
     }
@@ -309,18 +407,22 @@ impl Transaction for PgTx {
     type Conn = PgConnection;
 
     fn conn(&mut self) -> &mut PgConnection {
+        self.tap.app();
         &mut self.tx
     }
 
     async fn workflow_insert(&mut self, params: WorkflowInsert) -> StorageResult<WorkflowInserted> {
+        self.at("workflow_insert", Some(&params.id), None).await?;
         workflow_insert(&mut self.tx, params).await
     }
 
     async fn workflow_get(&mut self, id: &str) -> StorageResult<Option<WorkflowRow>> {
+        self.at("workflow_get", Some(id), None).await?;
         workflow_get(&mut self.tx, id).await
     }
 
     async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {
+        self.at("workflow_complete", Some(&params.id), None).await?;
         workflow_complete(&mut self.tx, params).await
     }
 
@@ -328,10 +430,15 @@ impl Transaction for PgTx {
         &mut self,
         params: WorkflowsRecover,
     ) -> StorageResult<Vec<WorkflowRow>> {
-        workflows_recover(&mut self.tx, params).await
+        self.at("workflows_recover", params.workflow_id.as_deref(), None)
+            .await?;
+        let rows = workflows_recover(&mut self.tx, params).await?;
+        self.tap.rows(rows.len());
+        Ok(rows)
     }
 
     async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
+        self.at("steps_load", Some(workflow_id), None).await?;
         steps_load(&mut self.tx, workflow_id).await
     }
 
@@ -340,14 +447,18 @@ impl Transaction for PgTx {
         workflow_id: &str,
         step_id: i32,
     ) -> StorageResult<Option<StepRow>> {
+        self.at("step_get", Some(workflow_id), None).await?;
         step_get(&mut self.tx, workflow_id, step_id).await
     }
 
     async fn step_record(&mut self, params: StepRecord) -> StorageResult<StepRecorded> {
+        self.at("step_record", Some(&params.workflow_id), Some(&params.name))
+            .await?;
         step_record(&mut self.tx, params).await
     }
 
     async fn executor_register(&mut self, params: ExecutorRegister) -> StorageResult<()> {
+        self.at("executor_register", None, None).await?;
         executor_register(&mut self.tx, params).await
     }
 
@@ -357,29 +468,39 @@ impl Transaction for PgTx {
         now_ms: i64,
         lease_ms: i64,
     ) -> StorageResult<()> {
+        self.at("executor_heartbeat", None, None).await?;
         executor_heartbeat(&mut self.tx, executor_id, now_ms, lease_ms).await
     }
 
     async fn workflows_reclaim(&mut self, now_ms: i64) -> StorageResult<u64> {
+        self.at("workflows_reclaim", None, None).await?;
         workflows_reclaim(&mut self.tx, now_ms).await
     }
 
     async fn workflows_claim(&mut self, params: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
+        self.at("workflows_claim", None, None).await?;
         if let Some(n) = claim_budget(&mut self.tx, &params).await? {
             let limit = params.limit.min(n);
             if limit == 0 {
                 return Ok(Vec::new());
             }
-            return workflows_claim(&mut self.tx, WorkflowsClaim { limit, ..params }).await;
+            let rows = workflows_claim(&mut self.tx, WorkflowsClaim { limit, ..params }).await?;
+            self.tap.rows(rows.len());
+            return Ok(rows);
         }
-        workflows_claim(&mut self.tx, params).await
+        let rows = workflows_claim(&mut self.tx, params).await?;
+        self.tap.rows(rows.len());
+        Ok(rows)
     }
 
     async fn workflows_release(&mut self, executor_id: &str, now_ms: i64) -> StorageResult<u64> {
+        self.at("workflows_release", None, None).await?;
         workflows_release(&mut self.tx, executor_id, now_ms).await
     }
 
     async fn workflow_enqueue(&mut self, params: WorkflowEnqueue) -> StorageResult<String> {
+        self.at("workflow_enqueue", params.workflow_id.as_deref(), None)
+            .await?;
         workflow_enqueue(&mut self.tx, params).await
     }
 
@@ -390,6 +511,7 @@ impl Transaction for PgTx {
         run_after_ms: i64,
         now_ms: i64,
     ) -> StorageResult<()> {
+        self.at("workflow_suspend", Some(id), None).await?;
         let done = sqlx::query(
             "UPDATE tandem.workflows
                 SET status = 'ENQUEUED', executor_id = NULL,
@@ -418,6 +540,7 @@ impl Transaction for PgTx {
         payload: &str,
         _now_ms: i64,
     ) -> StorageResult<()> {
+        self.at("message_send", Some(workflow_id), None).await?;
         message_send(&mut self.tx, workflow_id, topic, payload).await
     }
 
@@ -428,6 +551,7 @@ impl Transaction for PgTx {
         step_id: i32,
         deadline_ms: i64,
     ) -> StorageResult<i64> {
+        self.at("recv_deadline", Some(workflow_id), None).await?;
         // Kept if this step's wait recorded one already (an earlier
         // execution's); the engine's clock, in ms, like a sleep's wake-up.
         let recorded: Option<i64> = sqlx::query_scalar(
@@ -453,6 +577,7 @@ impl Transaction for PgTx {
         topic: &str,
         owner_epoch: i64,
     ) -> StorageResult<Option<String>> {
+        self.at("message_take", Some(workflow_id), None).await?;
         // SKIP LOCKED: a concurrent execution of the same workflow taking the
         // same message must not make this one wait; the step's checkpoint
         // (primary key) decides which of them commits. The fence makes a
@@ -491,6 +616,7 @@ impl Transaction for PgTx {
         value: &str,
         now_ms: i64,
     ) -> StorageResult<()> {
+        self.at("event_set", Some(workflow_id), None).await?;
         sqlx::query(
             "INSERT INTO tandem.events (workflow_id, key, value, updated_at)
              VALUES ($1, $2, $3::jsonb, to_timestamp($4::float8 / 1000))
@@ -508,6 +634,7 @@ impl Transaction for PgTx {
     }
 
     async fn event_get(&mut self, workflow_id: &str, key: &str) -> StorageResult<Option<String>> {
+        self.at("event_get", Some(workflow_id), None).await?;
         sqlx::query_scalar(
             "SELECT value::text FROM tandem.events WHERE workflow_id = $1 AND key = $2",
         )
@@ -524,6 +651,7 @@ impl Transaction for PgTx {
         reason: &str,
         now_ms: i64,
     ) -> StorageResult<Vec<String>> {
+        self.at("workflows_cancel", Some(id), None).await?;
         cancel_tree(&mut self.tx, id, reason, now_ms, None).await
     }
 
@@ -533,6 +661,7 @@ impl Transaction for PgTx {
         owner_epoch: i64,
         now_ms: i64,
     ) -> StorageResult<Vec<String>> {
+        self.at("workflow_cancel_overdue", Some(id), None).await?;
         let cancelled = cancel_tree(
             &mut self.tx,
             id,
@@ -545,6 +674,7 @@ impl Transaction for PgTx {
     }
 
     async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
+        self.at("workflow_resume", Some(id), None).await?;
         // The cancelled workflow and every cancelled member of its subtree,
         // as the cancel's cascade left them: a resumed parent must not find
         // its child still cancelled.
@@ -576,6 +706,7 @@ impl Transaction for PgTx {
     }
 
     async fn workflow_fork(&mut self, p: WorkflowFork) -> StorageResult<bool> {
+        self.at("workflow_fork", Some(&p.new_id), None).await?;
         let done = sqlx::query(
             "INSERT INTO tandem.workflows
                  (id, name, status, input, queue, priority, owner_epoch, created_at, updated_at)
@@ -616,10 +747,12 @@ impl Transaction for PgTx {
     }
 
     async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
+        self.at("workflows_owned", None, None).await?;
         workflows_owned(&mut self.tx, executor_id).await
     }
 
     async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
+        self.at("workflows_list", None, None).await?;
         let rows: Vec<InfoTuple> = sqlx::query_as(concat!(
             "SELECT ",
             info_columns!(),
@@ -646,6 +779,7 @@ impl Transaction for PgTx {
     }
 
     async fn workflow_info(&mut self, id: &str) -> StorageResult<Option<WorkflowInfo>> {
+        self.at("workflow_info", Some(id), None).await?;
         let row: Option<InfoTuple> = sqlx::query_as(concat!(
             "SELECT ",
             info_columns!(),
@@ -659,6 +793,7 @@ impl Transaction for PgTx {
     }
 
     async fn steps_info(&mut self, workflow_id: &str) -> StorageResult<Vec<StepInfo>> {
+        self.at("steps_info", Some(workflow_id), None).await?;
         type Tuple = (
             i32,
             String,
@@ -705,8 +840,24 @@ impl Transaction for PgTx {
             .collect()
     }
 
-    async fn commit(self) -> StorageResult<()> {
-        self.tx.commit().await.map_err(map_err)
+    async fn commit(mut self) -> StorageResult<()> {
+        match self.tap.commit(Phase::Commit).await {
+            Verdict::Proceed => {}
+            Verdict::SerializationFailure => {
+                return Err(raise_serialization_failure(&mut self.tx).await);
+            }
+            Verdict::ConnectionLost | Verdict::LoseAck => {
+                return Err(terminate_backend(&mut self.tx).await);
+            }
+        }
+        self.tx.commit().await.map_err(map_err)?;
+        match self.tap.commit(Phase::Committed).await {
+            Verdict::Proceed => Ok(()),
+            _ => Err(StorageError::new(
+                ErrorKind::Unavailable,
+                "injected: the commit's acknowledgement was lost",
+            )),
+        }
     }
 
     async fn rollback(self) -> StorageResult<()> {

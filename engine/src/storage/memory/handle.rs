@@ -149,6 +149,9 @@ pub struct MemStorage {
     /// `NOTIFY tandem_work`: one message per commit that enqueued work or
     /// sent a message while `notify_on_enqueue` was on.
     pub(super) wakeups: tokio::sync::broadcast::Sender<()>,
+    /// The crash-test interceptor of this handle (not shared by clones made
+    /// before it was installed).
+    pub(super) hook: Hook,
 }
 
 impl Default for MemStorage {
@@ -158,6 +161,7 @@ impl Default for MemStorage {
             // Listeners only need to know that something happened: a
             // lagging listener's missed wake-ups collapse into one.
             wakeups: tokio::sync::broadcast::channel(16).0,
+            hook: Hook::default(),
         }
     }
 }
@@ -219,6 +223,17 @@ impl MemStorage {
             .entry(table.to_owned())
             .or_default()
             .push((name.to_owned(), std::sync::Arc::new(check)));
+    }
+
+    /// A handle on the same database whose transactions report every
+    /// engine statement and commit to `interceptor`, which may inject
+    /// faults (for crash tests; see
+    /// [`storage::intercept`](crate::storage::intercept)).
+    pub fn with_interceptor(&self, interceptor: Arc<dyn Interceptor>) -> Self {
+        Self {
+            hook: Hook::new(interceptor),
+            ..self.clone()
+        }
     }
 
     /// Installs (or removes) the fault hook.
@@ -369,6 +384,27 @@ impl MemStorage {
 #[derive(Debug)]
 pub struct MemTx {
     pub(super) conn: MemConn,
+    tap: Tap,
+}
+
+impl MemTx {
+    /// Consults the interceptor before statement `op` and injects its fault.
+    async fn at(
+        &mut self,
+        op: &'static str,
+        workflow_id: Option<&str>,
+        step: Option<&str>,
+    ) -> StorageResult<()> {
+        match self.tap.statement(op, workflow_id, step).await {
+            Verdict::Proceed => Ok(()),
+            Verdict::SerializationFailure => {
+                Err(self.conn.inject(Fault::SerializationFailure).into())
+            }
+            Verdict::ConnectionLost | Verdict::LoseAck => {
+                Err(self.conn.inject(Fault::ConnectionLost).into())
+            }
+        }
+    }
 }
 
 impl MemTx {
@@ -392,6 +428,7 @@ impl Storage for MemStorage {
     async fn begin(&self) -> StorageResult<MemTx> {
         Ok(MemTx {
             conn: self.begin_conn()?,
+            tap: self.hook.tap(),
         })
     }
 
@@ -418,18 +455,22 @@ impl Transaction for MemTx {
     type Conn = MemConn;
 
     fn conn(&mut self) -> &mut MemConn {
+        self.tap.app();
         &mut self.conn
     }
 
     async fn workflow_insert(&mut self, params: WorkflowInsert) -> StorageResult<WorkflowInserted> {
+        self.at("workflow_insert", Some(&params.id), None).await?;
         self.conn.workflow_insert(params).await
     }
 
     async fn workflow_get(&mut self, id: &str) -> StorageResult<Option<WorkflowRow>> {
+        self.at("workflow_get", Some(id), None).await?;
         Ok(self.conn.workflow_get(id).await?)
     }
 
     async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {
+        self.at("workflow_complete", Some(&params.id), None).await?;
         self.conn.workflow_complete(params).await
     }
 
@@ -437,10 +478,15 @@ impl Transaction for MemTx {
         &mut self,
         params: WorkflowsRecover,
     ) -> StorageResult<Vec<WorkflowRow>> {
-        Ok(self.conn.workflows_recover(params).await?)
+        self.at("workflows_recover", params.workflow_id.as_deref(), None)
+            .await?;
+        let rows = self.conn.workflows_recover(params).await?;
+        self.tap.rows(rows.len());
+        Ok(rows)
     }
 
     async fn steps_load(&mut self, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
+        self.at("steps_load", Some(workflow_id), None).await?;
         Ok(self.conn.steps_load(workflow_id).await?)
     }
 
@@ -449,14 +495,18 @@ impl Transaction for MemTx {
         workflow_id: &str,
         step_id: i32,
     ) -> StorageResult<Option<StepRow>> {
+        self.at("step_get", Some(workflow_id), None).await?;
         Ok(self.conn.step_get(workflow_id, step_id).await?)
     }
 
     async fn step_record(&mut self, params: StepRecord) -> StorageResult<StepRecorded> {
+        self.at("step_record", Some(&params.workflow_id), Some(&params.name))
+            .await?;
         self.conn.step_record(params).await
     }
 
     async fn executor_register(&mut self, params: ExecutorRegister) -> StorageResult<()> {
+        self.at("executor_register", None, None).await?;
         Ok(self.conn.executor_register(params).await?)
     }
 
@@ -466,6 +516,7 @@ impl Transaction for MemTx {
         now_ms: i64,
         lease_ms: i64,
     ) -> StorageResult<()> {
+        self.at("executor_heartbeat", None, None).await?;
         Ok(self
             .conn
             .executor_heartbeat(executor_id, now_ms, lease_ms)
@@ -473,18 +524,25 @@ impl Transaction for MemTx {
     }
 
     async fn workflows_reclaim(&mut self, now_ms: i64) -> StorageResult<u64> {
+        self.at("workflows_reclaim", None, None).await?;
         Ok(self.conn.workflows_reclaim(now_ms).await?)
     }
 
     async fn workflows_claim(&mut self, params: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
-        Ok(self.conn.workflows_claim(params).await?)
+        self.at("workflows_claim", None, None).await?;
+        let rows = self.conn.workflows_claim(params).await?;
+        self.tap.rows(rows.len());
+        Ok(rows)
     }
 
     async fn workflows_release(&mut self, executor_id: &str, now_ms: i64) -> StorageResult<u64> {
+        self.at("workflows_release", None, None).await?;
         Ok(self.conn.workflows_release(executor_id, now_ms).await?)
     }
 
     async fn workflow_enqueue(&mut self, params: WorkflowEnqueue) -> StorageResult<String> {
+        self.at("workflow_enqueue", params.workflow_id.as_deref(), None)
+            .await?;
         Ok(self.conn.workflow_enqueue(params).await?)
     }
 
@@ -495,6 +553,7 @@ impl Transaction for MemTx {
         run_after_ms: i64,
         now_ms: i64,
     ) -> StorageResult<()> {
+        self.at("workflow_suspend", Some(id), None).await?;
         self.conn
             .workflow_suspend(id, owner_epoch, run_after_ms, now_ms)
             .await
@@ -507,6 +566,7 @@ impl Transaction for MemTx {
         payload: &str,
         now_ms: i64,
     ) -> StorageResult<()> {
+        self.at("message_send", Some(workflow_id), None).await?;
         Ok(self
             .conn
             .message_send(workflow_id, topic, payload, now_ms)
@@ -520,6 +580,7 @@ impl Transaction for MemTx {
         step_id: i32,
         deadline_ms: i64,
     ) -> StorageResult<i64> {
+        self.at("recv_deadline", Some(workflow_id), None).await?;
         self.conn
             .recv_deadline(workflow_id, owner_epoch, step_id, deadline_ms)
             .await
@@ -531,6 +592,7 @@ impl Transaction for MemTx {
         topic: &str,
         owner_epoch: i64,
     ) -> StorageResult<Option<String>> {
+        self.at("message_take", Some(workflow_id), None).await?;
         self.conn
             .message_take(workflow_id, topic, owner_epoch)
             .await
@@ -543,10 +605,12 @@ impl Transaction for MemTx {
         value: &str,
         now_ms: i64,
     ) -> StorageResult<()> {
+        self.at("event_set", Some(workflow_id), None).await?;
         Ok(self.conn.event_set(workflow_id, key, value, now_ms).await?)
     }
 
     async fn event_get(&mut self, workflow_id: &str, key: &str) -> StorageResult<Option<String>> {
+        self.at("event_get", Some(workflow_id), None).await?;
         Ok(self.conn.event_get(workflow_id, key).await?)
     }
 
@@ -556,6 +620,7 @@ impl Transaction for MemTx {
         owner_epoch: i64,
         now_ms: i64,
     ) -> StorageResult<Vec<String>> {
+        self.at("workflow_cancel_overdue", Some(id), None).await?;
         self.conn
             .workflow_cancel_overdue(id, owner_epoch, now_ms)
             .await
@@ -567,35 +632,55 @@ impl Transaction for MemTx {
         reason: &str,
         now_ms: i64,
     ) -> StorageResult<Vec<String>> {
+        self.at("workflows_cancel", Some(id), None).await?;
         Ok(self.conn.workflows_cancel(id, reason, now_ms).await?)
     }
 
     async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
+        self.at("workflow_resume", Some(id), None).await?;
         Ok(self.conn.workflow_resume(id, now_ms).await?)
     }
 
     async fn workflow_fork(&mut self, params: WorkflowFork) -> StorageResult<bool> {
+        self.at("workflow_fork", Some(&params.new_id), None).await?;
         Ok(self.conn.workflow_fork(params).await?)
     }
 
     async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
+        self.at("workflows_owned", None, None).await?;
         Ok(self.conn.workflows_owned(executor_id).await?)
     }
 
     async fn workflows_list(&mut self, filter: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
+        self.at("workflows_list", None, None).await?;
         Ok(self.conn.workflows_list(filter).await?)
     }
 
     async fn workflow_info(&mut self, id: &str) -> StorageResult<Option<WorkflowInfo>> {
+        self.at("workflow_info", Some(id), None).await?;
         Ok(self.conn.workflow_info(id).await?)
     }
 
     async fn steps_info(&mut self, workflow_id: &str) -> StorageResult<Vec<StepInfo>> {
+        self.at("steps_info", Some(workflow_id), None).await?;
         Ok(self.conn.steps_info(workflow_id).await?)
     }
 
-    async fn commit(self) -> StorageResult<()> {
-        Ok(self.conn.commit_conn()?)
+    async fn commit(mut self) -> StorageResult<()> {
+        match self.tap.commit(Phase::Commit).await {
+            Verdict::Proceed => {}
+            Verdict::SerializationFailure => {
+                return Err(self.conn.inject(Fault::SerializationFailure).into());
+            }
+            Verdict::ConnectionLost | Verdict::LoseAck => {
+                return Err(self.conn.inject(Fault::ConnectionLost).into());
+            }
+        }
+        self.conn.commit_conn()?;
+        match self.tap.commit(Phase::Committed).await {
+            Verdict::Proceed => Ok(()),
+            _ => Err(MemError::ConnectionLost.into()),
+        }
     }
 
     async fn rollback(self) -> StorageResult<()> {

@@ -62,6 +62,7 @@ pub use session::{Key, MemConn, RowLock, Scan};
 use functions::*;
 use session::*;
 
+use super::intercept::{Hook, Interceptor, Phase, Tap, Verdict};
 use super::{
     DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, ErrorKind, ExecutorRegister, Listener, Status,
     StepInfo, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult, Transaction,

@@ -297,6 +297,23 @@ impl Drop for MemConn {
 }
 
 impl MemConn {
+    /// Injects `fault` now, as the fault hook would at a statement (an
+    /// interceptor's verdict, `storage::intercept`).
+    pub(super) fn inject(&mut self, fault: Fault) -> MemError {
+        let mut db = self.storage.db();
+        if self.s.state != State::Open {
+            return MemError::TransactionAborted;
+        }
+        match fault {
+            Fault::SerializationFailure => self.s.fail(&mut db, MemError::SerializationFailure),
+            Fault::ConnectionLost | Fault::LoseCommitAck => {
+                db.end(self.s.xid, false);
+                self.s.state = State::Lost;
+                MemError::ConnectionLost
+            }
+        }
+    }
+
     /// The transaction's ID (for [`MemStorage::is_waiting`]).
     pub fn tx_id(&self) -> u64 {
         self.s.xid

@@ -1,0 +1,195 @@
+//! Replay checks: does the code registered now take the steps a run
+//! recorded, in order, and (for a finished run) return what it recorded?
+//! Nothing runs and nothing is written: outputs come from the history, and
+//! the body stops at the first step beyond it.
+//!
+//! A difference means the workflow's control flow is not a function of its
+//! input and its steps' recorded outputs (it read a clock, a random number
+//! or the database between steps), or that the code changed under a run.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::context::WorkflowContext;
+use crate::error::Error;
+use crate::payload;
+use crate::runtime::Shared;
+use crate::storage::{Status, Storage};
+
+/// The outcome of [`Engine::replay`](crate::Engine::replay) for one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// The run.
+    pub workflow_id: String,
+    /// Its workflow's name.
+    pub name: String,
+    /// Its status when it was replayed.
+    pub status: Status,
+    /// The recorded steps the replay consumed.
+    pub steps: usize,
+    /// Where the code and the history part, if they do.
+    pub divergence: Option<Divergence>,
+}
+
+impl Replay {
+    /// Whether the code agrees with the history.
+    pub fn agrees(&self) -> bool {
+        self.divergence.is_none()
+    }
+}
+
+/// How the code and a run's history differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Divergence {
+    /// At step `step_id` the history and the code disagree: a different step
+    /// (both `Some`), a step the history does not have although the run
+    /// finished (`recorded: None`), or a recorded step the code no longer
+    /// reaches (`current: None`).
+    Step {
+        /// The step's ID.
+        step_id: i32,
+        /// The recorded step's name.
+        recorded: Option<String>,
+        /// The name the code calls it by.
+        current: Option<String>,
+    },
+    /// The run finished, and the code, given the same step outputs, returns
+    /// something else.
+    Outcome {
+        /// What the run recorded (`output` JSON, or `error: ` and the error).
+        recorded: String,
+        /// What the replay returned, in the same form.
+        replayed: String,
+    },
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Divergence::Step {
+                step_id,
+                recorded: Some(recorded),
+                current: Some(current),
+            } => write!(
+                f,
+                "step {step_id} was recorded as {recorded:?} but the code calls {current:?}"
+            ),
+            Divergence::Step {
+                step_id,
+                recorded: None,
+                current,
+            } => write!(
+                f,
+                "the run finished after step {}, but the code goes on to call {:?} (step {step_id})",
+                step_id - 1,
+                current.as_deref().unwrap_or("?")
+            ),
+            Divergence::Step {
+                step_id, recorded, ..
+            } => write!(
+                f,
+                "step {step_id} ({:?}) was recorded, but the code returns before reaching it",
+                recorded.as_deref().unwrap_or("?")
+            ),
+            Divergence::Outcome { recorded, replayed } => write!(
+                f,
+                "the run recorded {recorded} but its replay returns {replayed}"
+            ),
+        }
+    }
+}
+
+/// What a run recorded or a replay returned, comparably: JSON outputs
+/// compare as values (key order and spacing do not matter).
+fn outcome_text(output: Option<&str>, error: Option<&str>) -> String {
+    match (output, error) {
+        (Some(json), _) => serde_json::from_str::<serde_json::Value>(json)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| json.to_owned()),
+        (None, Some(error)) => format!("error: {error}"),
+        (None, None) => "nothing".to_owned(),
+    }
+}
+
+impl<S: Storage> Shared<S> {
+    /// Replays run `id` against the registered code (see the module docs).
+    pub(crate) async fn replay(self: &Arc<Self>, id: &str) -> Result<Replay, Error> {
+        let row = self
+            .storage()
+            .workflow_get(id)
+            .await?
+            .ok_or_else(|| Error::WorkflowNotFound { id: id.to_owned() })?;
+        let workflow = self
+            .workflow(&row.name)
+            .ok_or_else(|| Error::UnknownWorkflow {
+                name: row.name.clone(),
+            })?;
+        let history = self.storage().steps_load(id).await?;
+        let mut ctx = WorkflowContext::replay_only(
+            Arc::clone(self),
+            row.id.clone(),
+            row.owner_epoch,
+            history.clone(),
+        );
+        let result = workflow.run_json(&mut ctx, &row.input).await;
+        let called = ctx.steps_called();
+        let finished = matches!(row.status, Status::Success | Status::Error);
+        let consumed = history.iter().filter(|s| s.step_id < called).count();
+        let divergence = match &result {
+            Err(e) => match e.as_engine_error() {
+                Some(Error::NonDeterminism {
+                    step_id,
+                    recorded,
+                    current,
+                }) => Some(Divergence::Step {
+                    step_id: *step_id,
+                    recorded: Some(recorded.clone()),
+                    current: Some(current.clone()),
+                }),
+                // The code wants a step the history lacks: fine for a run
+                // that is still going (its next step), wrong for a finished
+                // one.
+                Some(Error::ReplayEnded { step_id, name }) => finished.then(|| Divergence::Step {
+                    step_id: *step_id,
+                    recorded: None,
+                    current: Some(name.clone()),
+                }),
+                _ => None,
+            },
+            Ok(_) => None,
+        };
+        let ended_early = matches!(
+            result.as_ref().err().and_then(|e| e.as_engine_error()),
+            Some(Error::ReplayEnded { .. } | Error::NonDeterminism { .. })
+        );
+        let divergence = divergence.or_else(|| {
+            if ended_early {
+                return None;
+            }
+            // The body returned: every recorded step must have been taken.
+            if let Some(left) = history.iter().find(|s| s.step_id >= called) {
+                return Some(Divergence::Step {
+                    step_id: left.step_id,
+                    recorded: Some(left.name.clone()),
+                    current: None,
+                });
+            }
+            if !finished {
+                return None;
+            }
+            let recorded = outcome_text(row.output.as_deref(), row.error.as_deref());
+            let replayed = match &result {
+                Ok(json) => outcome_text(Some(json), None),
+                Err(e) => outcome_text(None, Some(&payload::error_text(e.to_string()))),
+            };
+            (recorded != replayed).then_some(Divergence::Outcome { recorded, replayed })
+        });
+        Ok(Replay {
+            workflow_id: row.id,
+            name: row.name,
+            status: row.status,
+            steps: consumed,
+            divergence,
+        })
+    }
+}
