@@ -5,6 +5,10 @@ use std::fmt;
 
 use crate::storage::{ErrorKind, StorageError};
 
+/// How a recorded workflow error caused by [`Error::NonDeterminism`] starts
+/// (its message's stable prefix; `CrashTest` flags such workflows).
+pub(crate) const NON_DETERMINISM_PREFIX: &str = "non-deterministic workflow:";
+
 /// Everything that can go wrong when using the engine.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -242,5 +246,20 @@ impl fmt::Debug for WorkflowError {
 impl fmt::Display for WorkflowError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_determinism_error_starts_with_the_prefix_crash_tests_look_for() {
+        let e = Error::NonDeterminism {
+            step_id: 3,
+            recorded: "a".into(),
+            current: "b".into(),
+        };
+        assert!(e.to_string().starts_with(NON_DETERMINISM_PREFIX), "{e}");
     }
 }

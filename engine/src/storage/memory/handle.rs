@@ -236,6 +236,14 @@ impl MemStorage {
         }
     }
 
+    /// This handle without an interceptor (same database).
+    pub(crate) fn without_interceptor(&self) -> Self {
+        Self {
+            hook: Hook::default(),
+            ..self.clone()
+        }
+    }
+
     /// Installs (or removes) the fault hook.
     pub fn set_fault_hook(&self, hook: Option<FaultHook>) {
         self.db().hook = hook;

@@ -1,4 +1,5 @@
-//! Throw-away PostgreSQL servers for tests, examples and benchmarks.
+//! Throw-away PostgreSQL servers for tests, examples and benchmarks, and
+//! [`CrashTest`], the fault-injection harness for a user's own workflows.
 //!
 //! [`PgCluster::start`] runs `initdb` and `pg_ctl` into a temporary directory
 //! (or uses the server named by `DATABASE_URL`), and [`PgCluster::create_database`]
@@ -17,6 +18,13 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 use tokio::sync::OnceCell;
+
+mod crash;
+
+pub use crash::{
+    CrashScenario, CrashStorage, CrashTest, Failure, FaultKind, PgSource, PointId, Report,
+    Schedule, TestFuture,
+};
 
 /// Environment variable naming an existing server to use instead of starting one.
 const DATABASE_URL: &str = "DATABASE_URL";
@@ -347,12 +355,17 @@ impl PgCluster {
             }
         };
         admin.close().await?;
+        self.url_for(&name)
+    }
+
+    /// The URL of database `name` on this server.
+    pub(crate) fn url_for(&self, name: &str) -> Result<String, TestingError> {
         match &self.owned {
             Some(owned) => Ok(format!(
                 "postgres://postgres@127.0.0.1:{}/{name}",
                 owned.port
             )),
-            None => with_database(&self.admin_url, &name),
+            None => with_database(&self.admin_url, name),
         }
     }
 
