@@ -82,11 +82,16 @@ pub enum Bug {
     /// A receive recovered after a crash ignores the timeout its first wait
     /// recorded and waits its whole timeout again.
     RecvDeadlineRestarts,
+    /// A plain step that succeeded after failed attempts returns its value
+    /// without recording its checkpoint. Every live execution still ends
+    /// with the right output; only the simulator's replay invariant sees
+    /// the finished run's history miss a step.
+    RetriedStepUnrecorded,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 22] = [
+    pub const ALL: [Bug; 23] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -109,6 +114,7 @@ impl Bug {
         Bug::EnqueueIgnoresDedup,
         Bug::DeadlineNotChecked,
         Bug::RecvDeadlineRestarts,
+        Bug::RetriedStepUnrecorded,
     ];
 }
 

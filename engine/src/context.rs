@@ -255,6 +255,12 @@ impl<S: Storage> WorkflowContext<S> {
                     }
                 }
             };
+            if crate::bugs::active(crate::bugs::Bug::RetriedStepUnrecorded)
+                && attempts > 1
+                && let Some(value) = value
+            {
+                return Ok(value);
+            }
             crate::bugs::refresh_epoch(&mut self.owner_epoch, self.shared.storage(), &self.workflow_id).await;
             let params = self.step_params(
                 step_id,

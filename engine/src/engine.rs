@@ -167,6 +167,18 @@ impl<S: Storage> EngineBuilder<S> {
         self
     }
 
+    /// A [`Replayer`](crate::replay::Replayer) with this builder's
+    /// workflows: it replays recorded runs against them and launches
+    /// nothing (no executor, no claims, no writes).
+    pub fn replayer(self) -> crate::replay::Replayer<S> {
+        crate::replay::Replayer::new(Shared::new(
+            self.storage,
+            self.env,
+            self.config,
+            self.registry,
+        ))
+    }
+
     /// Applies the schema migrations, registers this executor (its lease,
     /// workflow names and queues), resumes its unfinished workflows from their
     /// last checkpoints, and starts claiming queued work.

@@ -7,6 +7,7 @@ use crate::storage::{ErrorKind, StorageError};
 
 /// How a recorded workflow error caused by [`Error::NonDeterminism`] starts
 /// (its message's stable prefix; `CrashTest` flags such workflows).
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(crate) const NON_DETERMINISM_PREFIX: &str = "non-deterministic workflow:";
 
 /// Everything that can go wrong when using the engine.

@@ -80,8 +80,7 @@ impl fmt::Display for Divergence {
                 current,
             } => write!(
                 f,
-                "the run finished after step {}, but the code goes on to call {:?} (step {step_id})",
-                step_id - 1,
+                "the run finished, but its history has no step {step_id}, where the code calls {:?}",
                 current.as_deref().unwrap_or("?")
             ),
             Divergence::Step {
@@ -108,6 +107,28 @@ fn outcome_text(output: Option<&str>, error: Option<&str>) -> String {
             .unwrap_or_else(|_| json.to_owned()),
         (None, Some(error)) => format!("error: {error}"),
         (None, None) => "nothing".to_owned(),
+    }
+}
+
+/// An engine that only replays: built from an
+/// [`EngineBuilder`](crate::EngineBuilder::replayer) (the same
+/// registered workflows) without launching, so it registers no executor,
+/// claims nothing and writes nothing. For checking recorded runs against
+/// code, for example the simulator's replay invariant.
+pub struct Replayer<S: Storage> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Storage> Replayer<S> {
+    /// Replays run `id` (see [`Engine::replay`](crate::Engine::replay)).
+    pub async fn replay(&self, id: &str) -> Result<Replay, Error> {
+        self.shared.replay(id).await
+    }
+}
+
+impl<S: Storage> Replayer<S> {
+    pub(crate) fn new(shared: Arc<Shared<S>>) -> Self {
+        Self { shared }
     }
 }
 

@@ -424,6 +424,9 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     {
         world.violation(v);
     }
+    for v in check_replays(&world).await {
+        world.violation(v);
+    }
     world.log("end");
     // Stop the nodes, so that no task outlives the check.
     for n in &nodes {
@@ -447,6 +450,46 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         ops: world.faults.ops(),
         virtual_time: world.elapsed(),
     }
+}
+
+/// Replay invariant: every finished workflow, replayed from its recorded
+/// history against the workload's code (`Engine::replay`, without running
+/// a step), takes the recorded steps in order and returns the recorded
+/// outcome. Runs after the other checks (a replay counts the body's ops).
+async fn check_replays(world: &Arc<World>) -> Vec<String> {
+    let node = Arc::new(NodeLabel {
+        name: "replayer".to_owned(),
+        label: "replayer#1".to_owned(),
+        executor_id: None,
+        skew_ms: 0,
+    });
+    let storage = SimStorage::new(world.clone(), node.clone());
+    let replayer = Engine::builder(storage)
+        .env(MadsimEnv::new(world.clone(), world.seed))
+        .register(Bank {
+            world: world.clone(),
+            node,
+        })
+        .replayer();
+    let finished: Vec<String> = world
+        .mem
+        .workflows()
+        .into_iter()
+        .filter(|r| matches!(r.status, tandem::Status::Success | tandem::Status::Error))
+        .map(|r| r.id)
+        .collect();
+    let mut violations = Vec::new();
+    for id in finished {
+        match replayer.replay(&id).await {
+            Ok(replay) => {
+                if let Some(d) = replay.divergence {
+                    violations.push(format!("replay: {id} diverges from its history: {d}"));
+                }
+            }
+            Err(e) => violations.push(format!("replay: {id} cannot be replayed: {e}")),
+        }
+    }
+    violations
 }
 
 /// The memory backend's fault hook: lost acks, dropped connections and

@@ -185,6 +185,7 @@ impl Hook {
         Self(Some(interceptor))
     }
 
+    #[cfg(feature = "postgres")]
     pub(crate) fn is_installed(&self) -> bool {
         self.0.is_some()
     }

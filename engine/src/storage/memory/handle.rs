@@ -237,6 +237,7 @@ impl MemStorage {
     }
 
     /// This handle without an interceptor (same database).
+    #[cfg(feature = "testing")]
     pub(crate) fn without_interceptor(&self) -> Self {
         Self {
             hook: Hook::default(),
