@@ -39,6 +39,11 @@ impl Server {
         self.cluster.admin_url()
     }
 
+    /// The cluster itself (for `tandem::testing::CrashTest`).
+    pub fn cluster(&self) -> &PgCluster {
+        &self.cluster
+    }
+
     /// Whether the server is a throw-away one this process started.
     pub fn is_owned(&self) -> bool {
         self.cluster.is_owned()

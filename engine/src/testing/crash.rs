@@ -78,7 +78,7 @@ pub trait CrashScenario<S: Storage>: Send + Sync {
 pub trait CrashStorage: Storage {
     /// Where schedule databases come from.
     #[doc(hidden)]
-    type Source: Send + Sync;
+    type Source: Clone + Send + Sync + 'static;
 
     /// A fresh, migrated database.
     #[doc(hidden)]
@@ -787,8 +787,9 @@ impl<S: CrashStorage> CrashTest<S> {
             .await
             .map_err(|e| fail(format!("setup failed: {e}")))?;
         let mut replayed = 0;
+        let mut removals = tokio::task::JoinSet::new();
         let reference = self
-            .run_one(scenario, &template, None, None)
+            .run_one(scenario, &template, None, None, &mut removals)
             .await
             .map_err(|mut f| {
                 f.seed = self.seed;
@@ -840,6 +841,7 @@ impl<S: CrashStorage> CrashTest<S> {
                     &template,
                     Some(schedule.clone()),
                     Some(&reference.statuses),
+                    &mut removals,
                 )
                 .await
                 .map_err(|mut f| {
@@ -854,6 +856,7 @@ impl<S: CrashStorage> CrashTest<S> {
                 unreached += 1;
             }
         }
+        removals.join_all().await;
         S::remove(&self.source, template).await;
         Ok(Report {
             points: seen.len(),
@@ -888,6 +891,7 @@ impl<S: CrashStorage> CrashTest<S> {
         template: &S,
         schedule: Option<Schedule>,
         expected: Option<&BTreeMap<String, Status>>,
+        removals: &mut tokio::task::JoinSet<()>,
     ) -> Result<RunOutcome, Box<Failure>> {
         let db = self
             .fresh(scenario, template)
@@ -898,7 +902,10 @@ impl<S: CrashStorage> CrashTest<S> {
         let result = self.drive(scenario, &db, schedule.clone(), expected).await;
         match result {
             Ok(outcome) => {
-                S::remove(&self.source, db).await;
+                // In the background: dropping a PostgreSQL database waits
+                // for a checkpoint, which the next schedule need not.
+                let source = self.source.clone();
+                removals.spawn(async move { S::remove(&source, db).await });
                 Ok(outcome)
             }
             Err((workflow, message)) => {

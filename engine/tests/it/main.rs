@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod conformance;
 mod crash;
+mod crash_doc_example;
 mod crash_harness;
 mod executors;
 mod faults;
