@@ -739,7 +739,9 @@ impl<S: CrashStorage> CrashTest<S> {
         self
     }
 
-    /// Runs only this schedule, as a failure printed it.
+    /// Runs only this schedule, as a failure printed it (after the
+    /// reference run, which finds its point); a run that never reaches the
+    /// point fails. Panics on a string that is not a schedule.
     pub fn only(mut self, schedule: &str) -> Self {
         match schedule.parse() {
             Ok(s) => self.only = Some(s),
@@ -858,6 +860,22 @@ impl<S: CrashStorage> CrashTest<S> {
         }
         removals.join_all().await;
         S::remove(&self.source, template).await;
+        if let Some(only) = &self.only
+            && unreached > 0
+        {
+            // Asked to reproduce one schedule: not reaching it is no pass.
+            return Err(Box::new(Failure {
+                schedule: Some(only.clone()),
+                workflow: Some(only.at.workflow.clone()),
+                step: None,
+                message: format!(
+                    "the run never reached point {}: the scenario took another path",
+                    only.at
+                ),
+                database: None,
+                seed: self.seed,
+            }));
+        }
         Ok(Report {
             points: seen.len(),
             schedules: total,
@@ -1172,4 +1190,36 @@ fn failure(
         database,
         seed: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_prints_as_it_parses() {
+        for text in [
+            "crash-before-commit@order-1/workflow_insert#1",
+            "zombie@a/b/c/step_record#12",
+            "lose-ack@-/workflows_claim#3",
+        ] {
+            let schedule: Schedule = text.parse().expect(text);
+            assert_eq!(schedule.to_string(), text);
+        }
+        // A workflow ID may hold slashes: the op is the last segment.
+        assert_eq!(
+            "zombie@a/b/c/step_record#12"
+                .parse::<Schedule>()
+                .unwrap()
+                .at,
+            PointId {
+                workflow: "a/b/c".to_owned(),
+                op: "step_record".to_owned(),
+                n: 12
+            }
+        );
+        for bad in ["", "zombie", "nope@a/b#1", "zombie@a#1", "zombie@a/b#x"] {
+            assert!(bad.parse::<Schedule>().is_err(), "{bad:?}");
+        }
+    }
 }

@@ -373,4 +373,13 @@ async fn the_same_harness_runs_generic_workflows_on_the_memory_model() {
         .await
         .expect_err("the clock branch is caught on the memory model too");
     assert!(failure.message.contains("non-deterministic"), "{failure}");
+    // Reproducing a schedule whose point the run never reaches is no pass.
+    let failure = CrashTest::memory()
+        .only("lose-ack@t9/step_record#1")
+        .run(&Ticks {
+            branch_on_clock: false,
+        })
+        .await
+        .expect_err("an unreached schedule fails");
+    assert!(failure.message.contains("never reached"), "{failure}");
 }
