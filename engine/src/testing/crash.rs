@@ -1009,6 +1009,12 @@ impl<S: CrashStorage> CrashTest<S> {
             (engine, Some(recovered))
         } else {
             if let Some(Err(e)) = run_result {
+                engine.shutdown().await;
+                if let Some((b, other)) = takeover {
+                    b.shutdown().await;
+                    other.close().await;
+                }
+                live.close().await;
                 return Err(plain(format!("the scenario failed: {e}")));
             }
             (engine, None)
