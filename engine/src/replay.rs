@@ -14,7 +14,7 @@ use crate::context::WorkflowContext;
 use crate::error::Error;
 use crate::payload;
 use crate::runtime::Shared;
-use crate::storage::{Status, Storage};
+use crate::storage::{Status, Storage, Transaction as _, WorkflowFilter};
 
 /// The outcome of [`Engine::replay`](crate::Engine::replay) for one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +53,16 @@ pub enum Divergence {
         /// The name the code calls it by.
         current: Option<String>,
     },
+    /// The history has no step `step_id`, where the code calls `current`,
+    /// but it does have later steps: the run skipped a step the code takes.
+    Gap {
+        /// The missing step's ID.
+        step_id: i32,
+        /// The name the code calls it by.
+        current: String,
+    },
+    /// No workflow of the run's name is registered: the code cannot run it.
+    NotRegistered,
     /// The run finished, and the code, given the same step outputs, returns
     /// something else.
     Outcome {
@@ -90,6 +100,13 @@ impl fmt::Display for Divergence {
                 "step {step_id} ({:?}) was recorded, but the code returns before reaching it",
                 recorded.as_deref().unwrap_or("?")
             ),
+            Divergence::Gap { step_id, current } => write!(
+                f,
+                "the history has no step {step_id}, where the code calls {current:?}, but it has later steps"
+            ),
+            Divergence::NotRegistered => {
+                f.write_str("no workflow of its name is registered in this code")
+            }
             Divergence::Outcome { recorded, replayed } => write!(
                 f,
                 "the run recorded {recorded} but its replay returns {replayed}"
@@ -123,6 +140,117 @@ impl<S: Storage> Replayer<S> {
     /// Replays run `id` (see [`Engine::replay`](crate::Engine::replay)).
     pub async fn replay(&self, id: &str) -> Result<Replay, Error> {
         self.shared.replay(id).await
+    }
+
+    /// Replays every unfinished run in the database (`ENQUEUED`, `RUNNING`,
+    /// and `CANCELLED`, which a resume would run on) against this code:
+    /// before a deploy, which runs the new code would break. A run of a
+    /// workflow this code does not register is incompatible
+    /// ([`Divergence::NotRegistered`]).
+    pub async fn check(&self) -> Result<Check, Error> {
+        const PAGE: u32 = 1000;
+        let storage = self.shared.storage();
+        let mut runs = Vec::new();
+        for status in [Status::Running, Status::Enqueued, Status::Cancelled] {
+            let mut offset = 0;
+            loop {
+                let filter = WorkflowFilter {
+                    status: Some(status),
+                    limit: PAGE,
+                    offset,
+                    ..WorkflowFilter::default()
+                };
+                let page = storage
+                    .autocommit(move |tx| Box::pin(tx.workflows_list(filter)))
+                    .await?;
+                for info in &page {
+                    let row = &info.row;
+                    let replay = match self.shared.replay(&row.id).await {
+                        Ok(replay) => replay,
+                        Err(Error::UnknownWorkflow { .. }) => Replay {
+                            workflow_id: row.id.clone(),
+                            name: row.name.clone(),
+                            status: row.status,
+                            steps: 0,
+                            divergence: Some(Divergence::NotRegistered),
+                        },
+                        // Finished or gone since the listing: nothing to
+                        // check any more.
+                        Err(Error::WorkflowNotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    runs.push(replay);
+                }
+                if page.len() < PAGE as usize {
+                    break;
+                }
+                offset += u64::from(PAGE);
+            }
+        }
+        runs.sort_by(|a, b| a.workflow_id.cmp(&b.workflow_id));
+        runs.dedup_by(|a, b| a.workflow_id == b.workflow_id);
+        Ok(Check { runs })
+    }
+}
+
+/// What [`Replayer::check`] found: each unfinished run, replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The runs, by workflow ID.
+    pub runs: Vec<Replay>,
+}
+
+impl Check {
+    /// Whether the code can run every unfinished run on.
+    pub fn is_compatible(&self) -> bool {
+        self.runs.iter().all(Replay::agrees)
+    }
+
+    /// The runs the code would break.
+    pub fn incompatible(&self) -> impl Iterator<Item = &Replay> {
+        self.runs.iter().filter(|r| !r.agrees())
+    }
+
+    /// The report as JSON: `{"compatible": bool, "runs": [{"workflow_id",
+    /// "name", "status", "steps", "compatible", "divergence"}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "compatible": self.is_compatible(),
+            "runs": self.runs.iter().map(|r| serde_json::json!({
+                "workflow_id": r.workflow_id,
+                "name": r.name,
+                "status": r.status.as_str(),
+                "steps": r.steps,
+                "compatible": r.agrees(),
+                "divergence": r.divergence.as_ref().map(ToString::to_string),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for r in &self.runs {
+            match &r.divergence {
+                None => writeln!(
+                    f,
+                    "{} ({}, {}): compatible ({} recorded steps replay)",
+                    r.workflow_id, r.name, r.status, r.steps
+                )?,
+                Some(d) => writeln!(
+                    f,
+                    "{} ({}, {}): INCOMPATIBLE: {d}",
+                    r.workflow_id, r.name, r.status
+                )?,
+            }
+        }
+        let bad = self.incompatible().count();
+        write!(
+            f,
+            "{} unfinished runs, {} compatible, {bad} incompatible",
+            self.runs.len(),
+            self.runs.len() - bad
+        )
     }
 }
 
@@ -170,11 +298,21 @@ impl<S: Storage> Shared<S> {
                 // The code wants a step the history lacks: fine for a run
                 // that is still going (its next step), wrong for a finished
                 // one.
-                Some(Error::ReplayEnded { step_id, name }) => finished.then(|| Divergence::Step {
+                Some(Error::ReplayEnded { step_id, name }) if finished => Some(Divergence::Step {
                     step_id: *step_id,
                     recorded: None,
                     current: Some(name.clone()),
                 }),
+                // Steps are recorded in order: a history with a hole where
+                // the code takes a step disagrees with it, finished or not.
+                Some(Error::ReplayEnded { step_id, name })
+                    if history.iter().any(|s| s.step_id > *step_id) =>
+                {
+                    Some(Divergence::Gap {
+                        step_id: *step_id,
+                        current: name.clone(),
+                    })
+                }
                 _ => None,
             },
             Ok(_) => None,

@@ -1661,6 +1661,29 @@ const ADMIN_CANCELS_MAX: u32 = 3;
 /// every cancelled one at random moments, and reads the workflows' events.
 /// Storage faults apply. Once faults stop it resumes whatever is still
 /// cancelled, so that everything finishes.
+/// Deploy-check invariant: against the code that wrote them, no unfinished
+/// run is incompatible (a different step, a hole in the history, a name
+/// not registered), whatever state the faults left it in.
+async fn deploy_check(world: &World, checker: &tandem::replay::Replayer<SimStorage>) {
+    world.faults.count("admin.check");
+    match checker.check().await {
+        Ok(check) => {
+            world.faults.observe("admin.checked");
+            for r in check.incompatible() {
+                world.violation(format!(
+                    "deploy check: {} ({}) is incompatible with the code that runs it: {}",
+                    r.workflow_id,
+                    r.status,
+                    r.divergence
+                        .as_ref()
+                        .map_or(String::new(), ToString::to_string)
+                ));
+            }
+        }
+        Err(e) => world.log(format!("admin check failed: {e}")),
+    }
+}
+
 pub async fn admin_client(world: Arc<World>) {
     use tandem::Admin;
     let node = Arc::new(NodeLabel {
@@ -1672,6 +1695,22 @@ pub async fn admin_client(world: Arc<World>) {
     let storage = SimStorage::new(world.clone(), node);
     let env = crate::env::MadsimEnv::new(world.clone(), world.seed ^ 0xad);
     let admin = Admin::with_env(storage, Arc::new(env));
+    // A deploy check (`Replayer::check`) of the same code, mid-run: every
+    // unfinished run's history must be one this code takes. (No executor
+    // ID: the workflow body knows it is replaying.)
+    let checker_node = Arc::new(NodeLabel {
+        name: "admin".to_owned(),
+        label: "checker#1".to_owned(),
+        executor_id: None,
+        skew_ms: 0,
+    });
+    let checker = tandem::Engine::builder(SimStorage::new(world.clone(), checker_node.clone()))
+        .env(crate::env::MadsimEnv::new(world.clone(), world.seed ^ 0xc4))
+        .register(Bank {
+            world: world.clone(),
+            node: checker_node,
+        })
+        .replayer();
     let (mut cancels, mut forks) = (0, 0);
     let all = world.workload.all_workflows();
     let with_events: Vec<(String, String)> = world
@@ -1768,6 +1807,9 @@ pub async fn admin_client(world: Arc<World>) {
                     return;
                 }
             }
+        }
+        if madsim::rand::thread_rng().gen_bool(0.05) {
+            deploy_check(&world, &checker).await;
         }
         if madsim::rand::thread_rng().gen_bool(0.2) {
             // What an operator reads: a workflow's steps, and the list of

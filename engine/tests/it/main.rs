@@ -9,6 +9,7 @@ mod conformance;
 mod crash;
 mod crash_doc_example;
 mod crash_harness;
+mod deploy_check;
 mod executors;
 mod faults;
 mod outbox;
