@@ -1656,11 +1656,6 @@ pub struct EventRead {
 /// stalls its workflow until a resume, and the chaos phase is short.
 const ADMIN_CANCELS_MAX: u32 = 3;
 
-/// The admin node: through [`tandem::Admin`], as an operator would, it
-/// cancels running workflows (with their unfinished children) and resumes
-/// every cancelled one at random moments, and reads the workflows' events.
-/// Storage faults apply. Once faults stop it resumes whatever is still
-/// cancelled, so that everything finishes.
 /// Deploy-check invariant: against the code that wrote them, no unfinished
 /// run is incompatible (a different step, a hole in the history, a name
 /// not registered), whatever state the faults left it in.
@@ -1684,6 +1679,11 @@ async fn deploy_check(world: &World, checker: &tandem::replay::Replayer<SimStora
     }
 }
 
+/// The admin node: through [`tandem::Admin`], as an operator would, it
+/// cancels running workflows (with their unfinished children) and resumes
+/// every cancelled one at random moments, and reads the workflows' events.
+/// Storage faults apply. Once faults stop it resumes whatever is still
+/// cancelled, so that everything finishes.
 pub async fn admin_client(world: Arc<World>) {
     use tandem::Admin;
     let node = Arc::new(NodeLabel {
