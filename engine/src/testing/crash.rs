@@ -620,6 +620,8 @@ pub struct Report {
     /// Schedules whose point the run did not reach (the scenario took
     /// another path).
     pub unreached: usize,
+    /// Those schedules.
+    pub missed: Vec<Schedule>,
     /// Finished workflows replayed against their histories, over all runs.
     pub replayed: usize,
     /// Wall time.
@@ -836,6 +838,7 @@ impl<S: CrashStorage> CrashTest<S> {
             }
         };
         let mut unreached = 0;
+        let mut missed = Vec::new();
         for schedule in &chosen {
             let outcome = self
                 .run_one(
@@ -856,6 +859,7 @@ impl<S: CrashStorage> CrashTest<S> {
             replayed += outcome.replayed;
             if !outcome.fired {
                 unreached += 1;
+                missed.push(schedule.clone());
             }
         }
         removals.join_all().await;
@@ -881,6 +885,7 @@ impl<S: CrashStorage> CrashTest<S> {
             schedules: total,
             ran: chosen.len(),
             unreached,
+            missed,
             replayed,
             elapsed: started.elapsed(),
         })
@@ -976,14 +981,7 @@ impl<S: CrashStorage> CrashTest<S> {
                         break None;
                     }
                     Event::Paused { workflow } => {
-                        let other = db.reconnect().await.map_err(plain)?;
-                        let b = self
-                            .configure(scenario.engine(other.clone()), &CrashEnv::default(), "crash-test-b", lease)
-                            .launch()
-                            .await
-                            .map_err(|e| plain(format!("the second executor did not launch: {e}")))?;
-                        self.await_takeover(db, &workflow).await;
-                        takeover = Some((b, other));
+                        takeover = Some(self.take_over(scenario, db, &workflow, lease).await?);
                         director.release();
                     }
                 },
@@ -991,6 +989,35 @@ impl<S: CrashStorage> CrashTest<S> {
             }
         };
         drop(run);
+        let mut settled = None;
+        if !crashed {
+            if let Some(Err(e)) = run_result {
+                engine.shutdown().await;
+                if let Some((b, other)) = takeover {
+                    b.shutdown().await;
+                    other.close().await;
+                }
+                live.close().await;
+                return Err(plain(format!("the scenario failed: {e}")));
+            }
+            // The scenario may return before its workflows finish: the
+            // schedule's point may come while they settle.
+            settled = loop {
+                tokio::select! {
+                    s = self.settle(db) => break Some(s),
+                    Some(event) = events.recv() => match event {
+                        Event::Crashed => {
+                            crashed = true;
+                            break None;
+                        }
+                        Event::Paused { workflow } => {
+                            takeover = Some(self.take_over(scenario, db, &workflow, lease).await?);
+                            director.release();
+                        }
+                    },
+                }
+            };
+        }
         let (survivor, survivor_db) = if crashed {
             env.crash();
             drop(engine);
@@ -1008,18 +1035,12 @@ impl<S: CrashStorage> CrashTest<S> {
                 .map_err(|e| plain(format!("the recovering engine did not launch: {e}")))?;
             (engine, Some(recovered))
         } else {
-            if let Some(Err(e)) = run_result {
-                engine.shutdown().await;
-                if let Some((b, other)) = takeover {
-                    b.shutdown().await;
-                    other.close().await;
-                }
-                live.close().await;
-                return Err(plain(format!("the scenario failed: {e}")));
-            }
             (engine, None)
         };
-        let settled = self.settle(db).await;
+        let settled = match settled {
+            Some(settled) => settled,
+            None => self.settle(db).await,
+        };
         let mut replayed = 0;
         let outcome = match settled {
             Err(e) => Err(e),
@@ -1068,6 +1089,30 @@ impl<S: CrashStorage> CrashTest<S> {
             .lease(lease)
             .poll_interval(Duration::from_millis(20))
             .queue_poll_interval(Duration::from_millis(50))
+    }
+
+    /// A zombie schedule's second executor, launched once the first paused
+    /// at `workflow`'s checkpoint; returns when it took the workflow over.
+    async fn take_over(
+        &self,
+        scenario: &impl CrashScenario<S>,
+        db: &S,
+        workflow: &str,
+        lease: Duration,
+    ) -> Result<(Engine<S>, S), (Option<String>, String)> {
+        let other = db.reconnect().await.map_err(|e| (None, e))?;
+        let b = self
+            .configure(
+                scenario.engine(other.clone()),
+                &CrashEnv::default(),
+                "crash-test-b",
+                lease,
+            )
+            .launch()
+            .await
+            .map_err(|e| (None, format!("the second executor did not launch: {e}")))?;
+        self.await_takeover(db, workflow).await;
+        Ok((b, other))
     }
 
     /// Waits until the second executor owns `workflow` (or it finished), or
