@@ -86,10 +86,14 @@
 //!   PostgreSQL backend (the only place with SQL), [`storage::memory`]
 //!   ([`MemStorage`]) an in-memory model of PostgreSQL READ COMMITTED for the
 //!   simulator and server-less tests.
-//! - [`env`]: [`Env`], the injected clock, timers, spawner and seed.
+//! - [`env`](mod@env): [`Env`], the injected clock, timers, spawner and seed.
 //! - [`error`]: [`Error`] and [`WorkflowError`].
+//! - [`replay`]: replay checks: [`Engine::replay`] of one run, and
+//!   [`replay::Replayer::check`], which finds the unfinished runs a new
+//!   version of the code would break (`docs/versioning.md`).
 //! - `testing` (feature `testing`): throw-away PostgreSQL clusters for tests
-//!   and examples.
+//!   and examples, and `CrashTest`, which crash-tests your own workflows
+//!   (`docs/testing-your-workflows.md`).
 
 pub mod admin;
 #[doc(hidden)]
