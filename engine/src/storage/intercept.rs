@@ -142,9 +142,6 @@ impl Tap {
 
     /// Before (`Commit`) or after (`Committed`) the commit.
     pub(crate) async fn commit(&self, phase: Phase) -> Verdict {
-        if self.interceptor.is_none() {
-            return Verdict::Proceed;
-        }
         self.ask(phase).await
     }
 

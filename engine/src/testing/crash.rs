@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -445,7 +445,7 @@ struct Director {
     target: Option<Schedule>,
     counts: Mutex<HashMap<(Phase, String, &'static str), u32>>,
     seen: Mutex<Vec<Seen>>,
-    fired: Mutex<bool>,
+    fired: AtomicBool,
     gate: tokio::sync::watch::Sender<Gate>,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
 }
@@ -457,7 +457,7 @@ impl Director {
             target,
             counts: Mutex::new(HashMap::new()),
             seen: Mutex::new(Vec::new()),
-            fired: Mutex::new(false),
+            fired: AtomicBool::new(false),
             gate: tokio::sync::watch::channel(Gate::Open).0,
             events,
         };
@@ -465,7 +465,7 @@ impl Director {
     }
 
     fn fired(&self) -> bool {
-        *self.fired.lock().unwrap_or_else(|e| e.into_inner())
+        self.fired.load(Ordering::Relaxed)
     }
 
     /// Waits while the process is paused; forever once it crashed.
@@ -528,8 +528,7 @@ impl Director {
         {
             return false;
         }
-        let mut fired = self.fired.lock().unwrap_or_else(|e| e.into_inner());
-        !std::mem::replace(&mut *fired, true)
+        !self.fired.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -775,16 +774,7 @@ impl<S: CrashStorage> CrashTest<S> {
     /// Runs the test: `Ok` with what ran, or the first failure.
     pub async fn run(self, scenario: &impl CrashScenario<S>) -> Result<Report, Box<Failure>> {
         let started = Instant::now();
-        let fail = |message: String| {
-            Box::new(Failure {
-                schedule: None,
-                workflow: None,
-                step: None,
-                message,
-                database: None,
-                seed: self.seed,
-            })
-        };
+        let fail = |message: String| self.failure(&None, None, message, None);
         let template = S::create(&self.source).await.map_err(fail)?;
         scenario
             .setup(&template)
@@ -794,11 +784,7 @@ impl<S: CrashStorage> CrashTest<S> {
         let mut removals = tokio::task::JoinSet::new();
         let reference = self
             .run_one(scenario, &template, None, None, &mut removals)
-            .await
-            .map_err(|mut f| {
-                f.seed = self.seed;
-                f
-            })?;
+            .await?;
         replayed += reference.replayed;
         let seen = reference.seen.clone();
         let steps: HashMap<PointId, Option<String>> = seen
@@ -850,7 +836,6 @@ impl<S: CrashStorage> CrashTest<S> {
                 )
                 .await
                 .map_err(|mut f| {
-                    f.seed = self.seed;
                     if f.step.is_none() && f.workflow.as_deref() == Some(&schedule.at.workflow) {
                         f.step = steps.get(&schedule.at).cloned().flatten();
                     }
@@ -868,17 +853,11 @@ impl<S: CrashStorage> CrashTest<S> {
             && unreached > 0
         {
             // Asked to reproduce one schedule: not reaching it is no pass.
-            return Err(Box::new(Failure {
-                schedule: Some(only.clone()),
-                workflow: Some(only.at.workflow.clone()),
-                step: None,
-                message: format!(
-                    "the run never reached point {}: the scenario took another path",
-                    only.at
-                ),
-                database: None,
-                seed: self.seed,
-            }));
+            let message = format!(
+                "the run never reached point {}: the scenario took another path",
+                only.at
+            );
+            return Err(self.failure(&self.only, None, message, None));
         }
         Ok(Report {
             points: seen.len(),
@@ -888,6 +867,24 @@ impl<S: CrashStorage> CrashTest<S> {
             missed,
             replayed,
             elapsed: started.elapsed(),
+        })
+    }
+
+    /// A failure under `schedule` (its workflow unless another is named).
+    fn failure(
+        &self,
+        schedule: &Option<Schedule>,
+        workflow: Option<String>,
+        message: String,
+        database: Option<String>,
+    ) -> Box<Failure> {
+        Box::new(Failure {
+            schedule: schedule.clone(),
+            workflow: workflow.or_else(|| schedule.as_ref().map(|s| s.at.workflow.clone())),
+            step: None,
+            message,
+            database,
+            seed: self.seed,
         })
     }
 
@@ -919,7 +916,7 @@ impl<S: CrashStorage> CrashTest<S> {
         let db = self
             .fresh(scenario, template)
             .await
-            .map_err(|message| failure(&schedule, None, message, None))?;
+            .map_err(|message| self.failure(&schedule, None, message, None))?;
         // A modelled database clock starts now, not at zero (leases).
         db.tick(unix_ms(SystemTime::now()));
         let result = self.drive(scenario, &db, schedule.clone(), expected).await;
@@ -934,7 +931,7 @@ impl<S: CrashStorage> CrashTest<S> {
             Err((workflow, message)) => {
                 let database = Some(db.describe());
                 db.close().await;
-                Err(failure(&schedule, workflow, message, database))
+                Err(self.failure(&schedule, workflow, message, database))
             }
         }
     }
@@ -1225,22 +1222,6 @@ struct RunOutcome {
     fired: bool,
     statuses: BTreeMap<String, Status>,
     replayed: usize,
-}
-
-fn failure(
-    schedule: &Option<Schedule>,
-    workflow: Option<String>,
-    message: String,
-    database: Option<String>,
-) -> Box<Failure> {
-    Box::new(Failure {
-        schedule: schedule.clone(),
-        workflow: workflow.or_else(|| schedule.as_ref().map(|s| s.at.workflow.clone())),
-        step: None,
-        message,
-        database,
-        seed: 0,
-    })
 }
 
 #[cfg(test)]
