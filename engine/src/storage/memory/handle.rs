@@ -414,9 +414,7 @@ impl MemTx {
             }
         }
     }
-}
 
-impl MemTx {
     /// The transaction's ID (for [`MemStorage::is_waiting`]).
     pub fn tx_id(&self) -> u64 {
         self.conn.tx_id()
