@@ -612,6 +612,8 @@ impl Env for CrashEnv {
 pub struct Report {
     /// Durable points of the fault-free run.
     pub points: usize,
+    /// Those points, in the order the run passed them.
+    pub found: Vec<PointId>,
     /// Schedules those points allow.
     pub schedules: usize,
     /// Schedules run (all of them within the budget).
@@ -861,6 +863,7 @@ impl<S: CrashStorage> CrashTest<S> {
         }
         Ok(Report {
             points: seen.len(),
+            found: seen.iter().map(|s| s.id.clone()).collect(),
             schedules: total,
             ran: chosen.len(),
             unreached,

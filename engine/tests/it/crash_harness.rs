@@ -130,6 +130,9 @@ impl Workflow<PgStorage> for Order {
 struct Shop {
     mistake: Mistake,
     orders: usize,
+    /// Orders come in through the outbox: an application transaction that
+    /// calls `tandem.enqueue_workflow`, claimed from the queue.
+    outbox: bool,
 }
 
 impl CrashScenario<PgStorage> for Shop {
@@ -164,6 +167,26 @@ impl CrashScenario<PgStorage> for Shop {
                     order: format!("order-{i}"),
                     amount: 10,
                 };
+                if self.outbox {
+                    let id = format!("order-{i}");
+                    let mut tx = engine
+                        .storage()
+                        .pool()
+                        .begin()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    sqlx::query(
+                        "SELECT tandem.enqueue_workflow('shop.order', \
+                         jsonb_build_object('order', $1::text, 'amount', 10), workflow_id => $1)",
+                    )
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    tx.commit().await.map_err(|e| e.to_string())?;
+                    handles.push(engine.handle::<i64>(id));
+                    continue;
+                }
                 let handle = engine
                     .start_with_id::<Order>(format!("order-{i}"), input)
                     .await
@@ -222,7 +245,11 @@ async fn crash_test(mistake: Mistake) -> Result<Report, Box<Failure>> {
         .expect("start the test PostgreSQL server");
     CrashTest::postgres(cluster)
         .expect("a crash test on the test server")
-        .run(&Shop { mistake, orders: 1 })
+        .run(&Shop {
+            mistake,
+            orders: 1,
+            outbox: false,
+        })
         .await
 }
 
@@ -239,6 +266,40 @@ async fn a_correct_workflow_passes_every_schedule() {
     // The reference run and each schedule replayed the order, except the
     // schedule that crashed before the order's start committed.
     assert_eq!(report.replayed, report.ran, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_through_the_outbox_pass_every_schedule_including_the_claim() {
+    let cluster = PgCluster::shared()
+        .await
+        .expect("start the test PostgreSQL server");
+    let report = CrashTest::postgres(cluster)
+        .expect("a crash test on the test server")
+        .run(&Shop {
+            mistake: Mistake::None,
+            orders: 2,
+            outbox: true,
+        })
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(report.ran, report.schedules, "{report}");
+    // The enqueue is the application's commit, not the engine's; the claims
+    // that took the orders are durable points of their own.
+    assert!(
+        report
+            .found
+            .iter()
+            .any(|p| p.workflow == "-" && p.op == "workflows_claim"),
+        "{report}: {:?}",
+        report.found
+    );
+    // Whether one claim takes both orders or each its own depends on
+    // timing: only a claim's point may go unreached.
+    assert!(
+        report.missed.iter().all(|s| s.at.op == "workflows_claim"),
+        "{report}: {:?}",
+        report.missed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,6 +334,7 @@ async fn a_plain_step_writing_to_the_database_is_caught() {
         .run(&Shop {
             mistake: Mistake::EmailInPlainStep,
             orders: 1,
+            outbox: false,
         })
         .await
         .expect_err("the schedule reproduces the failure");
