@@ -992,12 +992,8 @@ impl<S: CrashStorage> CrashTest<S> {
         let mut settled = None;
         if !crashed {
             if let Some(Err(e)) = run_result {
-                engine.shutdown().await;
-                if let Some((b, other)) = takeover {
-                    b.shutdown().await;
-                    other.close().await;
-                }
-                live.close().await;
+                stop(Some((engine, live))).await;
+                stop(takeover).await;
                 return Err(plain(format!("the scenario failed: {e}")));
             }
             // The scenario may return before its workflows finish: the
@@ -1022,48 +1018,27 @@ impl<S: CrashStorage> CrashTest<S> {
             env.crash();
             drop(engine);
             live.close().await;
-            let recovered = db.reconnect().await.map_err(plain)?;
-            let engine = self
-                .configure(
-                    scenario.engine(recovered.clone()),
-                    &CrashEnv::default(),
-                    "crash-test-a",
-                    lease,
-                )
-                .launch()
-                .await
-                .map_err(|e| plain(format!("the recovering engine did not launch: {e}")))?;
-            (engine, Some(recovered))
+            let (engine, recovered) = self
+                .launch_on(scenario, db, "crash-test-a", lease, "the recovering engine")
+                .await?;
+            (engine, recovered)
         } else {
-            (engine, None)
+            (engine, live)
         };
         let settled = match settled {
             Some(settled) => settled,
             None => self.settle(db).await,
         };
-        let mut replayed = 0;
         let outcome = match settled {
             Err(e) => Err(e),
-            Ok(statuses) => {
-                let verdict = self
-                    .verify(scenario, db, &survivor, &statuses, expected)
-                    .await
-                    .map(|n| replayed = n);
-                verdict.map(|()| statuses)
-            }
+            Ok(statuses) => self
+                .verify(scenario, db, &survivor, &statuses, expected)
+                .await
+                .map(|replayed| (statuses, replayed)),
         };
-        survivor.shutdown().await;
-        if let Some((b, other)) = takeover {
-            b.shutdown().await;
-            other.close().await;
-        }
-        if let Some(recovered) = survivor_db {
-            recovered.close().await;
-        }
-        if !crashed {
-            live.close().await;
-        }
-        let statuses = outcome?;
+        stop(Some((survivor, survivor_db))).await;
+        stop(takeover).await;
+        let (statuses, replayed) = outcome?;
         Ok(RunOutcome {
             seen: director
                 .seen
@@ -1100,19 +1075,35 @@ impl<S: CrashStorage> CrashTest<S> {
         workflow: &str,
         lease: Duration,
     ) -> Result<(Engine<S>, S), (Option<String>, String)> {
-        let other = db.reconnect().await.map_err(|e| (None, e))?;
-        let b = self
+        let launched = self
+            .launch_on(scenario, db, "crash-test-b", lease, "the second executor")
+            .await?;
+        self.await_takeover(db, workflow).await;
+        Ok(launched)
+    }
+
+    /// An engine of the scenario as `executor`, on connections of its own
+    /// to `db` and without an interceptor (`what` names it in an error).
+    async fn launch_on(
+        &self,
+        scenario: &impl CrashScenario<S>,
+        db: &S,
+        executor: &str,
+        lease: Duration,
+        what: &str,
+    ) -> Result<(Engine<S>, S), (Option<String>, String)> {
+        let storage = db.reconnect().await.map_err(|e| (None, e))?;
+        let engine = self
             .configure(
-                scenario.engine(other.clone()),
+                scenario.engine(storage.clone()),
                 &CrashEnv::default(),
-                "crash-test-b",
+                executor,
                 lease,
             )
             .launch()
             .await
-            .map_err(|e| (None, format!("the second executor did not launch: {e}")))?;
-        self.await_takeover(db, workflow).await;
-        Ok((b, other))
+            .map_err(|e| (None, format!("{what} did not launch: {e}")))?;
+        Ok((engine, storage))
     }
 
     /// Waits until the second executor owns `workflow` (or it finished), or
@@ -1216,6 +1207,14 @@ impl<S: CrashStorage> CrashTest<S> {
             .await
             .map_err(|e| (None, format!("the check failed: {e}")))?;
         Ok(replayed)
+    }
+}
+
+/// Shuts an engine down and closes its own connections.
+async fn stop<S: CrashStorage>(launched: Option<(Engine<S>, S)>) {
+    if let Some((engine, storage)) = launched {
+        engine.shutdown().await;
+        storage.close().await;
     }
 }
 
