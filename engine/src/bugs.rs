@@ -87,11 +87,17 @@ pub enum Bug {
     /// with the right output; only the simulator's replay invariant sees
     /// the finished run's history miss a step.
     RetriedStepUnrecorded,
+    /// Claims take ready runs of any recorded version, not only those the
+    /// claiming executor accepts: code runs a run it cannot run.
+    ClaimIgnoresVersion,
+    /// `ctx.patched` returns true at a point the run's history shows it
+    /// passed without the patch (it ignores the history).
+    PatchIgnoresHistory,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 23] = [
+    pub const ALL: [Bug; 25] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -115,6 +121,8 @@ impl Bug {
         Bug::DeadlineNotChecked,
         Bug::RecvDeadlineRestarts,
         Bug::RetriedStepUnrecorded,
+        Bug::ClaimIgnoresVersion,
+        Bug::PatchIgnoresHistory,
     ];
 }
 

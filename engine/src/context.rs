@@ -24,6 +24,9 @@ use crate::workflow::Workflow;
 
 use crate::storage::DEADLINE_EXCEEDED;
 
+/// The name of a patch's marker step: `patch:` and the patch's name.
+const PATCH_PREFIX: &str = "patch:";
+
 /// The handle a workflow body receives: runs steps and replays recorded ones.
 ///
 /// Steps are numbered in the order the body calls them. On a first execution
@@ -570,6 +573,70 @@ impl<S: Storage> WorkflowContext<S> {
                 Committed::Ours | Committed::Winner(()) => return Ok(()),
                 Committed::Again => {}
             }
+        }
+    }
+
+    /// Whether this run takes the path of patch `patch`: the way to change
+    /// a workflow's steps while runs of the old code are in flight.
+    ///
+    /// ```ignore
+    /// if ctx.patched("fraud-check").await? {
+    ///     ctx.step("fraud-check", || check(&order)).await?;
+    /// }
+    /// ctx.step("charge", || charge(&order)).await?;
+    /// ```
+    ///
+    /// True for a run that reaches this point under code that has the
+    /// patch: the answer is recorded (a `patch:<name>` marker step), so
+    /// every replay of the run agrees. False for a run whose history shows
+    /// it passed this point without the patch (the next recorded step is
+    /// another one): it goes on down the old path, which its history
+    /// recorded. Code with the patch may therefore accept the versions that
+    /// lack it ([`EngineBuilder::accept_versions`](crate::EngineBuilder::accept_versions));
+    /// code without it must not accept the versions that have it. Once no
+    /// run of the old versions remains, retire the patch with
+    /// [`retire_patch`](Self::retire_patch).
+    pub async fn patched(&mut self, patch: &str) -> Result<bool, WorkflowError> {
+        let name = format!("{PATCH_PREFIX}{patch}");
+        let step_id = self.next_step_id;
+        match self.history.binary_search_by_key(&step_id, |s| s.step_id) {
+            Ok(i) if self.history[i].name == name => {
+                self.next_step_id += 1;
+                Ok(true)
+            }
+            // Passed here under code without the patch: the old path, and
+            // no step taken.
+            Ok(_) if !crate::bugs::active(crate::bugs::Bug::PatchIgnoresHistory) => Ok(false),
+            _ => {
+                let step_id = match self.replay(&name)? {
+                    Replay::Recorded(row) => return self.decode_recorded(row),
+                    Replay::Run(step_id) => step_id,
+                };
+                self.check_shutdown()?;
+                self.check_deadline().await?;
+                let started_ms = self.shared.now_ms();
+                self.record_simple(step_id, &name, StepKind::Patch, started_ms, &true)
+                    .await
+            }
+        }
+    }
+
+    /// Retires patch `patch`, once its old path is gone from the code:
+    /// code that took the patched path unconditionally calls this where it
+    /// called [`patched`](Self::patched), so that runs which recorded the
+    /// patch's marker step there still replay (the marker is consumed).
+    /// Runs that reach this point record nothing. Code with the retired
+    /// patch can no longer run the runs that went down the old path:
+    /// `Replayer::check` reports them, and it may accept the versions that
+    /// had the patch but not those before it. Once no run of the patched
+    /// versions remains either, delete the call.
+    pub fn retire_patch(&mut self, patch: &str) {
+        let name = format!("{PATCH_PREFIX}{patch}");
+        let step_id = self.next_step_id;
+        if let Ok(i) = self.history.binary_search_by_key(&step_id, |s| s.step_id)
+            && self.history[i].name == name
+        {
+            self.next_step_id += 1;
         }
     }
 

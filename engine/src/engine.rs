@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::payload;
 use crate::queue::{DEFAULT_QUEUE, EnqueueOptions, Queue};
 use crate::runtime::{Config, Outcome, OutcomeSource, Shared};
-use crate::storage::{ExecutorRegister, Status, Storage};
+use crate::storage::{DEFAULT_VERSION, ExecutorRegister, Status, Storage};
 use crate::workflow::{ErasedWorkflow, Workflow};
 
 pub use crate::storage::{PAYLOAD_MAX_BYTES_DEFAULT, WORKFLOW_ID_MAX_CHARS};
@@ -152,6 +152,40 @@ impl<S: Storage> EngineBuilder<S> {
         self
     }
 
+    /// The application version of this code, recorded on every run it
+    /// starts. Executors claim and recover only runs of the versions they
+    /// accept (their own, and those named in
+    /// [`accept_versions`](Self::accept_versions)); a run of a version no
+    /// live executor accepts waits in its queue (see `tandem versions`) and
+    /// is never run by the wrong code. A run that never ran (enqueued and
+    /// not yet claimed) takes the version of the executor that claims it.
+    ///
+    /// Default: `"unversioned"`, the same for every build, so that code
+    /// which declares no version runs every run as before. Set it to
+    /// something a deploy changes on purpose (a release number, say
+    /// `env!("CARGO_PKG_VERSION")`), not to a build hash: a version nobody
+    /// accepts strands its runs until code that accepts it runs.
+    /// docs/versioning.md has the rollout recipe.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.config.version = version.into();
+        self
+    }
+
+    /// Also accepts runs recorded under these versions: for code that can
+    /// go on with them (it takes the same steps, or branches on
+    /// [`WorkflowContext::patched`](crate::WorkflowContext::patched)).
+    /// `Replayer::check` tells whether it can.
+    pub fn accept_versions<I, V>(mut self, versions: I) -> Self
+    where
+        I: IntoIterator<Item = V>,
+        V: Into<String>,
+    {
+        self.config
+            .accepts_also
+            .extend(versions.into_iter().map(Into::into));
+        self
+    }
+
     /// Registers a workflow under its [`Workflow::NAME`].
     ///
     /// # Panics
@@ -203,6 +237,7 @@ impl<S: Storage> EngineBuilder<S> {
             notify_on_enqueue: self.config.notify_on_enqueue,
             now_ms: crate::env::unix_ms(self.env.now()),
             lease_ms: i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX),
+            versions: self.config.versions(),
         };
         self.storage.executor_register(register).await?;
         let shared = Shared::new(self.storage, self.env, self.config, self.registry);
@@ -255,6 +290,8 @@ impl<S: Storage> Engine<S> {
                 notify_on_enqueue: true,
                 queues: vec![Queue::new(DEFAULT_QUEUE)],
                 sleep_suspend_after: Duration::from_secs(10),
+                version: DEFAULT_VERSION.to_owned(),
+                accepts_also: Vec::new(),
             },
             registry: HashMap::new(),
         }

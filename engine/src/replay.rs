@@ -29,12 +29,27 @@ pub struct Replay {
     pub steps: usize,
     /// Where the code and the history part, if they do.
     pub divergence: Option<Divergence>,
+    /// The application version the run was recorded under (`None`: it
+    /// never ran).
+    pub version: Option<String>,
+    /// Whether this code accepts that version
+    /// ([`EngineBuilder::version`](crate::EngineBuilder::version)): an
+    /// executor of this code would run the run. A run it does not accept
+    /// is replayed all the same, which says whether accepting it would be
+    /// safe.
+    pub accepted: bool,
 }
 
 impl Replay {
     /// Whether the code agrees with the history.
     pub fn agrees(&self) -> bool {
         self.divergence.is_none()
+    }
+
+    /// Whether this code would break the run: it accepts the run's version
+    /// and disagrees with its history.
+    pub fn breaks(&self) -> bool {
+        self.accepted && !self.agrees()
     }
 }
 
@@ -173,6 +188,12 @@ impl<S: Storage> Replayer<S> {
                             status: row.status,
                             steps: 0,
                             divergence: Some(Divergence::NotRegistered),
+                            version: row.version.clone(),
+                            accepted: self
+                                .shared
+                                .config()
+                                .versions()
+                                .accepts(row.version.as_deref()),
                         },
                         // Finished or gone since the listing: nothing to
                         // check any more.
@@ -201,18 +222,29 @@ pub struct Check {
 }
 
 impl Check {
-    /// Whether the code can run every unfinished run on.
+    /// Whether the code can run on every unfinished run it accepts: the
+    /// deploy gate. Runs of versions it does not accept are left to
+    /// executors that do, and never fail the gate.
     pub fn is_compatible(&self) -> bool {
-        self.runs.iter().all(Replay::agrees)
+        !self.runs.iter().any(Replay::breaks)
     }
 
-    /// The runs the code would break.
+    /// The runs the code would break (accepted, and disagreeing).
     pub fn incompatible(&self) -> impl Iterator<Item = &Replay> {
-        self.runs.iter().filter(|r| !r.agrees())
+        self.runs.iter().filter(|r| r.breaks())
+    }
+
+    /// The process exit status of the gate: 0 when compatible, 1 when some
+    /// accepted run would break. (2, the check could not run, comes from
+    /// [`Replayer::check_command`].)
+    pub fn exit_status(&self) -> u8 {
+        if self.is_compatible() { 0 } else { 1 }
     }
 
     /// The report as JSON: `{"compatible": bool, "runs": [{"workflow_id",
-    /// "name", "status", "steps", "compatible", "divergence"}]}`.
+    /// "name", "status", "app_version", "accepted", "steps", "compatible",
+    /// "divergence"}]}`. A run's `compatible` says whether the code agrees
+    /// with its history, accepted or not.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "compatible": self.is_compatible(),
@@ -220,6 +252,8 @@ impl Check {
                 "workflow_id": r.workflow_id,
                 "name": r.name,
                 "status": r.status.as_str(),
+                "app_version": r.version,
+                "accepted": r.accepted,
                 "steps": r.steps,
                 "compatible": r.agrees(),
                 "divergence": r.divergence.as_ref().map(ToString::to_string),
@@ -231,30 +265,69 @@ impl Check {
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for r in &self.runs {
-            match &r.divergence {
-                None => writeln!(
+            let version = r.version.as_deref().unwrap_or("not started");
+            write!(
+                f,
+                "{} ({}, {}, {version}): ",
+                r.workflow_id, r.name, r.status
+            )?;
+            match (&r.divergence, r.accepted) {
+                (None, true) => {
+                    writeln!(f, "compatible ({} recorded steps replay)", r.steps)?;
+                }
+                (Some(d), true) => writeln!(f, "INCOMPATIBLE: {d}")?,
+                (None, false) => writeln!(
                     f,
-                    "{} ({}, {}): compatible ({} recorded steps replay)",
-                    r.workflow_id, r.name, r.status, r.steps
+                    "not accepted, left to executors that accept {version} (accepting it would be safe)"
                 )?,
-                Some(d) => writeln!(
+                (Some(d), false) => writeln!(
                     f,
-                    "{} ({}, {}): INCOMPATIBLE: {d}",
-                    r.workflow_id, r.name, r.status
+                    "not accepted, left to executors that accept {version} (this code would break it: {d})"
                 )?,
             }
         }
         let bad = self.incompatible().count();
+        let left = self.runs.iter().filter(|r| !r.accepted).count();
         write!(
             f,
-            "{} unfinished runs, {} compatible, {bad} incompatible",
+            "{} unfinished runs, {} compatible, {bad} incompatible, {left} not accepted",
             self.runs.len(),
-            self.runs.len() - bad
+            self.runs.len() - bad - left
         )
     }
 }
 
 impl<S: Storage> Replayer<S> {
+    /// The deploy gate as a command for your service's binary (the
+    /// generic `tandem` CLI cannot run your workflow bodies): runs
+    /// [`check`](Self::check), prints the report on stdout (text, or the
+    /// JSON of [`Check::to_json`] with `json`) and returns the exit status:
+    /// 0 compatible, 1 some accepted run would break, 2 the check could not
+    /// run (the reason on stderr).
+    ///
+    /// ```ignore
+    /// // in main(), for `myservice check [--json]`:
+    /// let json = std::env::args().any(|a| a == "--json");
+    /// let replayer = build_engine(PgStorage::connect(&url).await?).replayer();
+    /// return std::process::ExitCode::from(replayer.check_command(json).await);
+    /// ```
+    pub async fn check_command(&self, json: bool) -> u8 {
+        match self.check().await {
+            Ok(check) => {
+                if json {
+                    println!("{:#}", check.to_json());
+                } else {
+                    println!("{check}");
+                }
+                check.exit_status()
+            }
+            Err(error) => {
+                eprintln!("tandem check: cannot check the unfinished runs: {error}");
+                2
+            }
+        }
+    }
+
     pub(crate) fn new(shared: Arc<Shared<S>>) -> Self {
         Self { shared }
     }
@@ -344,6 +417,8 @@ impl<S: Storage> Shared<S> {
             (recorded != replayed).then_some(Divergence::Outcome { recorded, replayed })
         });
         Ok(Replay {
+            accepted: self.config().versions().accepts(row.version.as_deref()),
+            version: row.version,
             workflow_id: row.id,
             name: row.name,
             status: row.status,

@@ -100,6 +100,9 @@ pub enum StepKind {
     Child,
     /// A child workflow's result, awaited.
     ChildResult,
+    /// A patch marker: the run reached `ctx.patched(name)` under code that
+    /// has the patch, and took the patched path (output `true`).
+    Patch,
 }
 
 impl StepKind {
@@ -113,6 +116,7 @@ impl StepKind {
             StepKind::Event => "event",
             StepKind::Child => "child",
             StepKind::ChildResult => "child_result",
+            StepKind::Patch => "patch",
         }
     }
 
@@ -126,6 +130,7 @@ impl StepKind {
             "event" => Some(StepKind::Event),
             "child" => Some(StepKind::Child),
             "child_result" => Some(StepKind::ChildResult),
+            "patch" => Some(StepKind::Patch),
             _ => None,
         }
     }
@@ -156,6 +161,44 @@ pub struct WorkflowRow {
     pub parent_id: Option<String>,
     /// Cancel the workflow once the engine's clock passes this.
     pub deadline_ms: Option<i64>,
+    /// The application version of the code that first ran it; `None` for a
+    /// run that never ran (the claim that starts it stamps one).
+    pub version: Option<String>,
+}
+
+/// The application version an executor runs and the versions it accepts
+/// (see docs/versioning.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versions {
+    /// The version this executor's code is: stamped on the runs it starts.
+    pub version: String,
+    /// Every version whose runs it may run, `version` among them.
+    pub accepts: Vec<String>,
+}
+
+/// The version of code that declares none.
+pub const DEFAULT_VERSION: &str = "unversioned";
+
+impl Versions {
+    /// Code of version `version` that runs only its own runs.
+    pub fn only(version: &str) -> Self {
+        Self {
+            version: version.to_owned(),
+            accepts: vec![version.to_owned()],
+        }
+    }
+
+    /// Whether a run recorded under `version` may run here: one that never
+    /// ran (`None`) may run anywhere.
+    pub fn accepts(&self, version: Option<&str>) -> bool {
+        version.is_none_or(|v| self.accepts.iter().any(|a| a == v))
+    }
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Self::only(DEFAULT_VERSION)
+    }
 }
 
 /// A workflow row with what management tools show.
@@ -199,6 +242,8 @@ pub struct WorkflowFilter {
     pub name: Option<String>,
     /// Only this queue.
     pub queue: Option<String>,
+    /// Only runs recorded under this application version.
+    pub version: Option<String>,
     /// Created at or after (ms since the epoch).
     pub created_from_ms: Option<i64>,
     /// Created before.
@@ -257,6 +302,8 @@ pub struct WorkflowInsert {
     pub parent_epoch: Option<i64>,
     /// The deadline (ms since the epoch), if any.
     pub deadline_ms: Option<i64>,
+    /// The application version of the starting executor's code.
+    pub version: String,
     /// The engine's clock.
     pub now_ms: i64,
 }
@@ -329,6 +376,10 @@ pub struct WorkflowsRecover {
     pub executor_id: String,
     /// Only this workflow, or all of the executor's.
     pub workflow_id: Option<String>,
+    /// What this executor runs: its runs of other versions are handed back
+    /// to their queues (`ENQUEUED`, no owner, epoch bumped) instead, for an
+    /// executor that accepts them.
+    pub versions: Versions,
     /// The engine's clock.
     pub now_ms: i64,
 }
@@ -383,6 +434,8 @@ pub struct ExecutorRegister {
     pub now_ms: i64,
     /// The lease granted by this registration.
     pub lease_ms: i64,
+    /// The version this executor runs and the versions it accepts.
+    pub versions: Versions,
 }
 
 /// Parameters of [`Transaction::workflows_claim`].
@@ -394,6 +447,9 @@ pub struct WorkflowsClaim {
     pub executor_id: String,
     /// Only workflows with these names (the ones this executor can run).
     pub names: Vec<String>,
+    /// Only runs of accepted versions (or that never ran); a run that never
+    /// ran is stamped with this executor's version.
+    pub versions: Versions,
     /// At most this many.
     pub limit: u32,
     /// The engine's clock.

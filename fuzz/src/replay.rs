@@ -390,6 +390,7 @@ async fn write_history(storage: &MemStorage, case: &Case) {
         parent_id: None,
         parent_epoch: None,
         deadline_ms: None,
+        version: tandem::storage::DEFAULT_VERSION.to_owned(),
         now_ms: start_ms() - 60_000,
     })
     .await

@@ -128,6 +128,7 @@ impl<S: Storage> Shared<S> {
                     queue: crate::bugs::claim_limits(&queue.limits),
                     executor_id: self.config.executor_id.clone(),
                     names: names.clone(),
+                    versions: self.config.versions(),
                     limit: u32::try_from(free).unwrap_or(u32::MAX),
                     now_ms: self.now_ms(),
                 };
@@ -263,7 +264,9 @@ impl<S: Storage> Shared<S> {
     }
 
     /// Bumps the epoch of this executor's unfinished workflows (all, or just
-    /// `only`) and runs them here.
+    /// `only`) and runs them here; those of versions this executor does not
+    /// accept (left by its previous incarnation, which ran other code) go
+    /// back to their queues instead.
     pub(super) async fn recover(self: &Arc<Self>, only: Option<&str>) -> Result<usize, Error> {
         if only.is_none() && crate::bugs::active(crate::bugs::Bug::NoOwnRecovery) {
             return Ok(0);
@@ -271,6 +274,7 @@ impl<S: Storage> Shared<S> {
         let params = WorkflowsRecover {
             executor_id: self.config.executor_id.clone(),
             workflow_id: only.map(str::to_owned),
+            versions: self.config.versions(),
             now_ms: self.now_ms(),
         };
         let rows = self

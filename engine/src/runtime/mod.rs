@@ -28,7 +28,7 @@ use crate::error::Error;
 use crate::payload;
 use crate::queue::{DEFAULT_QUEUE, Queue};
 use crate::storage::{
-    EPOCH_FIRST, ErrorKind, Listener, Status, StepRow, Storage, WORKFLOW_ID_MAX_CHARS,
+    EPOCH_FIRST, ErrorKind, Listener, Status, StepRow, Storage, Versions, WORKFLOW_ID_MAX_CHARS,
     WorkflowComplete, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim,
     WorkflowsRecover,
 };
@@ -47,6 +47,23 @@ pub(crate) struct Config {
     /// The queues this executor claims from; always includes `default`.
     pub(crate) queues: Vec<Queue>,
     pub(crate) sleep_suspend_after: Duration,
+    /// The application version this executor's code is, and the other
+    /// versions whose runs it may run (see `EngineBuilder::version`).
+    pub(crate) version: String,
+    pub(crate) accepts_also: Vec<String>,
+}
+
+impl Config {
+    /// What this executor runs: its version and every version it accepts.
+    pub(crate) fn versions(&self) -> Versions {
+        let mut versions = Versions::only(&self.version);
+        for v in &self.accepts_also {
+            if !versions.accepts.contains(v) {
+                versions.accepts.push(v.clone());
+            }
+        }
+        versions
+    }
 }
 
 /// Checks a workflow ID: 1 to [`WORKFLOW_ID_MAX_CHARS`] characters, and no
@@ -435,6 +452,7 @@ impl<S: Storage> Shared<S> {
             parent_id: parent_id.clone(),
             parent_epoch,
             deadline_ms,
+            version: self.config.version.clone(),
             now_ms: self.now_ms(),
         };
         match self
@@ -454,6 +472,7 @@ impl<S: Storage> Shared<S> {
                     queue: DEFAULT_QUEUE.to_owned(),
                     parent_id,
                     deadline_ms,
+                    version: Some(self.config.version.clone()),
                 };
                 // A brand-new workflow has no history: skip reading it.
                 self.execute(row, Some(Vec::new()));

@@ -19,8 +19,8 @@
 //! error, limits, epochs) is in `storage::contract`; this backend imports
 //! nothing from the engine above the storage seam.
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ const MIGRATIONS_TABLE: &str = "tandem._sqlx_migrations";
 macro_rules! workflow_columns {
     () => {
         "id, name, status, input::text, output::text, error, executor_id, owner_epoch, queue, \
-         parent_id, (extract(epoch FROM deadline_at) * 1000)::bigint"
+         parent_id, (extract(epoch FROM deadline_at) * 1000)::bigint, app_version"
     };
 }
 
@@ -54,7 +54,8 @@ macro_rules! workflow_columns {
 macro_rules! prefixed_workflow_columns {
     () => {
         "w.id, w.name, w.status, w.input::text, w.output::text, w.error, w.executor_id, \
-         w.owner_epoch, w.queue, w.parent_id, (extract(epoch FROM w.deadline_at) * 1000)::bigint"
+         w.owner_epoch, w.queue, w.parent_id, (extract(epoch FROM w.deadline_at) * 1000)::bigint, \
+         w.app_version"
     };
 }
 
@@ -154,6 +155,74 @@ impl PgStorage {
             )
             .collect())
     }
+}
+
+impl PgStorage {
+    /// The application versions of the unfinished runs and of the live
+    /// executors, with how many runs of each wait or run and how many live
+    /// executors accept each (for `tandem versions`). Not part of the
+    /// [`Storage`] seam: the engine never needs it.
+    pub async fn versions_info(&self) -> StorageResult<Vec<VersionInfo>> {
+        // Unfinished runs only: both statuses have a partial index, so the
+        // finished runs, the vast majority, are never read.
+        let rows: Vec<(Option<String>, i64, i64, i64, i64)> = sqlx::query_as(
+            "WITH live AS (
+                 SELECT app_version, accepts FROM tandem.executors
+                  WHERE lease_expires_at > clock_timestamp()
+             ), runs AS (
+                 SELECT app_version,
+                        count(*) FILTER (WHERE status = 'ENQUEUED') AS enqueued,
+                        count(*) FILTER (WHERE status = 'RUNNING') AS running
+                   FROM tandem.workflows
+                  WHERE status IN ('ENQUEUED', 'RUNNING')
+                  GROUP BY app_version
+             ), versions AS (
+                 SELECT app_version FROM runs
+                  UNION SELECT app_version FROM live WHERE app_version IS NOT NULL
+             )
+             SELECT v.app_version,
+                    COALESCE(r.enqueued, 0), COALESCE(r.running, 0),
+                    (SELECT count(*) FROM live l
+                      WHERE v.app_version IS NULL OR v.app_version = ANY(l.accepts)),
+                    (SELECT count(*) FROM live l WHERE l.app_version = v.app_version)
+               FROM versions v LEFT JOIN runs r
+                 ON r.app_version IS NOT DISTINCT FROM v.app_version
+              ORDER BY v.app_version NULLS FIRST",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(version, enqueued, running, accepting, running_it)| VersionInfo {
+                    version,
+                    enqueued,
+                    running,
+                    executors_accepting: accepting,
+                    executors_running: running_it,
+                },
+            )
+            .collect())
+    }
+}
+
+/// An application version as management tools show it (see
+/// [`PgStorage::versions_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// The version; `None` for runs that never ran (any executor may start
+    /// them, stamping its own version).
+    pub version: Option<String>,
+    /// Its unfinished runs waiting to be claimed.
+    pub enqueued: i64,
+    /// Its runs owned by an executor.
+    pub running: i64,
+    /// Live executors (lease not expired) that accept it. Zero while runs
+    /// wait: they wait until code that accepts them runs.
+    pub executors_accepting: i64,
+    /// Live executors whose code is this version.
+    pub executors_running: i64,
 }
 
 /// A `queues_info` row: name, global concurrency, rate limit count and
@@ -709,9 +778,10 @@ impl Transaction for PgTx {
         self.at("workflow_fork", Some(&p.new_id), None).await?;
         let done = sqlx::query(
             "INSERT INTO tandem.workflows
-                 (id, name, status, input, queue, priority, owner_epoch, created_at, updated_at)
+                 (id, name, status, input, queue, priority, owner_epoch, created_at, updated_at,
+                  app_version)
              SELECT $2, name, 'ENQUEUED', input, queue, priority, $5,
-                    to_timestamp($4::float8 / 1000), to_timestamp($4::float8 / 1000)
+                    to_timestamp($4::float8 / 1000), to_timestamp($4::float8 / 1000), app_version
                FROM tandem.workflows WHERE id = $1",
         )
         .bind(&p.source_id)
@@ -753,7 +823,7 @@ impl Transaction for PgTx {
 
     async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
         self.at("workflows_list", None, None).await?;
-        let rows: Vec<InfoTuple> = sqlx::query_as(concat!(
+        let rows: Vec<PgRow> = sqlx::query(concat!(
             "SELECT ",
             info_columns!(),
             " FROM tandem.workflows
@@ -762,6 +832,7 @@ impl Transaction for PgTx {
                AND ($3::text IS NULL OR queue = $3)
                AND ($4::bigint IS NULL OR created_at >= to_timestamp($4::float8 / 1000))
                AND ($5::bigint IS NULL OR created_at < to_timestamp($5::float8 / 1000))
+               AND ($8::text IS NULL OR app_version = $8)
              ORDER BY created_at DESC, id
              LIMIT $6 OFFSET $7"
         ))
@@ -772,15 +843,16 @@ impl Transaction for PgTx {
         .bind(f.created_until_ms)
         .bind(i64::from(f.limit))
         .bind(i64::try_from(f.offset).unwrap_or(i64::MAX))
+        .bind(&f.version)
         .fetch_all(&mut *self.tx)
         .await
         .map_err(map_err)?;
-        rows.into_iter().map(info_from_row).collect()
+        rows.iter().map(info_from_row).collect()
     }
 
     async fn workflow_info(&mut self, id: &str) -> StorageResult<Option<WorkflowInfo>> {
         self.at("workflow_info", Some(id), None).await?;
-        let row: Option<InfoTuple> = sqlx::query_as(concat!(
+        let row: Option<PgRow> = sqlx::query(concat!(
             "SELECT ",
             info_columns!(),
             " FROM tandem.workflows WHERE id = $1"
@@ -789,7 +861,7 @@ impl Transaction for PgTx {
         .fetch_optional(&mut *self.tx)
         .await
         .map_err(map_err)?;
-        row.map(info_from_row).transpose()
+        row.as_ref().map(info_from_row).transpose()
     }
 
     async fn steps_info(&mut self, workflow_id: &str) -> StorageResult<Vec<StepInfo>> {
@@ -877,6 +949,7 @@ type WorkflowTuple = (
     String,
     Option<String>,
     Option<i64>,
+    Option<String>,
 );
 
 fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
@@ -892,6 +965,7 @@ fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
         queue,
         parent_id,
         deadline_ms,
+        version,
     ) = row;
     let status = Status::parse(&status).ok_or_else(|| {
         StorageError::new(
@@ -911,6 +985,7 @@ fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
         queue,
         parent_id,
         deadline_ms,
+        version,
     })
 }
 
@@ -929,10 +1004,10 @@ async fn workflow_insert(
         () => {
             "INSERT INTO tandem.workflows
                  (id, name, status, input, executor_id, owner_epoch, created_at, updated_at,
-                  started_at, parent_id, deadline_at)
+                  started_at, parent_id, deadline_at, app_version)
              SELECT $1, $2, 'RUNNING', $3::jsonb, $4, 1, to_timestamp($5::float8 / 1000),
                     to_timestamp($5::float8 / 1000), clock_timestamp(), $6,
-                    to_timestamp($7::float8 / 1000)"
+                    to_timestamp($7::float8 / 1000), $9"
         };
     }
     let sql = if p.parent_epoch.is_some() {
@@ -959,6 +1034,7 @@ async fn workflow_insert(
         .bind(&p.parent_id)
         .bind(p.deadline_ms)
         .bind(p.parent_epoch)
+        .bind(&p.version)
         .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?;
@@ -1025,10 +1101,17 @@ async fn workflows_recover(
     p: WorkflowsRecover,
 ) -> StorageResult<Vec<WorkflowRow>> {
     // Bumping the epoch fences any execution of the previous incarnation of
-    // this executor that might still be running (a zombie).
+    // this executor that might still be running (a zombie). A run of a
+    // version this executor does not accept (its previous incarnation ran
+    // other code) goes back to its queue in the same UPDATE, for an executor
+    // that accepts it; only the runs that stay RUNNING are returned to run.
     let rows: Vec<WorkflowTuple> = sqlx::query_as(concat!(
         "UPDATE tandem.workflows
-            SET owner_epoch = owner_epoch + 1, updated_at = to_timestamp($2::float8 / 1000)
+            SET owner_epoch = owner_epoch + 1, updated_at = to_timestamp($2::float8 / 1000),
+                status = CASE WHEN app_version IS NULL OR app_version = ANY($4)
+                              THEN status ELSE 'ENQUEUED' END,
+                executor_id = CASE WHEN app_version IS NULL OR app_version = ANY($4)
+                                   THEN executor_id END
           WHERE executor_id = $1 AND status = 'RUNNING' AND ($3::text IS NULL OR id = $3)
       RETURNING ",
         workflow_columns!()
@@ -1036,10 +1119,18 @@ async fn workflows_recover(
     .bind(&p.executor_id)
     .bind(p.now_ms)
     .bind(&p.workflow_id)
+    .bind(&p.versions.accepts)
     .fetch_all(conn)
     .await
     .map_err(map_err)?;
-    rows.into_iter().map(workflow_from_row).collect()
+    let rows: Vec<WorkflowRow> = rows
+        .into_iter()
+        .map(workflow_from_row)
+        .collect::<StorageResult<_>>()?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.status == Status::Running)
+        .collect())
 }
 
 async fn steps_load(conn: &mut PgConnection, workflow_id: &str) -> StorageResult<Vec<StepRow>> {
@@ -1096,34 +1187,31 @@ fn step_row(
     })
 }
 
-type InfoTuple = (
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    i64,
-    String,
-    Option<String>,
-    Option<i64>,
-    i32,
-    i64,
-    i64,
-    Option<i64>,
-    Option<i64>,
-);
-
-fn info_from_row(t: InfoTuple) -> StorageResult<WorkflowInfo> {
-    let row = workflow_from_row((t.0, t.1, t.2, t.3, t.4, t.5, t.6, t.7, t.8, t.9, t.10))?;
+/// A row of `info_columns!()`: the workflow columns (decoded by position,
+/// as `WorkflowTuple`), then priority and the four timestamps. Too many
+/// columns for one tuple.
+fn info_from_row(row: &PgRow) -> StorageResult<WorkflowInfo> {
+    let info = || -> Result<_, sqlx::Error> {
+        let w = <WorkflowTuple as sqlx::FromRow<PgRow>>::from_row(row)?;
+        let n = 12;
+        Ok((
+            w,
+            row.try_get::<i32, _>(n)?,
+            row.try_get::<i64, _>(n + 1)?,
+            row.try_get::<i64, _>(n + 2)?,
+            row.try_get::<Option<i64>, _>(n + 3)?,
+            row.try_get::<Option<i64>, _>(n + 4)?,
+        ))
+    };
+    let (w, priority, created_ms, updated_ms, started_ms, completed_ms) =
+        info().map_err(map_err)?;
     Ok(WorkflowInfo {
-        row,
-        priority: t.11,
-        created_ms: t.12,
-        updated_ms: t.13,
-        started_ms: t.14,
-        completed_ms: t.15,
+        row: workflow_from_row(w)?,
+        priority,
+        created_ms,
+        updated_ms,
+        started_ms,
+        completed_ms,
     })
 }
 
@@ -1195,6 +1283,13 @@ async fn step_record(conn: &mut PgConnection, p: StepRecord) -> StorageResult<St
 
 async fn executor_register(conn: &mut PgConnection, p: ExecutorRegister) -> StorageResult<()> {
     executor_heartbeat(conn, &p.executor_id, p.now_ms, p.lease_ms).await?;
+    sqlx::query("UPDATE tandem.executors SET app_version = $2, accepts = $3 WHERE id = $1")
+        .bind(&p.executor_id)
+        .bind(&p.versions.version)
+        .bind(&p.versions.accepts)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
     // Upserts in name order, so that executors launching at once lock the
     // shared rows in the same order and never deadlock.
     let mut workflows = p.workflows;
@@ -1340,6 +1435,7 @@ async fn workflows_claim(
              SELECT id FROM tandem.workflows
               WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
                 AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
+                AND (app_version IS NULL OR app_version = ANY($6))
               ORDER BY priority, created_at, id
               LIMIT $4
                 FOR UPDATE SKIP LOCKED
@@ -1347,7 +1443,8 @@ async fn workflows_claim(
          UPDATE tandem.workflows w
             SET status = 'RUNNING', executor_id = $5, owner_epoch = w.owner_epoch + 1,
                 started_at = clock_timestamp(),
-                updated_at = to_timestamp($3::float8 / 1000)
+                updated_at = to_timestamp($3::float8 / 1000),
+                app_version = COALESCE(w.app_version, $7)
            FROM ready
           WHERE w.id = ready.id
       RETURNING ",
@@ -1358,6 +1455,8 @@ async fn workflows_claim(
     .bind(p.now_ms)
     .bind(i64::from(p.limit))
     .bind(&p.executor_id)
+    .bind(&p.versions.accepts)
+    .bind(&p.versions.version)
     .fetch_all(conn)
     .await
     .map_err(map_err)?;

@@ -197,7 +197,7 @@ async fn before_migrate_the_cli_says_to_migrate_and_bad_urls_fail_clearly() {
     );
     assert_eq!(
         ok(&url, &["workflow", "list"]).await,
-        "ID  NAME  STATUS  QUEUE  CREATED  UPDATED\n"
+        "ID  NAME  STATUS  QUEUE  VERSION  CREATED  UPDATED\n"
     );
     let queues = json(&url, &["queue", "list"]).await;
     assert_eq!(
@@ -544,4 +544,78 @@ async fn cancel_and_resume_a_running_workflow_and_count_queues() {
         (Some("SUCCESS"), Some("emails"))
     );
     engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn versions_show_runs_that_no_live_executor_accepts() {
+    let url = support::database().await;
+    let storage = PgStorage::connect(&url).await.expect("connect");
+    // A v1 run left waiting, handed back to its queue by the shutdown.
+    let v1 = Engine::builder(storage.clone())
+        .register(Waiter)
+        .version("v1")
+        .launch()
+        .await
+        .expect("launch v1");
+    v1.start_with_id::<Waiter>("w-v1", ()).await.expect("start");
+    support::timeout(Duration::from_secs(30), async {
+        while v1
+            .admin()
+            .get_workflow("w-v1")
+            .await
+            .unwrap()
+            .map_or(0, |d| d.steps.len())
+            < 1
+        {
+            support::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("w-v1 prepares");
+    v1.shutdown().await;
+    // A v2 executor that does not accept v1 is live.
+    let v2 = Engine::builder(storage)
+        .register(Waiter)
+        .version("v2")
+        .launch()
+        .await
+        .expect("launch v2");
+
+    let table = ok(&url, &["versions"]).await;
+    assert_eq!(
+        row(&table, "v1"),
+        [
+            "v1",
+            "1",
+            "0",
+            "0",
+            "0",
+            "waits: no live executor accepts it"
+        ],
+        "{table}"
+    );
+    assert_eq!(row(&table, "v2"), ["v2", "0", "0", "1", "1"], "{table}");
+    let listed = json(&url, &["versions"]).await;
+    let v1_json = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["version"] == "v1"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(
+        v1_json,
+        &serde_json::json!({
+            "version": "v1", "enqueued": 1, "running": 0,
+            "executors_accepting": 0, "executors_running": 0,
+        })
+    );
+    // The run keeps its version, which `workflow list` shows and filters.
+    let list = json(&url, &["workflow", "list", "--app-version", "v1"]).await;
+    assert_eq!(ids(&list), ["w-v1"]);
+    assert_eq!(list[0]["app_version"], "v1");
+    assert_eq!(list[0]["status"], "ENQUEUED");
+    assert_eq!(row(&ok(&url, &["workflow", "list"]).await, "w-v1")[4], "v1");
+    // The generic binary cannot replay runs against code it does not have:
+    // it says where the check runs, with the gate's "could not run" status.
+    let stderr = fails(&url, &["check"], 2).await;
+    assert!(stderr.contains("check_command"), "{stderr}");
+    v2.shutdown().await;
 }

@@ -160,10 +160,10 @@ async fn check_flags_exactly_the_runs_the_new_code_would_break() {
         .unwrap_or_else(|| panic!("{text}"));
     assert_eq!(
         line,
-        "flow-3 (deploy.flow, ENQUEUED): INCOMPATIBLE: step 2 was recorded as \"s2\" but the code calls \"s3\""
+        "flow-3 (deploy.flow, ENQUEUED, unversioned): INCOMPATIBLE: step 2 was recorded as \"s2\" but the code calls \"s3\""
     );
     assert!(
-        text.ends_with("5 unfinished runs, 2 compatible, 3 incompatible"),
+        text.ends_with("5 unfinished runs, 2 compatible, 3 incompatible, 0 not accepted"),
         "{text}"
     );
 }
@@ -191,6 +191,7 @@ async fn a_history_with_a_hole_is_incompatible_even_unfinished() {
     let storage = tandem::MemStorage::new();
     storage
         .workflow_insert(WorkflowInsert {
+            version: tandem::storage::DEFAULT_VERSION.to_owned(),
             id: "abc".into(),
             name: "deploy.abc".into(),
             input: "null".into(),

@@ -17,4 +17,5 @@ mod pg_restart;
 mod small_pool;
 mod steering;
 mod support;
+mod versions;
 mod workflows;

@@ -351,6 +351,7 @@ async fn a_long_sleep_holds_no_executor_slot<A: App>() {
     let mut tx = storage.begin().await.unwrap();
     let claimed = tx
         .workflows_claim(WorkflowsClaim {
+            versions: tandem::storage::Versions::default(),
             queue: QueueLimits {
                 name: "default".into(),
                 concurrency_global: None,
@@ -1000,6 +1001,7 @@ async fn resuming_a_workflow_whose_dedup_key_was_taken_meanwhile_fails_whole<A: 
 async fn a_cancel_racing_a_child_start_cancels_the_child_or_keeps_it_from_existing<A: App>() {
     let (storage, _app) = A::create(0, 0).await;
     let insert = |id: &str, parent: Option<&str>| tandem::storage::WorkflowInsert {
+        version: tandem::storage::DEFAULT_VERSION.to_owned(),
         id: id.to_owned(),
         name: "napper".to_owned(),
         input: "1".to_owned(),
@@ -1071,6 +1073,7 @@ async fn a_cancel_racing_a_child_start_cancels_the_child_or_keeps_it_from_existi
 async fn a_superseded_execution_cannot_cancel_for_its_deadline<A: App>() {
     let (storage, _app) = A::create(0, 0).await;
     let insert = tandem::storage::WorkflowInsert {
+        version: tandem::storage::DEFAULT_VERSION.to_owned(),
         id: "w".to_owned(),
         name: "napper".to_owned(),
         input: "1".to_owned(),
@@ -1106,6 +1109,7 @@ async fn a_superseded_execution_cannot_cancel_for_its_deadline<A: App>() {
         .autocommit(|tx| {
             Box::pin(async move {
                 tx.workflows_claim(WorkflowsClaim {
+                    versions: tandem::storage::Versions::default(),
                     queue: QueueLimits {
                         name: "default".to_owned(),
                         concurrency_global: None,

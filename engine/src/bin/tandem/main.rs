@@ -6,8 +6,9 @@
 //! forked workflow runs when an engine that registers it claims it.
 //! docs/cli.md documents every command with example output.
 //!
-//! Exit codes: 0 success, 1 error, 2 bad usage, 3 no workflow with that ID,
-//! 4 the action does not apply to the workflow's status.
+//! Exit codes: 0 success, 1 error, 2 bad usage (and `check`, which needs
+//! the application's code), 3 no workflow with that ID, 4 the action does
+//! not apply to the workflow's status.
 
 mod output;
 mod time;
@@ -52,6 +53,15 @@ enum Command {
     /// Inspect queues.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Show the application versions of the unfinished runs and of the live
+    /// executors: how many runs of each wait or run, and how many live
+    /// executors accept each. Runs of a version no live executor accepts
+    /// wait until code that accepts it runs.
+    Versions,
+    /// Replaying unfinished runs against new code needs that code: this
+    /// generic binary has none. Explains how to run the check from your
+    /// service's binary.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +113,9 @@ struct ListArgs {
     /// Only this queue.
     #[arg(long)]
     queue: Option<String>,
+    /// Only runs recorded under this application version.
+    #[arg(long)]
+    app_version: Option<String>,
     /// Only workflows created at or after this time (RFC 3339, a date, or
     /// milliseconds since the epoch).
     #[arg(long, value_parser = time::parse_time)]
@@ -132,6 +145,12 @@ fn parse_status(s: &str) -> Result<Status, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Check) {
+        // Exit status 2, as `check_command` when the check cannot run: a
+        // deploy gate that calls this binary by mistake stays closed.
+        eprintln!("error: {CHECK_NEEDS_CODE}");
+        return ExitCode::from(2);
+    }
     let Some(url) = cli.database_url.clone() else {
         Cli::command()
             .error(
@@ -178,6 +197,7 @@ async fn run(url: &str, json: bool, command: Command) -> anyhow::Result<String> 
                 status: args.status,
                 name: args.name,
                 queue: args.queue,
+                version: args.app_version,
                 created_from_ms: args.since,
                 created_until_ms: args.until,
                 limit: args.limit,
@@ -244,8 +264,27 @@ async fn run(url: &str, json: bool, command: Command) -> anyhow::Result<String> 
                 output::queues_table(&queues),
             )
         }
+        Command::Versions => {
+            let versions = storage.versions_info().await.map_err(storage_error)?;
+            render(
+                json,
+                versions
+                    .iter()
+                    .map(output::version_json)
+                    .collect::<Vec<_>>(),
+                output::versions_table(&versions),
+            )
+        }
+        Command::Check => unreachable!("answered before connecting"),
     })
 }
+
+/// Why `tandem check` cannot run here, and what runs it.
+const CHECK_NEEDS_CODE: &str = "tandem check replays unfinished runs against your workflows' \
+code, which this generic binary does not contain. Run it from your service's binary: \
+Engine::builder(storage).register(..).replayer().check_command(json).await returns the exit \
+status (0 compatible, 1 incompatible runs, 2 the check could not run) and prints the report \
+(docs/versioning.md, \"tandem check\")";
 
 /// The command's output: `value` as one JSON document with `--json`, else
 /// `text`.

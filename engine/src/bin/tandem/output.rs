@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 use tandem::WorkflowDetail;
-use tandem::storage::postgres::QueueInfo;
+use tandem::storage::postgres::{QueueInfo, VersionInfo};
 use tandem::storage::{StepInfo, WorkflowInfo};
 
 use crate::time::{format_duration_ms, format_ms};
@@ -107,6 +107,8 @@ pub struct WorkflowJson<'a> {
     status: &'static str,
     queue: &'a str,
     priority: i32,
+    /// `null` for a run that never ran.
+    app_version: Option<&'a str>,
     executor_id: Option<&'a str>,
     owner_epoch: i64,
     parent_id: Option<&'a str>,
@@ -169,6 +171,7 @@ pub fn workflow_json(w: &WorkflowInfo) -> WorkflowJson<'_> {
         status: r.status.as_str(),
         queue: &r.queue,
         priority: w.priority,
+        app_version: r.version.as_deref(),
         executor_id: r.executor_id.as_deref(),
         owner_epoch: r.owner_epoch,
         parent_id: r.parent_id.as_deref(),
@@ -226,14 +229,69 @@ pub fn queue_json(q: &QueueInfo) -> QueueJson<'_> {
     }
 }
 
+/// A version as `versions --json` prints it.
+#[derive(Serialize)]
+pub struct VersionJson<'a> {
+    /// `null` for runs that never ran.
+    version: Option<&'a str>,
+    enqueued: i64,
+    running: i64,
+    executors_accepting: i64,
+    executors_running: i64,
+}
+
+pub fn version_json(v: &VersionInfo) -> VersionJson<'_> {
+    VersionJson {
+        version: v.version.as_deref(),
+        enqueued: v.enqueued,
+        running: v.running,
+        executors_accepting: v.executors_accepting,
+        executors_running: v.executors_running,
+    }
+}
+
+pub fn versions_table(versions: &[VersionInfo]) -> String {
+    let mut table = Table::new(&[
+        "VERSION",
+        "ENQUEUED",
+        "RUNNING",
+        "EXECUTORS",
+        "ACCEPTED BY",
+        "NOTE",
+    ]);
+    for v in versions {
+        let note = if v.enqueued + v.running > 0 && v.executors_accepting == 0 {
+            "waits: no live executor accepts it"
+        } else if v.version.is_none() {
+            "never ran: any executor may start them"
+        } else {
+            ""
+        };
+        table.row(vec![
+            v.version
+                .clone()
+                .unwrap_or_else(|| "(not started)".to_owned()),
+            v.enqueued.to_string(),
+            v.running.to_string(),
+            v.executors_running.to_string(),
+            v.executors_accepting.to_string(),
+            note.to_owned(),
+        ]);
+    }
+    table.render()
+}
+
 pub fn workflows_table(workflows: &[WorkflowInfo]) -> String {
-    let mut table = Table::new(&["ID", "NAME", "STATUS", "QUEUE", "CREATED", "UPDATED"]);
+    let mut table = Table::new(&[
+        "ID", "NAME", "STATUS", "QUEUE", "VERSION", "CREATED", "UPDATED",
+    ]);
     for w in workflows {
         table.row(vec![
             w.row.id.clone(),
             w.row.name.clone(),
             w.row.status.to_string(),
             w.row.queue.clone(),
+            or_dash(w.row.version.clone()),
             format_ms(w.created_ms),
             format_ms(w.updated_ms),
         ]);
@@ -249,6 +307,7 @@ pub fn detail_text(d: &WorkflowDetail) -> String {
         ("status", r.status.to_string()),
         ("queue", r.queue.clone()),
         ("priority", w.priority.to_string()),
+        ("version", or_dash(r.version.clone())),
         ("executor", or_dash(r.executor_id.clone())),
         ("epoch", r.owner_epoch.to_string()),
         ("parent", or_dash(r.parent_id.clone())),

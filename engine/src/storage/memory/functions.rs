@@ -273,6 +273,7 @@ pub(super) fn enqueue_checked(
         deadline_ms: None,
         wait_step: None,
         wait_until_ms: None,
+        version: None,
     };
     Ok((id, row, notify_on_enqueue(db, snap)))
 }

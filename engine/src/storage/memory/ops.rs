@@ -34,6 +34,7 @@ impl MemConn {
             deadline_ms: p.deadline_ms,
             wait_step: None,
             wait_until_ms: None,
+            version: Some(p.version.clone()),
         };
         // A child's row comes from its parent's, locked (FOR NO KEY UPDATE,
         // re-checked after a wait) while it runs at the starting epoch.
@@ -136,16 +137,24 @@ impl MemConn {
         };
         let mut rows = Vec::new();
         for key in keys {
+            // One UPDATE: a run of an accepted version gets a bumped epoch
+            // and runs here; any other goes back to its queue.
             let bumped = self
                 .update_row(&Workflows, &snap, &key, |w| {
-                    matches(w).then(|| WorkflowRecord {
-                        owner_epoch: w.owner_epoch + 1,
-                        updated_ms: p.now_ms,
-                        ..w.clone()
+                    matches(w).then(|| {
+                        if p.versions.accepts(w.version.as_deref()) {
+                            WorkflowRecord {
+                                owner_epoch: w.owner_epoch + 1,
+                                updated_ms: p.now_ms,
+                                ..w.clone()
+                            }
+                        } else {
+                            handed_back(w, p.now_ms)
+                        }
                     })
                 })
                 .await?;
-            if let Some(w) = bumped {
+            if let Some(w) = bumped.filter(|w| w.status == Status::Running) {
                 rows.push(workflow_row(&w));
             }
         }
@@ -384,6 +393,8 @@ impl MemConn {
             w.status == Status::Enqueued
                 && w.queue == p.queue.name
                 && p.names.contains(&w.name)
+                && (p.versions.accepts(w.version.as_deref())
+                    || crate::bugs::active(crate::bugs::Bug::ClaimIgnoresVersion))
                 && (w.run_after_ms.is_none_or(|t| t <= p.now_ms)
                     || crate::bugs::active(crate::bugs::Bug::ClaimIgnoresDelay))
         };
@@ -423,6 +434,10 @@ impl MemConn {
                 owner_epoch: w.owner_epoch + 1,
                 started_ms: Some(p.now_ms),
                 updated_ms: p.now_ms,
+                version: w
+                    .version
+                    .clone()
+                    .or_else(|| Some(p.versions.version.clone())),
                 ..w.clone()
             };
             t.write(&snap, &key, latest, Some(claimed.clone()));
@@ -813,6 +828,8 @@ impl MemConn {
             deadline_ms: None,
             wait_step: None,
             wait_until_ms: None,
+            // Its copied steps were recorded under the source's version.
+            version: source.version,
         };
         self.insert_row(&Workflows, &snap, p.new_id.clone(), || row.clone(), false)
             .await?;
@@ -871,6 +888,9 @@ impl MemConn {
                 f.status.is_none_or(|s| w.status == s)
                     && f.name.as_ref().is_none_or(|n| w.name == *n)
                     && f.queue.as_ref().is_none_or(|q| w.queue == *q)
+                    && f.version
+                        .as_ref()
+                        .is_none_or(|v| w.version.as_ref() == Some(v))
                     && f.created_from_ms.is_none_or(|ms| w.created_ms >= ms)
                     && f.created_until_ms.is_none_or(|ms| w.created_ms < ms)
             })
@@ -928,13 +948,14 @@ pub(super) fn workflow_info(w: &WorkflowRecord) -> WorkflowInfo {
     }
 }
 
-/// A running workflow handed back to its queue (reclaim, release): owned by
-/// no one, under a bumped epoch that fences its last execution.
 /// Whether `w` runs at `epoch` (a child's insert checks its parent so).
 fn running_at(w: &WorkflowRecord, epoch: i64) -> bool {
     w.status == Status::Running && w.owner_epoch == epoch
 }
 
+/// A running workflow handed back to its queue (reclaim, release, a
+/// recovery of a version not accepted): owned by no one, under a bumped
+/// epoch that fences its last execution.
 fn handed_back(w: &WorkflowRecord, now_ms: i64) -> WorkflowRecord {
     WorkflowRecord {
         status: Status::Enqueued,
@@ -969,5 +990,6 @@ pub(super) fn workflow_row(w: &WorkflowRecord) -> WorkflowRow {
         queue: w.queue.clone(),
         parent_id: w.parent_id.clone(),
         deadline_ms: w.deadline_ms,
+        version: w.version.clone(),
     }
 }

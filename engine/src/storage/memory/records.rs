@@ -44,6 +44,8 @@ pub struct WorkflowRecord {
     pub wait_step: Option<i32>,
     /// When that receive times out (engine clock).
     pub wait_until_ms: Option<i64>,
+    /// `app_version`: the version of the code that first ran it.
+    pub version: Option<String>,
 }
 
 /// A row of `tandem.executors`.

@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use tandem::storage::memory::{LockWait, MemConn, MemError, RowLock, Scan};
 use tandem::storage::{
-    ErrorKind, ExecutorRegister, QueueLimits, Status, StepKind, StepRecord, StepRecorded, Storage,
-    StorageError, StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFork,
-    WorkflowInsert, WorkflowInserted, WorkflowsClaim, WorkflowsRecover,
+    DEFAULT_VERSION, ErrorKind, ExecutorRegister, QueueLimits, Status, StepKind, StepRecord,
+    StepRecorded, Storage, StorageError, StorageResult, Transaction, Versions, WorkflowComplete,
+    WorkflowEnqueue, WorkflowFork, WorkflowInsert, WorkflowInserted, WorkflowsClaim,
+    WorkflowsRecover,
 };
 use tandem::{MemStorage, PgStorage};
 use tokio::sync::{mpsc, oneshot};
@@ -91,6 +92,14 @@ pub enum Op {
     },
     /// Executor `.0` claims up to `.1` workflows named `wf` from queue `q`.
     Claim(&'static str, u32),
+    /// The same as code of version `v2` that accepts only `v2`: it skips
+    /// the rows of other versions and stamps `v2` on rows that never ran.
+    ClaimV2(&'static str, u32),
+    /// `WfInsert` by code of version `v2`.
+    WfInsertV2(&'static str, &'static str),
+    /// `WfRecover` by code that accepts only `v2`: the executor's rows of
+    /// other versions go back to their queue.
+    WfRecoverV2(&'static str, Option<&'static str>),
     /// The same, declaring `q` limited (one running, two starts an hour):
     /// the claim locks the queue's row and counts before it takes rows.
     ClaimLimited(&'static str, u32),
@@ -212,10 +221,20 @@ fn label<T>(r: StorageResult<T>, ok: impl FnOnce(T) -> String) -> String {
     }
 }
 
+/// The versions of the code running `op`: `v2` alone for the `V2` ops,
+/// the default otherwise.
+fn versions_of(op: Op) -> Versions {
+    match op {
+        Op::ClaimV2(..) | Op::WfInsertV2(..) | Op::WfRecoverV2(..) => Versions::only("v2"),
+        _ => Versions::default(),
+    }
+}
+
 async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
     Some(match op {
-        Op::WfInsert(id, executor) => label(
+        Op::WfInsert(id, executor) | Op::WfInsertV2(id, executor) => label(
             tx.workflow_insert(WorkflowInsert {
+                version: versions_of(op).version,
                 id: id.to_owned(),
                 name: "wf".to_owned(),
                 input: "null".to_owned(),
@@ -257,8 +276,9 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             .await,
             |()| "ok".to_owned(),
         ),
-        Op::WfRecover(executor, id) => label(
+        Op::WfRecover(executor, id) | Op::WfRecoverV2(executor, id) => label(
             tx.workflows_recover(WorkflowsRecover {
+                versions: versions_of(op),
                 executor_id: executor.to_owned(),
                 workflow_id: id.map(str::to_owned),
                 now_ms: 0,
@@ -303,6 +323,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
         ),
         Op::WfInsertChild(id, parent, executor) => label(
             tx.workflow_insert(WorkflowInsert {
+                version: DEFAULT_VERSION.to_owned(),
                 id: id.to_owned(),
                 name: "wf".to_owned(),
                 input: "null".to_owned(),
@@ -319,6 +340,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
         ),
         Op::Register(executor, lease_ms) => label(
             tx.executor_register(ExecutorRegister {
+                versions: Versions::default(),
                 executor_id: executor.to_owned(),
                 workflows: vec![
                     ("wf".to_owned(), vec!["object"]),
@@ -360,8 +382,11 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             Ok(id) => id,
             Err(e) => raised_label(&e),
         },
-        Op::Claim(executor, limit) | Op::ClaimLimited(executor, limit) => label(
+        Op::Claim(executor, limit)
+        | Op::ClaimLimited(executor, limit)
+        | Op::ClaimV2(executor, limit) => label(
             tx.workflows_claim(WorkflowsClaim {
+                versions: versions_of(op),
                 queue: match op {
                     Op::ClaimLimited(..) => QueueLimits {
                         concurrency_global: Some(1),
@@ -801,6 +826,11 @@ impl Backend for Pg {
         .fetch_all(&self.admin)
         .await
         .expect("waits");
+        let versions: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT id, app_version FROM tandem.workflows ORDER BY id")
+                .fetch_all(&self.admin)
+                .await
+                .expect("versions");
         dump(
             jobs,
             workflows
@@ -808,7 +838,7 @@ impl Backend for Pg {
                 .map(|(id, s, e, x)| (id, s, e, x.unwrap_or_default()))
                 .collect(),
             steps,
-        ) + &dump_more(executors, messages, events, waits)
+        ) + &dump_more(executors, messages, events, waits, versions)
     }
 
     async fn pause() {
@@ -822,6 +852,7 @@ async fn seed_workflows<S: Storage>(storage: &S, setup: &Setup) {
     for (id, parent, executor) in top.chain(children) {
         storage
             .workflow_insert(WorkflowInsert {
+                version: DEFAULT_VERSION.to_owned(),
                 id: id.to_owned(),
                 name: "wf".to_owned(),
                 input: "null".to_owned(),
@@ -894,8 +925,21 @@ fn dump_more(
     messages: Vec<String>,
     events: Vec<String>,
     waits: Vec<String>,
+    versions: Vec<(String, Option<String>)>,
 ) -> String {
     let mut out = String::new();
+    // Shown once some code other than the default's ran (the `V2` ops), so
+    // that the scenarios that never use versions keep their expectations.
+    if versions
+        .iter()
+        .any(|(_, v)| v.as_deref().is_some_and(|v| v != DEFAULT_VERSION))
+    {
+        let versions: Vec<String> = versions
+            .into_iter()
+            .map(|(id, v)| format!("{id}:{}", v.as_deref().unwrap_or("-")))
+            .collect();
+        writeln!(out, "versions {}", versions.join(" ")).unwrap();
+    }
     if !executors.is_empty() {
         writeln!(out, "executors {}", executors.join(" ")).unwrap();
     }
@@ -1259,7 +1303,13 @@ impl Backend for Mem {
             .into_iter()
             .filter_map(|w| Some(format!("{}/{}:{}", w.id, w.wait_step?, w.wait_until_ms?)))
             .collect();
-        dump(jobs, workflows, steps) + &dump_more(executors, messages, events, waits)
+        let versions = self
+            .storage
+            .workflows()
+            .into_iter()
+            .map(|w| (w.id, w.version))
+            .collect();
+        dump(jobs, workflows, steps) + &dump_more(executors, messages, events, waits, versions)
     }
 
     async fn pause() {

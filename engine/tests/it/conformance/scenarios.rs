@@ -50,6 +50,7 @@ scenarios!(
     enqueue_validates_in_order_and_is_idempotent_on_the_id,
     an_enqueue_with_a_held_dedup_key_waits_then_returns_the_holder,
     concurrent_claims_skip_each_others_rows,
+    claims_take_accepted_versions_and_recovery_hands_the_others_back,
     reclaim_rechecks_a_lease_renewed_while_it_waited,
     owned_rows_are_the_committed_running_ones_of_the_executor,
     a_step_is_read_by_key_once_committed,
@@ -612,6 +613,55 @@ s2 Commit: ok
 jobs 1:null 2:null
 workflows e1:RUNNING:e1:a e2:RUNNING:e1:b w1:RUNNING:e1:a
 steps 
+executors a
+",
+    )
+}
+
+/// `v2` code stamps the row it starts; default code skips it in its
+/// claims and hands a `v2` row it owns back to the queue on recovery.
+fn claims_take_accepted_versions_and_recovery_hands_the_others_back() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::Register("a", LONG_LEASE)),
+            (0, enqueue("e1", "wf", "{}")),
+            (0, Op::Commit),
+            (0, enqueue("e2", "wf", "{}")),
+            (0, Op::Commit),
+            (0, Op::ClaimV2("b", 1)),
+            (0, Op::Release("b")),
+            (0, Op::Commit),
+            (1, Op::Claim("a", 2)),
+            (1, Op::Commit),
+            (1, Op::WfInsertV2("w9", "a")),
+            (1, Op::Commit),
+            (0, Op::WfRecover("a", None)),
+            (0, Op::Commit),
+            (1, Op::ClaimV2("b", 5)),
+            (1, Op::Commit),
+        ],
+        "\
+s1 Register(\"a\", 3600000): ok
+s1 Enqueue { id: \"e1\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e1
+s1 Commit: ok
+s1 Enqueue { id: \"e2\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e2
+s1 Commit: ok
+s1 ClaimV2(\"b\", 1): [e1:e1]
+s1 Release(\"b\"): 1
+s1 Commit: ok
+s2 Claim(\"a\", 2): [e2:e1]
+s2 Commit: ok
+s2 WfInsertV2(\"w9\", \"a\"): inserted
+s2 Commit: ok
+s1 WfRecover(\"a\", None): [e2:e2, w1:e2]
+s1 Commit: ok
+s2 ClaimV2(\"b\", 5): [e1:e3]
+s2 Commit: ok
+jobs 1:null 2:null
+workflows e1:RUNNING:e3:b e2:RUNNING:e2:a w1:RUNNING:e2:a w9:ENQUEUED:e2:
+steps 
+versions e1:v2 e2:unversioned w1:unversioned w9:v2
 executors a
 ",
     )
