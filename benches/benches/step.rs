@@ -102,6 +102,7 @@ async fn checkpoint_insert(
 ) -> anyhow::Result<()> {
     let recorded = tx
         .step_record(StepRecord {
+            version: None,
             workflow_id: FLOOR_WORKFLOW.to_owned(),
             step_id,
             name: "update".to_owned(),

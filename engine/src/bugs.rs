@@ -93,11 +93,17 @@ pub enum Bug {
     /// `ctx.patched` returns true at a point the run's history shows it
     /// passed without the patch (it ignores the history).
     PatchIgnoresHistory,
+    /// A patch marker recorded on a run of an older version leaves the
+    /// run's version as it was: code without the patch still accepts it.
+    PatchKeepsVersion,
+    /// Recovery runs an executor's own runs of versions its code does not
+    /// accept, instead of handing them back to their queue.
+    RecoverIgnoresVersion,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 25] = [
+    pub const ALL: [Bug; 27] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -123,6 +129,8 @@ impl Bug {
         Bug::RetriedStepUnrecorded,
         Bug::ClaimIgnoresVersion,
         Bug::PatchIgnoresHistory,
+        Bug::PatchKeepsVersion,
+        Bug::RecoverIgnoresVersion,
     ];
 }
 

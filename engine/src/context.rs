@@ -49,6 +49,8 @@ pub struct WorkflowContext<S: Storage> {
     /// first step beyond the history stops the body with
     /// [`Error::ReplayEnded`] instead of running.
     replay_only: bool,
+    /// The application version the run records (`None`: never ran).
+    run_version: Option<String>,
 }
 
 /// A started child workflow; await it with
@@ -146,6 +148,7 @@ impl<S: Storage> WorkflowContext<S> {
         owner_epoch: i64,
         deadline_ms: Option<i64>,
         history: Vec<StepRow>,
+        run_version: Option<String>,
     ) -> Self {
         // `replay` binary-searches the history by step ID.
         debug_assert!(
@@ -161,6 +164,7 @@ impl<S: Storage> WorkflowContext<S> {
             next_step_id: 0,
             interrupted: false,
             replay_only: false,
+            run_version,
         }
     }
 
@@ -171,10 +175,11 @@ impl<S: Storage> WorkflowContext<S> {
         workflow_id: String,
         owner_epoch: i64,
         history: Vec<StepRow>,
+        run_version: Option<String>,
     ) -> Self {
         Self {
             replay_only: true,
-            ..Self::new(shared, workflow_id, owner_epoch, None, history)
+            ..Self::new(shared, workflow_id, owner_epoch, None, history, run_version)
         }
     }
 
@@ -615,8 +620,30 @@ impl<S: Storage> WorkflowContext<S> {
                 self.check_shutdown()?;
                 self.check_deadline().await?;
                 let started_ms = self.shared.now_ms();
-                self.record_simple(step_id, &name, StepKind::Patch, started_ms, &true)
-                    .await
+                // A run of an older version that takes the patched path is
+                // one only code with the patch can go on with: it becomes a
+                // run of this code's version, with the marker.
+                let own = &self.shared.config().version;
+                let restamp = (self.run_version.as_ref() != Some(own)
+                    && !crate::bugs::active(crate::bugs::Bug::PatchKeepsVersion))
+                .then(|| own.clone());
+                let json = self.encode(&true, step_id, &name)?;
+                let mut params =
+                    self.step_params(step_id, &name, StepKind::Patch, started_ms, Ok(json), 1);
+                params.version = restamp.clone();
+                let storage = self.shared.storage().clone();
+                match self
+                    .storage_retry(|| storage.step_record(params.clone()))
+                    .await?
+                {
+                    StepRecorded::Recorded => {
+                        if restamp.is_some() {
+                            self.run_version = restamp;
+                        }
+                        Ok(true)
+                    }
+                    StepRecorded::Exists => self.replay_winner(step_id, &name).await,
+                }
             }
         }
     }
@@ -861,6 +888,7 @@ impl<S: Storage> WorkflowContext<S> {
             attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
             started_ms,
             now_ms: self.shared.now_ms(),
+            version: None,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::context::WorkflowContext;
 use crate::error::Error;
 use crate::payload;
 use crate::runtime::Shared;
-use crate::storage::{Status, Storage, Transaction as _, WorkflowFilter};
+use crate::storage::{Status, StepRow, Storage, Transaction as _, WorkflowFilter, WorkflowRow};
 
 /// The outcome of [`Engine::replay`](crate::Engine::replay) for one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,24 +334,47 @@ impl<S: Storage> Replayer<S> {
 }
 
 impl<S: Storage> Shared<S> {
+    /// Run `id`'s row and its history as of one moment: the row is read
+    /// before and after the history, until it did not change in between.
+    /// (Each read sees the database as of its own statement. A history
+    /// read alone against a row read before it may hold a completion's
+    /// last steps or a patch marker whose change to the row the row does
+    /// not show yet.)
+    async fn run_and_history(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<(WorkflowRow, Vec<StepRow>), Error> {
+        let get = || async {
+            self.storage()
+                .workflow_get(id)
+                .await?
+                .ok_or_else(|| Error::WorkflowNotFound { id: id.to_owned() })
+        };
+        let mut row = get().await?;
+        loop {
+            let history = self.storage().steps_load(id).await?;
+            let again = get().await?;
+            if again == row {
+                return Ok((row, history));
+            }
+            row = again;
+        }
+    }
+
     /// Replays run `id` against the registered code (see the module docs).
     pub(crate) async fn replay(self: &Arc<Self>, id: &str) -> Result<Replay, Error> {
-        let row = self
-            .storage()
-            .workflow_get(id)
-            .await?
-            .ok_or_else(|| Error::WorkflowNotFound { id: id.to_owned() })?;
+        let (row, history) = self.run_and_history(id).await?;
         let workflow = self
             .workflow(&row.name)
             .ok_or_else(|| Error::UnknownWorkflow {
                 name: row.name.clone(),
             })?;
-        let history = self.storage().steps_load(id).await?;
         let mut ctx = WorkflowContext::replay_only(
             Arc::clone(self),
             row.id.clone(),
             row.owner_epoch,
             history.clone(),
+            row.version.clone(),
         );
         let result = workflow.run_json(&mut ctx, &row.input).await;
         let called = ctx.steps_called();

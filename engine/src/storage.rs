@@ -340,6 +340,11 @@ pub struct StepRecord {
     pub started_ms: i64,
     /// The engine's clock now.
     pub now_ms: i64,
+    /// Once the checkpoint is inserted, also record that the run is now of
+    /// this application version, in the same statement: a patch marker
+    /// recorded by code of a newer version than the run's makes the run
+    /// one that only code with the patch can go on with.
+    pub version: Option<String>,
 }
 
 /// What [`Transaction::step_record`] did.

@@ -401,6 +401,7 @@ async fn write_history(storage: &MemStorage, case: &Case) {
             Err(message) => (None, Some(message.clone())),
         };
         tx.step_record(StepRecord {
+            version: None,
             workflow_id: WORKFLOW_ID.to_owned(),
             step_id: row.step_id,
             name: row.name.clone(),

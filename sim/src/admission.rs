@@ -59,6 +59,8 @@ pub struct ClaimSeen {
     pub queue: String,
     /// The names it claims.
     pub names: Vec<String>,
+    /// The versions its code accepts (it passes over the others).
+    pub versions: tandem::storage::Versions,
     /// The claimer's clock.
     pub now_ms: i64,
     /// The newest commit before the statement: its snapshot is newer.
@@ -298,6 +300,7 @@ fn priorities(world: &World, chains: &BTreeMap<&str, Vec<(u64, &WorkflowRecord)>
             let ready = r.status == Status::Enqueued
                 && r.queue == c.queue
                 && c.names.contains(&r.name)
+                && c.versions.accepts(r.version.as_deref())
                 && r.run_after_ms.is_none_or(|t| t <= c.now_ms);
             if unchanged && ready && r.created_ms < worst.1 && r.priority > worst.0 {
                 world.faults.observe("claim.priority_over_age");

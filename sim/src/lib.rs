@@ -20,6 +20,7 @@ pub mod faults;
 pub mod history;
 pub mod run;
 pub mod storage;
+pub mod versions;
 pub mod workload;
 pub mod world;
 
@@ -94,4 +95,11 @@ pub const ADMISSION_OBSERVED: &[&str] = &[
     "enqueue.deduplicated",
     "deadline.cancelled",
     "recv.timeout_kept_across_executions",
+    // Versioned deploys: a run of `v1` finished by `v2` code down its old
+    // path (`patched` false), a `v1` run that reached the patch under `v2`
+    // and took the new one, and an executor's recovery handing back a run
+    // of a version its new code does not accept.
+    "patch.old_path",
+    "patch.new_path_for_v1",
+    "recover.handed_back_version",
 ];

@@ -409,6 +409,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             break;
         }
         sleep(Duration::from_millis(50)).await;
+        crate::versions::roll_out(&handle, &world);
         restart_due(&handle, &world, true);
     }
     for (n, _) in std::mem::take(&mut world.state().paused) {
@@ -421,6 +422,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         .chain(workload::check_event_reads(&world))
         .chain(workload::check_admin_reads(&world))
         .chain(crate::history::check(&world))
+        .chain(crate::versions::check(&world))
     {
         world.violation(v);
     }
@@ -469,6 +471,7 @@ async fn check_replays(world: &Arc<World>) -> Vec<String> {
         .register(Bank {
             world: world.clone(),
             node,
+            code: crate::versions::Code::newest(world.workload.generation),
         })
         .replayer();
     let finished: Vec<String> = world
@@ -669,8 +672,17 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
     world.log(format!("{} up", node.label));
     let storage = SimStorage::new(world.clone(), node.clone());
     let seed = world.seed ^ (u64::from(incarnation) << 32) ^ (executor as u64) << 48;
+    let code = crate::versions::draw(&world, seed);
+    world.state().codes.insert(node.name.clone(), code);
+    // Runs this executor ID owns that its new code does not accept: its
+    // launch hands them back to their queue.
+    let foreign = world.mem.workflows().iter().any(|r| {
+        r.status == tandem::Status::Running
+            && r.executor_id.as_deref() == Some(executor_id.as_str())
+            && !code.accepts(r.version.as_deref())
+    });
     let engine = loop {
-        let launched = Engine::builder(storage.clone())
+        let builder = Engine::builder(storage.clone())
             .env(MadsimEnv::new(world.clone(), seed).skewed(node.skew_ms))
             .executor_id(executor_id.clone())
             .queue(orders_queue(&world.workload))
@@ -680,9 +692,9 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
             .register(Bank {
                 world: world.clone(),
                 node: node.clone(),
-            })
-            .launch()
-            .await;
+                code,
+            });
+        let launched = code.declare(builder).launch().await;
         match launched {
             Ok(engine) => break engine,
             Err(e) => {
@@ -691,7 +703,13 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
             }
         }
     };
-    world.log(format!("{} launched as {executor_id}", node.label));
+    world.log(format!(
+        "{} launched as {executor_id} running {code:?}",
+        node.label
+    ));
+    if foreign {
+        world.faults.observe("recover.handed_back_version");
+    }
     if client {
         let specs: Vec<_> = world.workload.workflows.clone();
         for spec in &specs {

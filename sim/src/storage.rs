@@ -334,6 +334,7 @@ impl Transaction for SimTx {
             node: self.node.label.clone(),
             queue: p.queue.name.clone(),
             names: p.names.clone(),
+            versions: p.versions.clone(),
             now_ms: p.now_ms,
             before_csn,
             claimed: Vec::new(),

@@ -64,11 +64,15 @@ pub enum Generation {
     /// orders, a rate limit on their queue, deadlines on workflows, and the
     /// admin node cancelling orders too.
     Admission,
+    /// Plus versioned deploys: executors of two application versions side
+    /// by side, the newer changing the workflow behind `ctx.patched`
+    /// (`crate::versions`).
+    Versions,
 }
 
 impl Generation {
     /// The newest generation: what `cargo test -p sim` runs.
-    pub const LATEST: Generation = Generation::Admission;
+    pub const LATEST: Generation = Generation::Versions;
 }
 
 /// One step of a bank workflow.
@@ -572,6 +576,8 @@ pub struct Bank {
     pub world: Arc<World>,
     /// The node incarnation it runs on.
     pub node: Arc<NodeLabel>,
+    /// The application version of its code.
+    pub code: crate::versions::Code,
 }
 
 /// An error of the simulated service.
@@ -590,6 +596,7 @@ impl Workflow<SimStorage> for Bank {
         ops: Vec<Op>,
     ) -> Result<Vec<i64>, WorkflowError> {
         let wf = ctx.workflow_id().to_owned();
+        crate::versions::check_accepted(&self.world, &self.node, self.code, &wf);
         // The checkpoints this execution started from (empty on a first
         // execution, which loads nothing).
         let history = self
@@ -686,6 +693,7 @@ impl Workflow<SimStorage> for Bank {
             };
             output.push(value);
         }
+        self.code.run_tail(&self.world, &self.node, ctx).await?;
         Ok(output)
     }
 }
@@ -1209,6 +1217,8 @@ pub fn check(world: &World) -> Vec<String> {
         .iter()
         .filter(ran)
         .filter(|s| s.kind == StepKind::Plain && s.output.is_some())
+        // (v2's receipt calls no service.)
+        .filter(|s| s.name != crate::versions::RECEIPT)
     {
         let called = state
             .calls
@@ -1704,13 +1714,25 @@ pub async fn admin_client(world: Arc<World>) {
         executor_id: None,
         skew_ms: 0,
     });
-    let checker = tandem::Engine::builder(SimStorage::new(world.clone(), checker_node.clone()))
-        .env(crate::env::MadsimEnv::new(world.clone(), world.seed ^ 0xc4))
-        .register(Bank {
-            world: world.clone(),
-            node: checker_node,
-        })
-        .replayer();
+    // Since the versions generation, of both codes: neither may find an
+    // accepted run it would break (v1 leaves v2's runs alone).
+    let checker = |code: crate::versions::Code, seed: u64| {
+        code.declare(
+            tandem::Engine::builder(SimStorage::new(world.clone(), checker_node.clone()))
+                .env(crate::env::MadsimEnv::new(world.clone(), world.seed ^ seed))
+                .register(Bank {
+                    world: world.clone(),
+                    node: checker_node.clone(),
+                    code,
+                }),
+        )
+        .replayer()
+    };
+    let newest = crate::versions::Code::newest(world.workload.generation);
+    let mut checkers = vec![checker(newest, 0xc4)];
+    if newest == crate::versions::Code::V2 {
+        checkers.push(checker(crate::versions::Code::V1, 0xc5));
+    }
     let (mut cancels, mut forks) = (0, 0);
     let all = world.workload.all_workflows();
     let with_events: Vec<(String, String)> = world
@@ -1809,7 +1831,13 @@ pub async fn admin_client(world: Arc<World>) {
             }
         }
         if madsim::rand::thread_rng().gen_bool(0.05) {
-            deploy_check(&world, &checker).await;
+            // (One draw more only when there is a choice, so that older
+            // generations keep their random streams.)
+            let checker = match checkers.len() {
+                1 => &checkers[0],
+                n => &checkers[madsim::rand::thread_rng().gen_range(0..n)],
+            };
+            deploy_check(&world, checker).await;
         }
         if madsim::rand::thread_rng().gen_bool(0.2) {
             // What an operator reads: a workflow's steps, and the list of

@@ -78,6 +78,10 @@ pub struct State {
     /// When each transaction that may hold row locks on queued workflows
     /// was open (a cancel, a reclaim, a fenced write...).
     pub lock_windows: Vec<crate::admission::LockWindow>,
+    /// The code each executor node's current incarnation runs.
+    pub codes: BTreeMap<String, crate::versions::Code>,
+    /// The deploy has completed: every later incarnation runs `v2`.
+    pub deployed: bool,
 }
 
 /// Everything a run shares.

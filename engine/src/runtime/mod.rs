@@ -359,6 +359,7 @@ impl<S: Storage> Shared<S> {
             row.owner_epoch,
             row.deadline_ms,
             history,
+            row.version.clone(),
         );
         let result = workflow.run_json(&mut ctx, &row.input).await;
         if (ctx.was_interrupted() || result.as_ref().is_err_and(|e| e.is_interrupt()))

@@ -1254,6 +1254,9 @@ async fn step_record(conn: &mut PgConnection, p: StepRecord) -> StorageResult<St
               WHERE fence.owner_epoch = $7 AND fence.status = 'RUNNING'
              ON CONFLICT (workflow_id, step_id) DO NOTHING
              RETURNING 1
+         ), stamp AS (
+             UPDATE tandem.workflows SET app_version = $11
+              WHERE id = $1 AND $11::text IS NOT NULL AND EXISTS (SELECT 1 FROM ins)
          )
          SELECT (SELECT owner_epoch FROM fence),
                 (SELECT status FROM fence),
@@ -1269,6 +1272,7 @@ async fn step_record(conn: &mut PgConnection, p: StepRecord) -> StorageResult<St
     .bind(p.attempts)
     .bind(p.started_ms)
     .bind(p.now_ms)
+    .bind(&p.version)
     .fetch_one(conn)
     .await
     .map_err(map_err)?;

@@ -208,6 +208,7 @@ async fn a_history_with_a_hole_is_incompatible_even_unfinished() {
     for (step_id, name) in [(0, "a"), (2, "c")] {
         storage
             .step_record(StepRecord {
+                version: None,
                 workflow_id: "abc".into(),
                 step_id,
                 name: name.into(),

@@ -142,7 +142,9 @@ impl MemConn {
             let bumped = self
                 .update_row(&Workflows, &snap, &key, |w| {
                     matches(w).then(|| {
-                        if p.versions.accepts(w.version.as_deref()) {
+                        if p.versions.accepts(w.version.as_deref())
+                            || crate::bugs::active(crate::bugs::Bug::RecoverIgnoresVersion)
+                        {
                             WorkflowRecord {
                                 owner_epoch: w.owner_epoch + 1,
                                 updated_ms: p.now_ms,
@@ -212,15 +214,25 @@ impl MemConn {
             started_ms: p.started_ms,
             completed_ms: p.now_ms,
         };
-        let key = (p.workflow_id, p.step_id);
-        if self
+        let key = (p.workflow_id.clone(), p.step_id);
+        if !self
             .insert_row(&Steps, &snap, key, || row.clone(), true)
             .await?
         {
-            Ok(StepRecorded::Recorded)
-        } else {
-            Ok(StepRecorded::Exists)
+            return Ok(StepRecorded::Exists);
         }
+        // The statement's UPDATE of the run's version (a patch marker):
+        // after a wait it applies to the newest row version.
+        if let Some(version) = p.version {
+            self.update_row(&Workflows, &snap, &p.workflow_id, |w| {
+                Some(WorkflowRecord {
+                    version: Some(version.clone()),
+                    ..w.clone()
+                })
+            })
+            .await?;
+        }
+        Ok(StepRecorded::Recorded)
     }
 
     pub(super) async fn executor_register(&mut self, p: ExecutorRegister) -> Result<(), MemError> {

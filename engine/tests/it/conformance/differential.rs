@@ -73,6 +73,7 @@ fn engine_op() -> impl Strategy<Value = Op> {
         (workflow(), epoch()).prop_map(|(w, e)| Op::WfComplete(w, e)),
         (executor(), prop::option::of(workflow())).prop_map(|(e, w)| Op::WfRecover(e, w)),
         (workflow(), 0..2i32, epoch()).prop_map(|(w, s, e)| Op::StepRecord(w, s, e)),
+        (workflow(), 0..2i32, epoch()).prop_map(|(w, s, e)| Op::PatchRecordV2(w, s, e)),
         (workflow(), 0..2i32).prop_map(|(w, s)| Op::StepGet(w, s)),
         executor().prop_map(|e| Op::Register(e, 3_600_000)),
         executor().prop_map(|e| Op::Heartbeat(e, 3_600_000)),

@@ -37,6 +37,9 @@ pub enum Op {
     StepGet(&'static str, i32),
     /// Workflow, step ID, owner epoch.
     StepRecord(&'static str, i32, i64),
+    /// The same as a patch marker recorded by `v2` code, which also
+    /// stamps the run `v2` once the checkpoint is in.
+    PatchRecordV2(&'static str, i32, i64),
     /// `SELECT id FROM jobs [WHERE owner IS NULL] ORDER BY id LIMIT 1 [lock]`.
     Select {
         unowned: bool,
@@ -302,8 +305,9 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             Some(s) => format!("{}:{}:{:?}", s.step_id, s.name, s.output),
             None => "none".to_owned(),
         }),
-        Op::StepRecord(id, step_id, epoch) => label(
+        Op::StepRecord(id, step_id, epoch) | Op::PatchRecordV2(id, step_id, epoch) => label(
             tx.step_record(StepRecord {
+                version: matches!(op, Op::PatchRecordV2(..)).then(|| "v2".to_owned()),
                 workflow_id: id.to_owned(),
                 step_id,
                 name: "s".to_owned(),

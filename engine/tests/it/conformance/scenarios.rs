@@ -619,7 +619,9 @@ executors a
 }
 
 /// `v2` code stamps the row it starts; default code skips it in its
-/// claims and hands a `v2` row it owns back to the queue on recovery.
+/// claims and hands a `v2` row it owns back to the queue on recovery; a
+/// patch marker recorded by `v2` code stamps its run `v2` (the concurrent
+/// one that finds the marker recorded stamps nothing).
 fn claims_take_accepted_versions_and_recovery_hands_the_others_back() -> Scenario {
     (
         jobs(),
@@ -640,6 +642,10 @@ fn claims_take_accepted_versions_and_recovery_hands_the_others_back() -> Scenari
             (0, Op::Commit),
             (1, Op::ClaimV2("b", 5)),
             (1, Op::Commit),
+            (0, Op::PatchRecordV2("w1", 0, 2)),
+            (1, Op::PatchRecordV2("w1", 0, 2)),
+            (0, Op::Commit),
+            (1, Op::Commit),
         ],
         "\
 s1 Register(\"a\", 3600000): ok
@@ -658,10 +664,15 @@ s1 WfRecover(\"a\", None): [e2:e2, w1:e2]
 s1 Commit: ok
 s2 ClaimV2(\"b\", 5): [e1:e3]
 s2 Commit: ok
+s1 PatchRecordV2(\"w1\", 0, 2): recorded
+s2 PatchRecordV2(\"w1\", 0, 2): blocked
+s1 Commit: ok
+s2 done: exists
+s2 Commit: ok
 jobs 1:null 2:null
 workflows e1:RUNNING:e3:b e2:RUNNING:e2:a w1:RUNNING:e2:a w9:ENQUEUED:e2:
-steps 
-versions e1:v2 e2:unversioned w1:unversioned w9:v2
+steps w1/0:e2
+versions e1:v2 e2:unversioned w1:v2 w9:v2
 executors a
 ",
     )
