@@ -619,33 +619,72 @@ impl<S: Storage> WorkflowContext<S> {
                 };
                 self.check_shutdown()?;
                 self.check_deadline().await?;
-                let started_ms = self.shared.now_ms();
-                // A run of an older version that takes the patched path is
-                // one only code with the patch can go on with: it becomes a
-                // run of this code's version, with the marker.
-                let own = &self.shared.config().version;
-                let restamp = (self.run_version.as_ref() != Some(own)
-                    && !crate::bugs::active(crate::bugs::Bug::PatchKeepsVersion))
-                .then(|| own.clone());
-                let json = self.encode(&true, step_id, &name)?;
-                let mut params =
-                    self.step_params(step_id, &name, StepKind::Patch, started_ms, Ok(json), 1);
-                params.version = restamp.clone();
-                let storage = self.shared.storage().clone();
-                match self
-                    .storage_retry(|| storage.step_record(params.clone()))
-                    .await?
-                {
-                    StepRecorded::Recorded => {
-                        if restamp.is_some() {
-                            self.run_version = restamp;
-                        }
-                        Ok(true)
-                    }
-                    StepRecorded::Exists => self.replay_winner(step_id, &name).await,
-                }
+                self.record_patch(step_id, &name).await.map_err(Into::into)
             }
         }
+    }
+
+    /// Records patch marker `name` as step `step_id` (already taken by the
+    /// caller) and says which path the run takes: the patched one if the
+    /// marker is the step recorded there, else the old one (another
+    /// execution, of code without the patch, recorded its own step there
+    /// first), which hands the step ID back.
+    ///
+    /// A run of an older version that takes the patched path becomes a run
+    /// of this code's version: code without the patch could not go on with
+    /// it. The version changes in the marker's transaction, under a row
+    /// lock on the run taken only while this execution owns it (strictly
+    /// fenced, unlike a checkpoint's snapshot fence), and is rolled back
+    /// with the transaction if another execution's step is there: no
+    /// execution of older code can own the run once the marker commits.
+    async fn record_patch(&mut self, step_id: i32, name: &str) -> Result<bool, Error> {
+        let own = &self.shared.config().version;
+        let restamp = (self.run_version.as_ref() != Some(own)
+            && !crate::bugs::active(crate::bugs::Bug::PatchKeepsVersion))
+        .then(|| own.clone());
+        let started_ms = self.shared.now_ms();
+        let mut st = StepTx::new(step_id, StepKind::Patch, started_ms);
+        let winner = loop {
+            let tx = match self.step_begin(&mut st).await? {
+                Begun::Tx(tx) => tx,
+                Begun::Recorded(row) => break row,
+            };
+            let mut params = self.step_params(
+                step_id,
+                name,
+                StepKind::Patch,
+                started_ms,
+                Ok("true".to_owned()),
+                st.attempts,
+            );
+            params.version = restamp.clone();
+            match self.finish_in_tx(tx, params, st.attempts).await? {
+                Finished::Committed => {
+                    if restamp.is_some() {
+                        self.run_version = restamp;
+                    }
+                    return Ok(true);
+                }
+                Finished::Exists => match self.committed_step(step_id).await? {
+                    Some(row) => break row,
+                    None => {
+                        return Err(Error::Storage(StorageError::new(
+                            ErrorKind::Other,
+                            format!("step {step_id} was reported recorded but cannot be found"),
+                        )));
+                    }
+                },
+                Finished::Retry { maybe_committed } => {
+                    st.maybe_committed = maybe_committed;
+                    st.failed();
+                }
+            }
+        };
+        if winner.name == name {
+            return Ok(true);
+        }
+        self.next_step_id = step_id;
+        Ok(false)
     }
 
     /// Retires patch `patch`, once its old path is gone from the code:

@@ -340,10 +340,13 @@ pub struct StepRecord {
     pub started_ms: i64,
     /// The engine's clock now.
     pub now_ms: i64,
-    /// Once the checkpoint is inserted, also record that the run is now of
-    /// this application version, in the same statement: a patch marker
-    /// recorded by code of a newer version than the run's makes the run
-    /// one that only code with the patch can go on with.
+    /// Also record that the run is now of this application version, in the
+    /// same statement: a patch marker recorded by code of a newer version
+    /// than the run's makes the run one that only code with the patch can
+    /// go on with. With it set the fence is strict (the run's row is
+    /// updated, and locked, only while it runs at `owner_epoch`; otherwise
+    /// fenced), and the version changes even when the step exists: record
+    /// it only in a transaction that is rolled back unless `Recorded`.
     pub version: Option<String>,
 }
 

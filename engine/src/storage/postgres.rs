@@ -1241,42 +1241,54 @@ async fn step_record(conn: &mut PgConnection, p: StepRecord) -> StorageResult<St
     // exactly-once: two executions can never both commit a checkpoint for the
     // same step. ON CONFLICT DO NOTHING waits for a concurrent inserter of
     // the same step and then reports "exists" instead of aborting.
-    let (epoch, status, inserted): (Option<i64>, Option<String>, bool) = sqlx::query_as(
-        "WITH fence AS (
-             SELECT owner_epoch, status FROM tandem.workflows WHERE id = $1
-         ), ins AS (
-             INSERT INTO tandem.steps
-                 (workflow_id, step_id, name, kind, output, error, owner_epoch, attempts,
-                  started_at, completed_at)
-             SELECT $1, $2, $3, $4, $5::jsonb, $6, $7, $8,
-                    to_timestamp($9::float8 / 1000), to_timestamp($10::float8 / 1000)
-               FROM fence
-              WHERE fence.owner_epoch = $7 AND fence.status = 'RUNNING'
-             ON CONFLICT (workflow_id, step_id) DO NOTHING
-             RETURNING 1
-         ), stamp AS (
-             UPDATE tandem.workflows SET app_version = $11
-              WHERE id = $1 AND $11::text IS NOT NULL AND EXISTS (SELECT 1 FROM ins)
-         )
-         SELECT (SELECT owner_epoch FROM fence),
-                (SELECT status FROM fence),
-                EXISTS (SELECT 1 FROM ins)",
-    )
-    .bind(&p.workflow_id)
-    .bind(p.step_id)
-    .bind(&p.name)
-    .bind(p.kind.as_str())
-    .bind(&p.output)
-    .bind(&p.error)
-    .bind(p.owner_epoch)
-    .bind(p.attempts)
-    .bind(p.started_ms)
-    .bind(p.now_ms)
-    .bind(&p.version)
-    .fetch_one(conn)
-    .await
-    .map_err(map_err)?;
-    if inserted {
+    // A patch marker that changes the run's version (`version` set) is
+    // fenced strictly instead: its UPDATE of the run's row waits for and
+    // re-checks the newest row version and keeps the row locked to the
+    // commit, and the insert depends on it. The caller rolls back when the
+    // step exists, undoing the version change.
+    let (epoch, status, inserted, stamped): (Option<i64>, Option<String>, bool, bool) =
+        sqlx::query_as(
+            "WITH stamp AS (
+                 UPDATE tandem.workflows SET app_version = $11
+                  WHERE $11::text IS NOT NULL
+                    AND id = $1 AND owner_epoch = $7 AND status = 'RUNNING'
+              RETURNING 1
+             ), fence AS (
+                 SELECT owner_epoch, status FROM tandem.workflows WHERE id = $1
+             ), ins AS (
+                 INSERT INTO tandem.steps
+                     (workflow_id, step_id, name, kind, output, error, owner_epoch, attempts,
+                      started_at, completed_at)
+                 SELECT $1, $2, $3, $4, $5::jsonb, $6, $7, $8,
+                        to_timestamp($9::float8 / 1000), to_timestamp($10::float8 / 1000)
+                   FROM fence
+                  WHERE fence.owner_epoch = $7 AND fence.status = 'RUNNING'
+                    AND ($11::text IS NULL OR EXISTS (SELECT 1 FROM stamp))
+                 ON CONFLICT (workflow_id, step_id) DO NOTHING
+                 RETURNING 1
+             )
+             SELECT (SELECT owner_epoch FROM fence),
+                    (SELECT status FROM fence),
+                    EXISTS (SELECT 1 FROM ins),
+                    EXISTS (SELECT 1 FROM stamp)",
+        )
+        .bind(&p.workflow_id)
+        .bind(p.step_id)
+        .bind(&p.name)
+        .bind(p.kind.as_str())
+        .bind(&p.output)
+        .bind(&p.error)
+        .bind(p.owner_epoch)
+        .bind(p.attempts)
+        .bind(p.started_ms)
+        .bind(p.now_ms)
+        .bind(&p.version)
+        .fetch_one(conn)
+        .await
+        .map_err(map_err)?;
+    if p.version.is_some() && !stamped {
+        Err(fenced(&p.workflow_id))
+    } else if inserted {
         Ok(StepRecorded::Recorded)
     } else if epoch == Some(p.owner_epoch) && status.as_deref() == Some("RUNNING") {
         Ok(StepRecorded::Exists)

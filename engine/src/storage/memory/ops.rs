@@ -190,6 +190,24 @@ impl MemConn {
         // does nothing if it committed (ON CONFLICT DO NOTHING). The fence
         // values stay those of the snapshot, as in the CTE.
         let snap = self.start("step_record")?;
+        // A marker that changes the run's version: the statement's UPDATE of
+        // the run's row first, strictly fenced (it waits for and re-checks
+        // the newest version, and keeps the row locked).
+        if let Some(version) = &p.version {
+            let stamped = self
+                .update_row(&Workflows, &snap, &p.workflow_id, |w| {
+                    (w.owner_epoch == p.owner_epoch && w.status == Status::Running).then(|| {
+                        WorkflowRecord {
+                            version: Some(version.clone()),
+                            ..w.clone()
+                        }
+                    })
+                })
+                .await?;
+            if stamped.is_none() {
+                return Err(fenced(&p.workflow_id));
+            }
+        }
         let fence = {
             let mut db = self.storage.db();
             let (t, txs) = Workflows.split(&mut db);
@@ -214,25 +232,15 @@ impl MemConn {
             started_ms: p.started_ms,
             completed_ms: p.now_ms,
         };
-        let key = (p.workflow_id.clone(), p.step_id);
-        if !self
+        let key = (p.workflow_id, p.step_id);
+        if self
             .insert_row(&Steps, &snap, key, || row.clone(), true)
             .await?
         {
-            return Ok(StepRecorded::Exists);
+            Ok(StepRecorded::Recorded)
+        } else {
+            Ok(StepRecorded::Exists)
         }
-        // The statement's UPDATE of the run's version (a patch marker):
-        // after a wait it applies to the newest row version.
-        if let Some(version) = p.version {
-            self.update_row(&Workflows, &snap, &p.workflow_id, |w| {
-                Some(WorkflowRecord {
-                    version: Some(version.clone()),
-                    ..w.clone()
-                })
-            })
-            .await?;
-        }
-        Ok(StepRecorded::Recorded)
     }
 
     pub(super) async fn executor_register(&mut self, p: ExecutorRegister) -> Result<(), MemError> {
