@@ -90,7 +90,11 @@
 //! - [`error`]: [`Error`] and [`WorkflowError`].
 //! - [`replay`]: replay checks: [`Engine::replay`] of one run, and
 //!   [`replay::Replayer::check`], which finds the unfinished runs a new
-//!   version of the code would break (`docs/versioning.md`).
+//!   version of the code would break, also as a command
+//!   ([`replay::Replayer::check_command`]). With application versions
+//!   ([`EngineBuilder::version`]) and patches
+//!   ([`WorkflowContext::patched`]) it is how workflows change while runs
+//!   are in flight (`docs/versioning.md`).
 //! - `testing` (feature `testing`): throw-away PostgreSQL clusters for tests
 //!   and examples, and `CrashTest`, which crash-tests your own workflows
 //!   (`docs/testing-your-workflows.md`).

@@ -673,7 +673,11 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
     let storage = SimStorage::new(world.clone(), node.clone());
     let seed = world.seed ^ (u64::from(incarnation) << 32) ^ (executor as u64) << 48;
     let code = crate::versions::draw(&world, seed);
-    world.state().codes.insert(node.name.clone(), code);
+    {
+        let mut state = world.state();
+        state.codes.insert(node.name.clone(), code);
+        state.label_codes.insert(node.label.clone(), code);
+    }
     // Runs this executor ID owns that its new code does not accept: its
     // launch hands them back to their queue.
     let foreign = world.mem.workflows().iter().any(|r| {

@@ -14,8 +14,9 @@
 //!   instead; a `v1` run whose history holds the tail sleep goes on down
 //!   `v1`'s path. `v1` does not accept `v2`.
 //!
-//! Invariants: no execution runs a run of a version its code does not
-//! accept ([`check_accepted`], at every execution's start); every
+//! Invariants: no execution of code commits a write to a run whose
+//! version, when its epoch was granted, the code does not accept
+//! ([`check`]); every
 //! finished run recorded a version; the deploy check of either code finds
 //! no accepted run it would break (`workload::admin_client`); every
 //! finished run replays under `v2` (`run::check_replays`). Liveness: once
@@ -162,21 +163,6 @@ pub fn draw(world: &World, seed: u64) -> Code {
     }
 }
 
-/// Invariant, at the start of every execution: the run's recorded version
-/// is one the executing code accepts.
-pub fn check_accepted(world: &World, node: &NodeLabel, code: Code, workflow_id: &str) {
-    if node.executor_id.is_none() {
-        return;
-    }
-    let version = version_of(world, workflow_id);
-    if !code.accepts(version.as_deref()) {
-        world.violation(format!(
-            "versions: {workflow_id} (recorded under {version:?}) executed by {} running {code:?}, which does not accept it",
-            node.label
-        ));
-    }
-}
-
 /// The version run `workflow_id` records now.
 fn version_of(world: &World, workflow_id: &str) -> Option<String> {
     world
@@ -187,12 +173,45 @@ fn version_of(world: &World, workflow_id: &str) -> Option<String> {
         .and_then(|r| r.version)
 }
 
-/// Invariant, after the run: every run that took a step recorded the
-/// version of a code that ran it.
+/// Invariants, after the run: every fenced write that committed (a
+/// checkpoint, a completion, a suspend) was made by code that accepts the
+/// version its run had when the writer's epoch was granted (the first
+/// `RUNNING` row version at that epoch: what the claim or recovery that
+/// granted it saw); and every run that took a step records a version.
+/// (Judged at the grant, not at the write: a superseded execution's run
+/// may have moved to a newer version since, through the new owner's
+/// patch marker, and its late writes are fenced or lose the slot.)
 pub fn check(world: &World) -> Vec<String> {
     if world.workload.generation < Generation::Versions {
         return Vec::new();
     }
+    let mut v = Vec::new();
+    let mut granted: std::collections::BTreeMap<(String, i64), Option<String>> =
+        std::collections::BTreeMap::new();
+    for (_, r) in world.mem.workflow_history() {
+        if r.status == tandem::Status::Running {
+            granted
+                .entry((r.id.clone(), r.owner_epoch))
+                .or_insert(r.version.clone());
+        }
+    }
+    let state = world.state();
+    for w in &state.writes {
+        let Some(code) = state.label_codes.get(&w.node) else {
+            continue;
+        };
+        let version = granted
+            .get(&(w.workflow_id.clone(), w.epoch))
+            .cloned()
+            .flatten();
+        if !code.accepts(version.as_deref()) {
+            v.push(format!(
+                "versions: {} {} (epoch {}, granted under {version:?}) written by {} running {code:?}, which does not accept it",
+                w.workflow_id, w.what, w.epoch, w.node
+            ));
+        }
+    }
+    drop(state);
     let ran: std::collections::BTreeSet<String> = world
         .mem
         .steps()
@@ -200,19 +219,21 @@ pub fn check(world: &World) -> Vec<String> {
         .filter(|s| s.owner_epoch != tandem::storage::EPOCH_NEVER_RAN)
         .map(|s| s.workflow_id)
         .collect();
-    world
-        .mem
-        .workflows()
-        .into_iter()
-        .filter(|r| ran.contains(&r.id))
-        .filter(|r| !matches!(r.version.as_deref(), Some("v1" | "v2")))
-        .map(|r| {
-            format!(
-                "versions: {} took steps but records version {:?}",
-                r.id, r.version
-            )
-        })
-        .collect()
+    v.extend(
+        world
+            .mem
+            .workflows()
+            .into_iter()
+            .filter(|r| ran.contains(&r.id))
+            .filter(|r| !matches!(r.version.as_deref(), Some("v1" | "v2")))
+            .map(|r| {
+                format!(
+                    "versions: {} took steps but records version {:?}",
+                    r.id, r.version
+                )
+            }),
+    );
+    v
 }
 
 /// The deploy completes once faults stop: every live executor running

@@ -80,6 +80,8 @@ pub struct State {
     pub lock_windows: Vec<crate::admission::LockWindow>,
     /// The code each executor node's current incarnation runs.
     pub codes: BTreeMap<String, crate::versions::Code>,
+    /// The code each executor node incarnation (`name#n`) ran.
+    pub label_codes: BTreeMap<String, crate::versions::Code>,
     /// The deploy has completed: every later incarnation runs `v2`.
     pub deployed: bool,
 }
