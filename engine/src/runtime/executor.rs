@@ -68,6 +68,7 @@ impl<S: Storage> Shared<S> {
         let mut listener: Option<S::Listener> = None;
         let mut reclaimed_ms = i64::MIN;
         let names = self.workflow_names();
+        let versions = self.config.versions();
         let mut errors = 0u32;
         // Launch has just recovered everything owned here: the first look
         // is due half a lease from now.
@@ -128,7 +129,7 @@ impl<S: Storage> Shared<S> {
                     queue: crate::bugs::claim_limits(&queue.limits),
                     executor_id: self.config.executor_id.clone(),
                     names: names.clone(),
-                    versions: self.config.versions(),
+                    versions: versions.clone(),
                     limit: u32::try_from(free).unwrap_or(u32::MAX),
                     now_ms: self.now_ms(),
                 };
