@@ -498,6 +498,9 @@ pub enum ErrorKind {
     Fenced,
     /// Bad input: do not retry.
     Invalid,
+    /// The database role lacks a privilege the operation needs
+    /// (docs/security.md): do not retry until it is granted.
+    Denied,
     /// Anything else.
     Other,
 }

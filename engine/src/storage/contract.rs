@@ -70,6 +70,8 @@ pub fn classify_sqlstate(code: &str) -> ErrorKind {
         {
             ErrorKind::Invalid
         }
+        // insufficient_privilege
+        "42501" => ErrorKind::Denied,
         _ => ErrorKind::Other,
     }
 }
@@ -147,6 +149,7 @@ mod tests {
             ("22P02", ErrorKind::Invalid),
             ("23505", ErrorKind::Invalid),
             ("54000", ErrorKind::Invalid),
+            ("42501", ErrorKind::Denied),
             ("55P03", ErrorKind::Other),
             ("25P02", ErrorKind::Other),
             // A raised code outside those classes (RAISE's default P0001,

@@ -26,11 +26,10 @@ use std::time::Duration;
 
 use super::intercept::{Hook, Interceptor, Phase, Tap, Verdict};
 use super::{
-    EPOCH_FIRST, EPOCH_NEVER_RAN, ErrorKind, ExecutorRegister, Listener, QueueLimits, Status,
-    StepInfo, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
-    Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork, WorkflowInfo,
-    WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
-    classify_sqlstate, contract, fenced,
+    ErrorKind, ExecutorRegister, Listener, QueueLimits, Status, StepInfo, StepKind, StepRecord,
+    StepRecorded, StepRow, Storage, StorageError, StorageResult, Transaction, WorkflowComplete,
+    WorkflowEnqueue, WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted,
+    WorkflowRow, WorkflowsClaim, WorkflowsRecover, classify_sqlstate, contract, fenced,
 };
 use std::sync::Arc;
 
@@ -207,6 +206,70 @@ impl PgStorage {
     }
 }
 
+impl PgStorage {
+    /// Tandem's three roles (docs/security.md), whether each exists, and
+    /// the roles that are its direct members (for `tandem roles`). Not part
+    /// of the [`Storage`] seam.
+    pub async fn roles_info(&self) -> StorageResult<Vec<RoleInfo>> {
+        let rows: Vec<(String, bool, Vec<String>)> = sqlx::query_as(
+            "SELECT t.name, r.oid IS NOT NULL,
+                    COALESCE((SELECT array_agg(m.rolname::text ORDER BY m.rolname)
+                                FROM pg_auth_members am JOIN pg_roles m ON m.oid = am.member
+                               WHERE am.roleid = r.oid), '{}')
+               FROM unnest(ARRAY['tandem_executor', 'tandem_enqueuer', 'tandem_operator'])
+                    WITH ORDINALITY AS t(name, ord)
+               LEFT JOIN pg_roles r ON r.rolname = t.name
+              ORDER BY t.ord",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, exists, members)| RoleInfo {
+                name,
+                exists,
+                members,
+            })
+            .collect())
+    }
+
+    /// Creates Tandem's roles that do not exist yet and grants them their
+    /// privileges in this database (`tandem.setup_roles`, for `tandem
+    /// setup-roles`). Needs a superuser, or CREATEROLE while a role is
+    /// missing, and the schema's owner for the grants; fails with
+    /// [`ErrorKind::Denied`] otherwise.
+    pub async fn setup_roles(&self) -> StorageResult<Vec<RoleInfo>> {
+        sqlx::query("SELECT tandem.setup_roles(true)")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match kind_of(&e) {
+                ErrorKind::Denied => StorageError::new(
+                    ErrorKind::Denied,
+                    format!(
+                        "{}: setting up the roles needs a superuser, or the schema's owner \
+                         once the roles exist (docs/security.md)",
+                        db_message(&e)
+                    ),
+                ),
+                _ => map_err(e),
+            })?;
+        self.roles_info().await
+    }
+}
+
+/// One of Tandem's roles as `tandem roles` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleInfo {
+    /// `tandem_executor`, `tandem_enqueuer` or `tandem_operator`.
+    pub name: String,
+    /// Whether the role exists in the cluster.
+    pub exists: bool,
+    /// The roles granted it directly (usually the login roles of services
+    /// and people).
+    pub members: Vec<String>,
+}
+
 /// An application version as management tools show it (see
 /// [`PgStorage::versions_info`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +331,81 @@ impl PgTx {
 
 /// An injected connection loss: the backend serving `conn` terminates
 /// itself (57P01), so the transaction rolls back on the server.
+impl PgStorage {
+    /// Whether every migration this build embeds is applied (with the same
+    /// checksum). False when nothing was ever migrated.
+    async fn schema_current(&self) -> StorageResult<bool> {
+        let applied: Vec<(i64, Vec<u8>)> = match sqlx::query_as(
+            "SELECT version, checksum FROM tandem._sqlx_migrations WHERE success",
+        )
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(applied) => applied,
+            // undefined_table, invalid_schema_name: never migrated.
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("42P01" | "3F000")) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .all(|m| {
+                applied
+                    .iter()
+                    .any(|(version, checksum)| *version == m.version && *checksum == *m.checksum)
+            }))
+    }
+
+    /// Fails with [`ErrorKind::Denied`], naming what is missing, unless
+    /// this role holds every privilege an executor uses: all of the table
+    /// privileges tandem_executor has, and EXECUTE on every function but
+    /// the role setup's. Checked at launch, so that a role short of one
+    /// fails there and not at its first claim or checkpoint.
+    async fn check_executor_privileges(&self) -> StorageResult<()> {
+        let (role, missing): (String, Option<String>) = sqlx::query_as(
+            "SELECT current_user::text, string_agg(format('%s on %s', m.privileges, m.object), '; '
+                                                   ORDER BY m.object)
+               FROM (SELECT c.oid::regclass::text AS object,
+                            string_agg(p.privilege, ', ' ORDER BY p.ord) AS privileges
+                       FROM pg_class c
+                       JOIN pg_namespace n ON n.oid = c.relnamespace
+                      CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'])
+                                 WITH ORDINALITY AS p(privilege, ord)
+                      WHERE n.nspname = 'tandem' AND c.relkind = 'r'
+                        AND (c.relname <> '_sqlx_migrations' OR p.privilege = 'SELECT')
+                        AND NOT has_table_privilege(c.oid, p.privilege)
+                      GROUP BY c.oid
+                     UNION ALL
+                     SELECT 'schema tandem', 'USAGE'
+                      WHERE NOT has_schema_privilege('tandem', 'USAGE')
+                     UNION ALL
+                     SELECT f.oid::regprocedure::text, 'EXECUTE'
+                       FROM pg_proc f
+                       JOIN pg_namespace n ON n.oid = f.pronamespace
+                      WHERE n.nspname = 'tandem'
+                        AND f.proname NOT IN ('grant_roles', 'setup_roles')
+                        AND NOT has_function_privilege(f.oid, 'EXECUTE')) m",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        match missing {
+            None => Ok(()),
+            Some(missing) => Err(StorageError::new(
+                ErrorKind::Denied,
+                format!(
+                    "role {role:?} may not run workflows: it lacks {missing}; grant it \
+                     tandem_executor (docs/security.md)"
+                ),
+            )),
+        }
+    }
+}
+
 async fn terminate_backend(conn: &mut PgConnection) -> StorageError {
     match sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
         .execute(conn)
@@ -343,18 +481,43 @@ impl Storage for PgStorage {
     }
 
     async fn migrate(&self) -> StorageResult<()> {
-        let mut migrator = sqlx::migrate::Migrator {
-            migrations: MIGRATOR.migrations.clone(),
-            ..sqlx::migrate::Migrator::DEFAULT
+        // An executor's role may run workflows without owning the schema
+        // (docs/security.md): when every migration this build carries is
+        // applied, it needs no CREATE privilege, so nothing is attempted.
+        // A schema migrated by a newer build counts as up to date too, so
+        // that older executors keep launching during a rolling deploy.
+        let current = match self.schema_current().await {
+            // A role that may not read the migrations' record may not run
+            // workflows either: say everything it lacks.
+            Err(e) if e.kind() == ErrorKind::Denied => {
+                return self.check_executor_privileges().await.and(Err(e));
+            }
+            current => current?,
         };
-        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-        migrator.create_schema("tandem");
-        // sqlx takes a session advisory lock before touching anything, so
-        // several processes starting at once apply each migration once.
-        migrator
-            .run(&self.pool)
-            .await
-            .map_err(|e| StorageError::new(ErrorKind::Other, e))
+        if !current {
+            let mut migrator = sqlx::migrate::Migrator {
+                migrations: MIGRATOR.migrations.clone(),
+                ..sqlx::migrate::Migrator::DEFAULT
+            };
+            migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+            migrator.create_schema("tandem");
+            // sqlx takes a session advisory lock before touching anything, so
+            // several processes starting at once apply each migration once.
+            migrator.run(&self.pool).await.map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) if kind_of(&e) == ErrorKind::Denied => {
+                    StorageError::new(
+                        ErrorKind::Denied,
+                        format!(
+                            "the tandem schema needs migrating and this role may not: run \
+                             `tandem migrate` as the schema's owner ({})",
+                            db_message(&e)
+                        ),
+                    )
+                }
+                e => StorageError::new(ErrorKind::Other, e),
+            })?;
+        }
+        self.check_executor_privileges().await
     }
 
     fn classify(error: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
@@ -744,76 +907,34 @@ impl Transaction for PgTx {
 
     async fn workflow_resume(&mut self, id: &str, now_ms: i64) -> StorageResult<bool> {
         self.at("workflow_resume", Some(id), None).await?;
-        // The cancelled workflow and every cancelled member of its subtree,
-        // as the cancel's cascade left them: a resumed parent must not find
-        // its child still cancelled.
-        let resumed: Vec<String> = sqlx::query_scalar(
-            "WITH RECURSIVE tree AS (
-                 SELECT id FROM tandem.workflows WHERE id = $1 AND status = 'CANCELLED'
-                 UNION
-                 SELECT w.id FROM tandem.workflows w JOIN tree ON w.parent_id = tree.id
-             )
-             UPDATE tandem.workflows w
-                SET status = 'ENQUEUED', error = NULL, executor_id = NULL, run_after = NULL,
-                    deadline_at = NULL, completed_at = NULL, owner_epoch = w.owner_epoch + 1,
-                    updated_at = to_timestamp($2::float8 / 1000)
-               FROM tree
-              WHERE w.id = tree.id AND w.status = 'CANCELLED'
-          RETURNING w.id",
-        )
-        .bind(id)
-        .bind(now_ms)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.constraint() == Some("workflows_dedup") => {
-                StorageError::new(ErrorKind::Invalid, contract::resume_dedup_held(id))
-            }
-            _ => map_err(e),
-        })?;
-        Ok(resumed.iter().any(|r| r == id))
+        // In SQL (migrations/0007_roles.sql) so that an operator, who may
+        // not write the tables, can resume through it.
+        sqlx::query_scalar("SELECT tandem.resume_workflow($1, $2)")
+            .bind(id)
+            .bind(now_ms)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db) if db.constraint() == Some("workflows_dedup") => {
+                    StorageError::new(ErrorKind::Invalid, contract::resume_dedup_held(id))
+                }
+                _ => map_err(e),
+            })
     }
 
     async fn workflow_fork(&mut self, p: WorkflowFork) -> StorageResult<bool> {
         self.at("workflow_fork", Some(&p.new_id), None).await?;
-        let done = sqlx::query(
-            "INSERT INTO tandem.workflows
-                 (id, name, status, input, queue, priority, owner_epoch, created_at, updated_at,
-                  app_version)
-             SELECT $2, name, 'ENQUEUED', input, queue, priority, $5,
-                    to_timestamp($4::float8 / 1000), to_timestamp($4::float8 / 1000), app_version
-               FROM tandem.workflows WHERE id = $1",
-        )
-        .bind(&p.source_id)
-        .bind(&p.new_id)
-        .bind(p.from_step)
-        .bind(p.now_ms)
-        .bind(EPOCH_FIRST)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(map_err)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        // Copied checkpoints carry EPOCH_NEVER_RAN: recorded before any
-        // execution of the fork, they replay for every one of them. The fork
-        // itself starts at EPOCH_FIRST, so that its first claim (EPOCH_FIRST
-        // + 1) loads this history.
-        sqlx::query(
-            "INSERT INTO tandem.steps
-                 (workflow_id, step_id, name, kind, output, error, owner_epoch, attempts,
-                  started_at, completed_at)
-             SELECT $2, step_id, name, kind, output, error, $4, attempts, started_at, completed_at
-               FROM tandem.steps WHERE workflow_id = $1 AND step_id < $3",
-        )
-        .bind(&p.source_id)
-        .bind(&p.new_id)
-        .bind(p.from_step)
-        .bind(EPOCH_NEVER_RAN)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(map_err)?;
-        Ok(true)
+        // In SQL (migrations/0007_roles.sql), for operators as for resume.
+        // The function hard-codes the fork's epochs (storage::contract's);
+        // the conformance suite compares them with the memory model's.
+        sqlx::query_scalar("SELECT tandem.fork_workflow($1, $2, $3, $4)")
+            .bind(&p.source_id)
+            .bind(&p.new_id)
+            .bind(p.from_step)
+            .bind(p.now_ms)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(map_err)
     }
 
     async fn workflows_owned(&mut self, executor_id: &str) -> StorageResult<Vec<(String, i64)>> {
@@ -1545,7 +1666,29 @@ pub(crate) async fn workflow_enqueue(
 
 /// The one place that maps sqlx errors to [`ErrorKind`].
 fn map_err(error: sqlx::Error) -> StorageError {
-    StorageError::new(kind_of(&error), error)
+    match kind_of(&error) {
+        ErrorKind::Denied => StorageError::new(ErrorKind::Denied, Denied(error)),
+        kind => StorageError::new(kind, error),
+    }
+}
+
+/// A privilege the role lacks: PostgreSQL's message names the object, and
+/// this says which of Tandem's roles grants it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} (SQLSTATE 42501): grant this database role tandem_executor to run workflows, \
+     tandem_enqueuer to enqueue and send, or tandem_operator to inspect and manage them \
+     (docs/security.md)",
+    db_message(.0)
+)]
+struct Denied(#[source] sqlx::Error);
+
+/// The database's own message, without sqlx's prefix.
+fn db_message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
 }
 
 fn kind_of(error: &sqlx::Error) -> ErrorKind {
@@ -1563,13 +1706,10 @@ fn kind_of(error: &sqlx::Error) -> ErrorKind {
     }
 }
 
-/// A cancel's cascade. Level by level, each in statements of their own: the
-/// UPDATE of a level locks its unfinished rows, waiting for any child insert
-/// that holds one (a child's insert locks its running parent), so the next
-/// statement's snapshot sees every child started under them; a child insert
-/// that comes later finds its parent cancelled and inserts nothing. (One
-/// recursive statement would miss a child whose insert commits while it
-/// runs: that child would run on, uncancelled.) With `fence`, the root is
+/// A cancel's cascade (`tandem.cancel_tree`, migrations/0007_roles.sql,
+/// which says why it goes level by level). Without `fence` it goes through
+/// `tandem.cancel_workflow`, which an operator may call; with `fence` (a
+/// deadline's cancel, by the executor running the workflow) the root is
 /// cancelled only while it runs under that epoch, and nothing otherwise.
 async fn cancel_tree(
     conn: &mut PgConnection,
@@ -1578,47 +1718,18 @@ async fn cancel_tree(
     now_ms: i64,
     fence: Option<i64>,
 ) -> StorageResult<Vec<String>> {
-    let mut cancelled = Vec::new();
-    let mut level = vec![id.to_owned()];
-    let mut seen: std::collections::HashSet<String> = level.iter().cloned().collect();
-    let mut root = true;
-    while !level.is_empty() {
-        let mut ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE tandem.workflows w
-                SET status = 'CANCELLED', error = $2, executor_id = NULL,
-                    owner_epoch = w.owner_epoch + 1,
-                    updated_at = to_timestamp($3::float8 / 1000),
-                    completed_at = clock_timestamp()
-              WHERE w.id = ANY($1) AND w.status IN ('ENQUEUED', 'RUNNING')
-                AND ($4::bigint IS NULL OR (w.status = 'RUNNING' AND w.owner_epoch = $4))
-          RETURNING w.id",
-        )
-        .bind(&level)
-        .bind(reason)
-        .bind(now_ms)
-        .bind(if root { fence } else { None })
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_err)?;
-        if root && fence.is_some() && ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        root = false;
-        ids.sort();
-        cancelled.extend(ids);
-        let children: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM tandem.workflows WHERE parent_id = ANY($1) ORDER BY id",
-        )
-        .bind(&level)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_err)?;
-        level = children
-            .into_iter()
-            .filter(|c| seen.insert(c.clone()))
-            .collect();
-    }
-    Ok(cancelled)
+    let query = match fence {
+        None => sqlx::query_scalar("SELECT tandem.cancel_workflow($1, $2, $3)")
+            .bind(id)
+            .bind(reason)
+            .bind(now_ms),
+        Some(epoch) => sqlx::query_scalar("SELECT tandem.cancel_tree($1, $2, $3, $4)")
+            .bind(id)
+            .bind(reason)
+            .bind(now_ms)
+            .bind(epoch),
+    };
+    query.fetch_one(conn).await.map_err(map_err)
 }
 
 #[cfg(all(test, feature = "testing"))]

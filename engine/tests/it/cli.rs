@@ -188,7 +188,7 @@ async fn before_migrate_the_cli_says_to_migrate_and_bad_urls_fail_clearly() {
     );
     assert_eq!(
         json(&url, &["migrate"]).await,
-        serde_json::json!({ "migrated": true }),
+        serde_json::json!({ "migrated": true, "roles_missing": [] }),
         "migrating again is harmless"
     );
     assert_eq!(
@@ -618,4 +618,102 @@ async fn versions_show_runs_that_no_live_executor_accepts() {
     let stderr = fails(&url, &["check"], 2).await;
     assert!(stderr.contains("check_command"), "{stderr}");
     v2.shutdown().await;
+}
+
+/// `postgres://postgres@host:port/x` as `user` on `database`.
+fn as_user(admin_url: &str, user: &str, database: &str) -> String {
+    let host = admin_url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(host, _)| host)
+        .expect("postgres://user@host:port/database");
+    format!("postgres://{user}@{host}/{database}")
+}
+
+#[tokio::test]
+async fn roles_are_set_up_by_a_superuser_when_the_owner_may_not_create_them() {
+    // A server of its own: Tandem's roles are global to a server, and the
+    // shared test server's first migration already created them.
+    let cluster = tandem::testing::PgCluster::start_owned().await.unwrap();
+    let admin = cluster.admin_url().to_owned();
+    let mut superuser = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE ROLE app_owner LOGIN; CREATE ROLE ops LOGIN; CREATE ROLE nobody LOGIN")
+        .execute(&mut superuser)
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE DATABASE app OWNER app_owner")
+        .execute(&mut superuser)
+        .await
+        .unwrap();
+    let owner = as_user(&admin, "app_owner", "app");
+    let root = as_user(&admin, "postgres", "app");
+
+    // The owner, without CREATEROLE, migrates; the roles are missing, and
+    // setting them up is refused with what it needs.
+    let migrated = ok(&owner, &["migrate"]).await;
+    assert!(
+        migrated.contains(
+            "so tandem_executor, tandem_enqueuer, tandem_operator do not exist yet: run \
+             `tandem setup-roles` as a superuser"
+        ),
+        "{migrated}"
+    );
+    let roles = ok(&owner, &["roles"]).await;
+    assert_eq!(
+        roles.matches("(missing: run `tandem setup-roles`)").count(),
+        3,
+        "{roles}"
+    );
+    let stderr = fails(&owner, &["setup-roles"], 1).await;
+    assert!(
+        stderr.contains("role tandem_executor does not exist and app_owner may not create roles")
+            && stderr.contains("needs a superuser"),
+        "{stderr}"
+    );
+
+    // A superuser sets them up; granting one to a login role lets it in.
+    let set_up = json(&root, &["setup-roles"]).await;
+    let names: Vec<&str> = set_up
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["exists"] == true)
+        .map(|r| r["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["tandem_executor", "tandem_enqueuer", "tandem_operator"]
+    );
+    sqlx::raw_sql("GRANT tandem_operator TO ops")
+        .execute(&mut superuser)
+        .await
+        .unwrap();
+    let roles = ok(&owner, &["roles"]).await;
+    let operator_line = roles
+        .lines()
+        .find(|l| l.starts_with("tandem_operator"))
+        .unwrap();
+    assert!(operator_line.ends_with("ops"), "{roles}");
+
+    let ops = as_user(&admin, "ops", "app");
+    assert_eq!(
+        json(&ops, &["workflow", "list"]).await,
+        Value::Array(vec![])
+    );
+    // The operator may not migrate, and a role without any of Tandem's roles
+    // is told which ones would let it in.
+    let stderr = fails(&ops, &["workflow", "cancel", "nope"], 3).await;
+    assert!(stderr.contains("nope"), "{stderr}");
+    let nobody = as_user(&admin, "nobody", "app");
+    let stderr = fails(&nobody, &["workflow", "list"], 1).await;
+    assert!(
+        stderr.contains("permission denied for schema tandem")
+            && stderr.contains("tandem_operator to inspect and manage them"),
+        "{stderr}"
+    );
+    // Setting up again changes nothing.
+    let before = json(&owner, &["roles"]).await;
+    assert_eq!(json(&root, &["setup-roles"]).await, before);
 }

@@ -14,6 +14,7 @@ mod executors;
 mod faults;
 mod outbox;
 mod pg_restart;
+mod roles;
 mod small_pool;
 mod steering;
 mod support;

@@ -58,6 +58,14 @@ enum Command {
     /// executors accept each. Runs of a version no live executor accepts
     /// wait until code that accepts it runs.
     Versions,
+    /// Show Tandem's database roles (tandem_executor, tandem_enqueuer,
+    /// tandem_operator), what each may do, and who holds each.
+    Roles,
+    /// Create Tandem's roles that do not exist yet and grant them their
+    /// privileges in this database. Run it as a superuser (or, once the
+    /// roles exist, as the schema's owner) when the migrating role may not
+    /// create roles; docs/security.md.
+    SetupRoles,
     /// Replaying unfinished runs against new code needs that code: this
     /// generic binary has none. Explains how to run the check from your
     /// service's binary.
@@ -186,10 +194,28 @@ async fn run(url: &str, json: bool, command: Command) -> anyhow::Result<String> 
     Ok(match command {
         Command::Migrate => {
             storage.migrate().await.map_err(storage_error)?;
+            // A migrating role that may not create roles migrates anyway;
+            // the roles then wait for `tandem setup-roles` (docs/security.md).
+            let missing: Vec<String> = storage
+                .roles_info()
+                .await
+                .map_err(storage_error)?
+                .into_iter()
+                .filter(|r| !r.exists)
+                .map(|r| r.name)
+                .collect();
+            let mut text = "the tandem schema is up to date\n".to_owned();
+            if !missing.is_empty() {
+                text += &format!(
+                    "note: this role may not create roles, so {} do not exist yet: run \
+                     `tandem setup-roles` as a superuser (docs/security.md)\n",
+                    missing.join(", ")
+                );
+            }
             render(
                 json,
-                json!({ "migrated": true }),
-                "the tandem schema is up to date\n".to_owned(),
+                json!({ "migrated": true, "roles_missing": missing }),
+                text,
             )
         }
         Command::Workflow(WorkflowCommand::List(args)) => {
@@ -273,6 +299,19 @@ async fn run(url: &str, json: bool, command: Command) -> anyhow::Result<String> 
                     .map(output::version_json)
                     .collect::<Vec<_>>(),
                 output::versions_table(&versions),
+            )
+        }
+        Command::Roles | Command::SetupRoles => {
+            let roles = if matches!(command, Command::SetupRoles) {
+                storage.setup_roles().await
+            } else {
+                storage.roles_info().await
+            }
+            .map_err(storage_error)?;
+            render(
+                json,
+                roles.iter().map(output::role_json).collect::<Vec<_>>(),
+                output::roles_table(&roles),
             )
         }
         Command::Check => unreachable!("answered before connecting"),
@@ -363,6 +402,14 @@ fn explain(error: tandem::Error) -> anyhow::Error {
         _ => {}
     }
     match &error {
+        // The backend's message names the object and the role that grants
+        // it; cause() would keep only the server's half.
+        tandem::Error::Storage(e) if e.kind() == ErrorKind::Denied => {
+            anyhow!(
+                "{}",
+                std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string)
+            )
+        }
         tandem::Error::Storage(e) if e.kind() == ErrorKind::Unavailable => {
             anyhow!("lost the connection to the database: {}", cause(e))
         }

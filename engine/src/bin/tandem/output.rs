@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 use tandem::WorkflowDetail;
-use tandem::storage::postgres::{QueueInfo, VersionInfo};
+use tandem::storage::postgres::{QueueInfo, RoleInfo, VersionInfo};
 use tandem::storage::{StepInfo, WorkflowInfo};
 
 use crate::time::{format_duration_ms, format_ms};
@@ -277,6 +277,48 @@ pub fn versions_table(versions: &[VersionInfo]) -> String {
             v.executors_accepting.to_string(),
             note.to_owned(),
         ]);
+    }
+    table.render()
+}
+
+#[derive(Serialize)]
+pub struct RoleJson<'a> {
+    role: &'a str,
+    exists: bool,
+    may: &'static str,
+    members: &'a [String],
+}
+
+/// What each of Tandem's roles may do, in the words of docs/security.md.
+fn role_may(name: &str) -> &'static str {
+    match name {
+        "tandem_executor" => "run workflows: read and write Tandem's tables",
+        "tandem_enqueuer" => "enqueue_workflow and send only",
+        "tandem_operator" => "read; cancel, resume, fork, send",
+        _ => "",
+    }
+}
+
+pub fn role_json(r: &RoleInfo) -> RoleJson<'_> {
+    RoleJson {
+        role: &r.name,
+        exists: r.exists,
+        may: role_may(&r.name),
+        members: &r.members,
+    }
+}
+
+pub fn roles_table(roles: &[RoleInfo]) -> String {
+    let mut table = Table::new(&["ROLE", "MAY", "MEMBERS"]);
+    for r in roles {
+        let members = if !r.exists {
+            "(missing: run `tandem setup-roles`)".to_owned()
+        } else if r.members.is_empty() {
+            "-".to_owned()
+        } else {
+            r.members.join(", ")
+        };
+        table.row(vec![r.name.clone(), role_may(&r.name).to_owned(), members]);
     }
     table.render()
 }
