@@ -1495,6 +1495,16 @@ pub fn resolve_forks(world: &World) -> Vec<Fork> {
             .filter(|s| s.workflow_id == id && s.owner_epoch == tandem::storage::EPOCH_NEVER_RAN)
             .count() as i32
     };
+    // What a fork from `from_step` copies: the source's recorded steps
+    // below it (the source had finished, so they are final). Not
+    // `from_step` itself: a step ID the plan numbers can hold no record
+    // (a patch that took the old path records no marker).
+    let expected_copies = |source: &str, from_step: i32| {
+        steps
+            .iter()
+            .filter(|s| s.workflow_id == source && s.step_id < from_step)
+            .count() as i32
+    };
     let mut state = world.state();
     for i in 0..state.forks.len() {
         if state.forks[i].id.is_some() {
@@ -1508,7 +1518,7 @@ pub fn resolve_forks(world: &World) -> Vec<Fork> {
             .find(|id| {
                 id.starts_with(&prefix)
                     && !id.contains("-child-")
-                    && copies(id) == from_step
+                    && copies(id) == expected_copies(source, from_step)
                     && !state.forks.iter().any(|f| f.id.as_ref() == Some(*id))
             })
             .cloned();
@@ -1934,7 +1944,15 @@ async fn admin_fork(world: &World, admin: &tandem::Admin<SimStorage>, all: &[Pla
     ));
     // After an error the outcome may be unknown: `resolve_forks` looks.
     if let Ok(id) = result {
-        world.state().forks[at].id = Some(id);
+        let mut state = world.state();
+        // A check in between may have guessed this fork as the outcome of
+        // an earlier, failed call: that call's outcome is unknown again.
+        for (i, fork) in state.forks.iter_mut().enumerate() {
+            if i != at && fork.id.as_deref() == Some(id.as_str()) {
+                fork.id = None;
+            }
+        }
+        state.forks[at].id = Some(id);
     }
     1
 }
