@@ -99,11 +99,14 @@ pub enum Bug {
     /// Recovery runs an executor's own runs of versions its code does not
     /// accept, instead of handing them back to their queue.
     RecoverIgnoresVersion,
+    /// Claims leave out the queue's per-key concurrency limit: more
+    /// workflows with one concurrency key run at once than it allows.
+    ClaimIgnoresConcurrencyKey,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 27] = [
+    pub const ALL: [Bug; 28] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -131,6 +134,7 @@ impl Bug {
         Bug::PatchIgnoresHistory,
         Bug::PatchKeepsVersion,
         Bug::RecoverIgnoresVersion,
+        Bug::ClaimIgnoresConcurrencyKey,
     ];
 }
 
@@ -229,6 +233,9 @@ pub(crate) fn claim_limits(limits: &crate::storage::QueueLimits) -> crate::stora
     }
     if active(Bug::ClaimIgnoresRateLimit) {
         limits.rate_limit = None;
+    }
+    if active(Bug::ClaimIgnoresConcurrencyKey) {
+        limits.concurrency_per_key = None;
     }
     limits
 }

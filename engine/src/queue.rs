@@ -29,6 +29,7 @@ impl Queue {
                 name: name.into(),
                 concurrency_global: None,
                 rate_limit: None,
+                concurrency_per_key: None,
             },
             worker_concurrency: 64,
         }
@@ -56,6 +57,15 @@ impl Queue {
         self
     }
 
+    /// At most `n` of this queue's workflows that share a concurrency key
+    /// ([`EnqueueOptions::concurrency_key`]) run at once, across all
+    /// executors: for example one at a time per customer. Workflows
+    /// without a key are not limited by it.
+    pub fn concurrency_per_key(mut self, n: u32) -> Self {
+        self.limits.concurrency_per_key = Some(n.max(1));
+        self
+    }
+
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.limits.name
@@ -71,6 +81,7 @@ pub struct EnqueueOptions {
     pub(crate) dedup_key: Option<String>,
     pub(crate) delay: Option<Duration>,
     pub(crate) dedup_error: bool,
+    pub(crate) concurrency_key: Option<String>,
 }
 
 impl Default for EnqueueOptions {
@@ -82,6 +93,7 @@ impl Default for EnqueueOptions {
             dedup_key: None,
             delay: None,
             dedup_error: false,
+            concurrency_key: None,
         }
     }
 }
@@ -100,6 +112,7 @@ impl EnqueueOptions {
                 .delay
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             dedup_error: self.dedup_error,
+            concurrency_key: self.concurrency_key,
         }
     }
 
@@ -139,6 +152,14 @@ impl EnqueueOptions {
     /// Start no earlier than `delay` from now.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
+        self
+    }
+
+    /// Count this workflow under `key` (1 to 256 characters) for its
+    /// queue's per-key concurrency limit ([`Queue::concurrency_per_key`]):
+    /// while that many workflows with the key run, it waits.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
         self
     }
 }

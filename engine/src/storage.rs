@@ -23,8 +23,8 @@ pub mod memory;
 pub mod postgres;
 
 pub use contract::{
-    DEADLINE_EXCEEDED, DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, PAYLOAD_MAX_BYTES_DEFAULT,
-    WORKFLOW_ID_MAX_CHARS, classify_sqlstate, fenced, jsonb_refuses,
+    CONCURRENCY_KEY_MAX_CHARS, DEADLINE_EXCEEDED, DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN,
+    PAYLOAD_MAX_BYTES_DEFAULT, WORKFLOW_ID_MAX_CHARS, classify_sqlstate, fenced, jsonb_refuses,
 };
 pub(crate) use contract::{debug_check_completion, debug_check_step_record};
 
@@ -216,6 +216,8 @@ pub struct WorkflowInfo {
     pub started_ms: Option<i64>,
     /// When it finished.
     pub completed_ms: Option<i64>,
+    /// The key its queue's per-key concurrency limit counts it under.
+    pub concurrency_key: Option<String>,
 }
 
 /// A step row with its execution details.
@@ -402,6 +404,9 @@ pub struct QueueLimits {
     pub concurrency_global: Option<u32>,
     /// At most `.0` starts per `.1` milliseconds, across all executors.
     pub rate_limit: Option<(u32, i64)>,
+    /// At most this many of the queue's workflows with one concurrency key
+    /// run at once, across all executors.
+    pub concurrency_per_key: Option<u32>,
 }
 
 impl QueueLimits {
@@ -420,7 +425,9 @@ impl QueueLimits {
 
     /// Whether claimers of this queue must be serialized.
     pub fn is_limited(&self) -> bool {
-        self.concurrency_global.is_some() || self.rate_limit.is_some()
+        self.concurrency_global.is_some()
+            || self.rate_limit.is_some()
+            || self.concurrency_per_key.is_some()
     }
 }
 
@@ -483,6 +490,9 @@ pub struct WorkflowEnqueue {
     pub delay_ms: Option<i64>,
     /// Fail on a deduplication conflict instead of returning the existing ID.
     pub dedup_error: bool,
+    /// The queue's per-key concurrency limit counts this workflow under
+    /// this key.
+    pub concurrency_key: Option<String>,
 }
 
 /// The kind of a storage failure: the one thing retry logic reads.

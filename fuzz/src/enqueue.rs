@@ -140,6 +140,7 @@ struct EnqueueArgs {
     dedup_key: Option<String>,
     delay_ms: Option<i64>,
     dedup_error: bool,
+    concurrency_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -235,6 +236,13 @@ fn enqueue_args(u: &mut Unstructured<'_>, used: &[String]) -> arbitrary::Result<
         6 => Some(86_400_000 + i64::from(u32::arbitrary(u)?)),
         _ => Some(i64::MAX),
     };
+    let dedup_error = u.ratio(1, 4)?;
+    let concurrency_key = match u8::arbitrary(u)? % 6 {
+        0..=2 => None,
+        3 => Some("customer-1".to_owned()),
+        4 => Some(String::new()),
+        _ => Some(String::arbitrary(u)?),
+    };
     Ok(EnqueueArgs {
         name,
         input,
@@ -243,7 +251,8 @@ fn enqueue_args(u: &mut Unstructured<'_>, used: &[String]) -> arbitrary::Result<
         priority,
         dedup_key,
         delay_ms,
-        dedup_error: u.ratio(1, 4)?,
+        dedup_error,
+        concurrency_key,
     })
 }
 
@@ -378,6 +387,7 @@ fn enqueue_violations(
     let mut texts = vec![args.name.as_str(), args.queue.as_str()];
     texts.extend(args.workflow_id.as_deref());
     texts.extend(args.dedup_key.as_deref());
+    texts.extend(args.concurrency_key.as_deref());
     // The text arguments are refused first, then the input's cast, then the
     // function's own checks: any of them may be reported, but only those.
     if let Some(e) = text_error(&texts) {
@@ -417,6 +427,16 @@ fn enqueue_violations(
     }
     if args.delay_ms.is_some_and(|d| d < 0) {
         v.push(("22023", format!("{F}delay must not be negative")));
+    }
+    if args
+        .concurrency_key
+        .as_ref()
+        .is_some_and(|k| !(1..=256).contains(&k.chars().count()))
+    {
+        v.push((
+            "22023",
+            format!("{F}concurrency_key must be 1 to 256 characters"),
+        ));
     }
     if let Some(id) = &args.workflow_id
         && !(1..=256).contains(&id.chars().count())
@@ -535,6 +555,7 @@ async fn drive(ops: Vec<Op>) {
                         dedup_key: args.dedup_key.clone(),
                         delay_ms: args.delay_ms,
                         dedup_error: args.dedup_error,
+                        concurrency_key: args.concurrency_key.clone(),
                     })
                     .await;
                 let expected = expect_enqueue(&oracle, args, &done);
@@ -565,6 +586,9 @@ async fn drive(ops: Vec<Op>) {
                 }
                 if args.dedup_error {
                     options = options.dedup_error();
+                }
+                if let Some(key) = &args.concurrency_key {
+                    options = options.concurrency_key(key.clone());
                 }
                 if let Some(delay) = delay {
                     options = options.delay(*delay);
@@ -805,6 +829,7 @@ fn record(oracle: &mut Oracle, args: &EnqueueArgs, id: String, storage: &MemStor
         "{what}"
     );
     assert_eq!(row.dedup_key, args.dedup_key, "{what}");
+    assert_eq!(row.concurrency_key, args.concurrency_key, "{what}");
     assert_eq!(row.status, Status::Enqueued, "{what}");
     assert_eq!(
         row.run_after_ms,

@@ -91,6 +91,7 @@ pub const OPERATIONS: &[&str] = &[
 pub const ADMISSION_OBSERVED: &[&str] = &[
     "claim.priority_over_age",
     "claim.rate_limit_reached",
+    "claim.per_key_limit_reached",
     "claim.after_run_after",
     "enqueue.deduplicated",
     "deadline.cancelled",

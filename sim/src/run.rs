@@ -581,6 +581,7 @@ async fn enqueue_for_dead_clients(world: &World) -> bool {
                     dedup_key: None,
                     delay_ms: None,
                     dedup_error: false,
+                    concurrency_key: None,
                 })
                 .await?;
                 tx.commit().await
@@ -792,6 +793,9 @@ fn orders_queue(w: &Workload) -> Queue {
     }
     if let Some((starts, period_ms)) = w.orders_rate {
         queue = queue.rate_limit(starts, Duration::from_millis(period_ms as u64));
+    }
+    if let Some(n) = w.orders_per_key {
+        queue = queue.concurrency_per_key(n);
     }
     queue
 }

@@ -68,11 +68,14 @@ pub enum Generation {
     /// by side, the newer changing the workflow behind `ctx.patched`
     /// (`crate::versions`).
     Versions,
+    /// Plus per-key concurrency: orders carry concurrency keys (a
+    /// customer) and their queue runs at most so many per key.
+    Keys,
 }
 
 impl Generation {
     /// The newest generation: what `cargo test -p sim` runs.
-    pub const LATEST: Generation = Generation::Versions;
+    pub const LATEST: Generation = Generation::Keys;
 }
 
 /// One step of a bank workflow.
@@ -224,6 +227,9 @@ pub struct OrderSpec {
     /// Its deduplication key: while another unfinished order of the queue
     /// holds it, the enqueue answers with that one and creates nothing.
     pub dedup_key: Option<String>,
+    /// Its concurrency key: while the queue's per-key limit of orders with
+    /// it run, it waits.
+    pub concurrency_key: Option<String>,
 }
 
 /// One workflow of the workload.
@@ -260,6 +266,8 @@ pub struct Workload {
     pub orders_worker: usize,
     /// The `orders` queue's rate limit: starts per period (ms).
     pub orders_rate: Option<(u32, i64)>,
+    /// The `orders` queue's per-key concurrency limit.
+    pub orders_per_key: Option<u32>,
     /// Each executor's clock skew (zero before the steering generation):
     /// within a third of the lease, the bound `docs/guarantees.md` asks of
     /// a deployment.
@@ -462,6 +470,7 @@ impl Workload {
                     priority: 0,
                     delay_ms: None,
                     dedup_key: None,
+                    concurrency_key: None,
                 }
             })
             .collect();
@@ -502,6 +511,22 @@ impl Workload {
                 }
             }
         }
+        let mut orders_per_key = None;
+        if generation >= Generation::Keys {
+            let mut keys = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_c0c0_4e75);
+            if keys.gen_bool(0.8) {
+                orders_per_key = Some(if keys.gen_bool(0.8) { 1 } else { 2 });
+                // A global limit of 1 would hide the per-key one.
+                if keys.gen_bool(0.6) {
+                    orders_global = None;
+                }
+            }
+            for o in &mut orders {
+                if keys.gen_bool(0.8) {
+                    o.concurrency_key = Some(format!("customer-{}", keys.gen_range(0..2)));
+                }
+            }
+        }
         Self {
             executors,
             accounts,
@@ -511,6 +536,7 @@ impl Workload {
             orders_global,
             orders_worker,
             orders_rate,
+            orders_per_key,
             skews_ms,
         }
     }
@@ -1319,6 +1345,7 @@ pub async fn app_client(world: Arc<World>) {
                         dedup_key: o.dedup_key.clone(),
                         delay_ms: o.delay_ms.map(|d| d as i64),
                         dedup_error: false,
+                        concurrency_key: o.concurrency_key.clone(),
                     })
                     .await
                     .map_err(|e| e.to_string())?;

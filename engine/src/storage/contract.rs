@@ -16,6 +16,10 @@ pub const DEFAULT_QUEUE: &str = "default";
 /// `tandem.enqueue_workflow` counts them: every path accepts the same IDs).
 pub const WORKFLOW_ID_MAX_CHARS: usize = 256;
 
+/// The longest accepted concurrency key, in characters (as the SQL function
+/// counts them).
+pub const CONCURRENCY_KEY_MAX_CHARS: usize = 256;
+
 /// The default `payload_max_bytes`: 1 MiB of JSON.
 pub const PAYLOAD_MAX_BYTES_DEFAULT: usize = 1 << 20;
 

@@ -66,7 +66,7 @@ macro_rules! info_columns {
             ", priority, (extract(epoch FROM created_at) * 1000)::bigint, \
              (extract(epoch FROM updated_at) * 1000)::bigint, \
              (extract(epoch FROM started_at) * 1000)::bigint, \
-             (extract(epoch FROM completed_at) * 1000)::bigint"
+             (extract(epoch FROM completed_at) * 1000)::bigint, concurrency_key"
         )
     };
 }
@@ -129,6 +129,7 @@ impl PgStorage {
         // scanning the finished workflows, the vast majority.
         let rows: Vec<QueueTuple> = sqlx::query_as(
             "SELECT q.name, q.concurrency_global, q.rate_limit_count, q.rate_limit_period_ms,
+                    q.concurrency_per_key,
                     (SELECT count(*) FROM tandem.workflows w
                       WHERE w.queue = q.name AND w.status = 'ENQUEUED'),
                     (SELECT count(*) FROM tandem.workflows w
@@ -142,11 +143,12 @@ impl PgStorage {
         Ok(rows
             .into_iter()
             .map(
-                |(name, global, count, period_ms, enqueued, running)| QueueInfo {
+                |(name, global, count, period_ms, per_key, enqueued, running)| QueueInfo {
                     limits: QueueLimits {
                         name,
                         concurrency_global: global.map(|n| n as u32),
                         rate_limit: count.zip(period_ms).map(|(n, ms)| (n as u32, ms)),
+                        concurrency_per_key: per_key.map(|n| n as u32),
                     },
                     enqueued,
                     running,
@@ -289,8 +291,16 @@ pub struct VersionInfo {
 }
 
 /// A `queues_info` row: name, global concurrency, rate limit count and
-/// period, enqueued and running counts.
-type QueueTuple = (String, Option<i32>, Option<i32>, Option<i64>, i64, i64);
+/// period, per-key concurrency, enqueued and running counts.
+type QueueTuple = (
+    String,
+    Option<i32>,
+    Option<i32>,
+    Option<i64>,
+    Option<i32>,
+    i64,
+    i64,
+);
 
 /// A queue as management tools show it (see [`PgStorage::queues_info`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1322,9 +1332,10 @@ fn info_from_row(row: &PgRow) -> StorageResult<WorkflowInfo> {
             row.try_get::<i64, _>(n + 2)?,
             row.try_get::<Option<i64>, _>(n + 3)?,
             row.try_get::<Option<i64>, _>(n + 4)?,
+            row.try_get::<Option<String>, _>(n + 5)?,
         ))
     };
-    let (w, priority, created_ms, updated_ms, started_ms, completed_ms) =
+    let (w, priority, created_ms, updated_ms, started_ms, completed_ms, concurrency_key) =
         info().map_err(map_err)?;
     Ok(WorkflowInfo {
         row: workflow_from_row(w)?,
@@ -1333,6 +1344,7 @@ fn info_from_row(row: &PgRow) -> StorageResult<WorkflowInfo> {
         updated_ms,
         started_ms,
         completed_ms,
+        concurrency_key,
     })
 }
 
@@ -1449,17 +1461,20 @@ async fn executor_register(conn: &mut PgConnection, p: ExecutorRegister) -> Stor
     queues.sort_by(|a, b| a.name.cmp(&b.name));
     for q in queues {
         sqlx::query(
-            "INSERT INTO tandem.queues (name, concurrency_global, rate_limit_count, rate_limit_period_ms)
-             VALUES ($1, $2, $3, $4)
+            "INSERT INTO tandem.queues (name, concurrency_global, rate_limit_count, rate_limit_period_ms,
+                                        concurrency_per_key)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO UPDATE
                 SET concurrency_global = excluded.concurrency_global,
                     rate_limit_count = excluded.rate_limit_count,
-                    rate_limit_period_ms = excluded.rate_limit_period_ms",
+                    rate_limit_period_ms = excluded.rate_limit_period_ms,
+                    concurrency_per_key = excluded.concurrency_per_key",
         )
         .bind(&q.name)
         .bind(q.concurrency_global.map(|n| n as i32))
         .bind(q.rate_limit.map(|(n, _)| n as i32))
         .bind(q.rate_limit.map(|(_, ms)| ms))
+        .bind(q.concurrency_per_key.map(|n| n as i32))
         .execute(&mut *conn)
         .await
         .map_err(map_err)?;
@@ -1563,6 +1578,9 @@ async fn workflows_claim(
     conn: &mut PgConnection,
     p: WorkflowsClaim,
 ) -> StorageResult<Vec<WorkflowRow>> {
+    if p.queue.concurrency_per_key.is_some() {
+        return workflows_claim_per_key(conn, p).await;
+    }
     // SKIP LOCKED: concurrent claimers take different rows instead of
     // queueing behind each other. The outer UPDATE re-checks each locked
     // row's newest version, and the lock taken by the inner SELECT keeps it
@@ -1594,6 +1612,68 @@ async fn workflows_claim(
     .bind(&p.executor_id)
     .bind(&p.versions.accepts)
     .bind(&p.versions.version)
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)?;
+    rows.into_iter().map(workflow_from_row).collect()
+}
+
+/// The claim of a queue with a per-key concurrency limit. Claimers of such
+/// a queue hold its row lock (`claim_budget`), so this statement's snapshot
+/// sees every claim before it, and only a claim makes a keyed workflow
+/// `RUNNING`. Per key, only the first (limit - running) ready workflows in
+/// claim order are eligible, ranked before any is locked: one locked by
+/// another transaction still takes its key's turn, so no key ever runs
+/// more than its limit. The eligible ones are then taken in claim order,
+/// skipping locked rows, up to the claim's limit. The ranking reads every
+/// ready workflow of the queue (not just the first few, as the plain claim
+/// does): the cost of a per-key limit grows with the queue's backlog.
+async fn workflows_claim_per_key(
+    conn: &mut PgConnection,
+    p: WorkflowsClaim,
+) -> StorageResult<Vec<WorkflowRow>> {
+    let rows: Vec<WorkflowTuple> = sqlx::query_as(concat!(
+        "WITH running AS (
+             SELECT concurrency_key, count(*) AS n FROM tandem.workflows
+              WHERE status = 'RUNNING' AND queue = $1 AND concurrency_key IS NOT NULL
+              GROUP BY concurrency_key
+         ), ranked AS (
+             SELECT id, concurrency_key, priority, created_at,
+                    row_number() OVER (PARTITION BY concurrency_key
+                                       ORDER BY priority, created_at, id) AS turn
+               FROM tandem.workflows
+              WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
+                AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
+                AND (app_version IS NULL OR app_version = ANY($6))
+         ), eligible AS (
+             SELECT r.id, r.priority, r.created_at FROM ranked r
+               LEFT JOIN running ON running.concurrency_key = r.concurrency_key
+              WHERE r.concurrency_key IS NULL OR r.turn + COALESCE(running.n, 0) <= $8
+         ), ready AS (
+             SELECT w.id FROM tandem.workflows w JOIN eligible e ON e.id = w.id
+              WHERE w.status = 'ENQUEUED'
+              ORDER BY e.priority, e.created_at, e.id
+              LIMIT $4
+                FOR UPDATE OF w SKIP LOCKED
+         )
+         UPDATE tandem.workflows w
+            SET status = 'RUNNING', executor_id = $5, owner_epoch = w.owner_epoch + 1,
+                started_at = clock_timestamp(),
+                updated_at = to_timestamp($3::float8 / 1000),
+                app_version = COALESCE(w.app_version, $7)
+           FROM ready
+          WHERE w.id = ready.id
+      RETURNING ",
+        prefixed_workflow_columns!()
+    ))
+    .bind(&p.queue.name)
+    .bind(&p.names)
+    .bind(p.now_ms)
+    .bind(i64::from(p.limit))
+    .bind(&p.executor_id)
+    .bind(&p.versions.accepts)
+    .bind(&p.versions.version)
+    .bind(p.queue.concurrency_per_key.map(i64::from))
     .fetch_all(conn)
     .await
     .map_err(map_err)?;
@@ -1649,7 +1729,7 @@ pub(crate) async fn workflow_enqueue(
     // validate and deduplicate identically.
     sqlx::query_scalar(
         "SELECT tandem.enqueue_workflow($1, $2::jsonb, $3, $4, $5, $6,
-                                        $7::bigint * interval '1 millisecond', $8)",
+                                        $7::bigint * interval '1 millisecond', $8, $9)",
     )
     .bind(&p.name)
     .bind(&p.input)
@@ -1659,6 +1739,7 @@ pub(crate) async fn workflow_enqueue(
     .bind(&p.dedup_key)
     .bind(p.delay_ms)
     .bind(p.dedup_error)
+    .bind(&p.concurrency_key)
     .fetch_one(conn)
     .await
     .map_err(map_err)

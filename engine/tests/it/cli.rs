@@ -158,6 +158,7 @@ async fn engine(url: &str) -> Engine<PgStorage> {
         .queue(
             Queue::new("emails")
                 .concurrency_global(2)
+                .concurrency_per_key(1)
                 .rate_limit(10, Duration::from_secs(1)),
         )
         .queue_poll_interval(Duration::from_millis(50))
@@ -203,7 +204,7 @@ async fn before_migrate_the_cli_says_to_migrate_and_bad_urls_fail_clearly() {
     assert_eq!(
         queues,
         serde_json::json!([{
-            "name": "default", "concurrency_global": null, "rate_limit": null,
+            "name": "default", "concurrency_global": null, "concurrency_per_key": null, "rate_limit": null,
             "enqueued": 0, "running": 0,
         }])
     );
@@ -331,19 +332,19 @@ async fn list_get_steps_and_fork_show_what_ran() {
     assert!(first["completed_ms"].as_i64() >= first["created_ms"].as_i64());
     let text = ok(&url, &["workflow", "get", "first"]).await;
     for line in [
-        "id         first",
-        "name       doubler",
-        "status     SUCCESS",
-        "queue      default",
-        "epoch      1",
-        "steps      3",
-        "input      1",
-        "output     8",
-        "error      -",
+        "id               first",
+        "name             doubler",
+        "status           SUCCESS",
+        "queue            default",
+        "epoch            1",
+        "steps            3",
+        "input            1",
+        "output           8",
+        "error            -",
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }
-    assert!(text.contains(&format!("executor   {}\n", engine.executor_id())));
+    assert!(text.contains(&format!("executor         {}\n", engine.executor_id())));
     let paid = json(&url, &["workflow", "get", "pay-7"]).await;
     assert_eq!(paid["status"], "ERROR");
     assert!(
@@ -463,18 +464,18 @@ async fn cancel_and_resume_a_running_workflow_and_count_queues() {
     assert_eq!(
         queues,
         serde_json::json!([
-            { "name": "default", "concurrency_global": null, "rate_limit": null,
+            { "name": "default", "concurrency_global": null, "concurrency_per_key": null, "rate_limit": null,
               "enqueued": 0, "running": 1 },
-            { "name": "emails", "concurrency_global": 2,
+            { "name": "emails", "concurrency_global": 2, "concurrency_per_key": 1,
               "rate_limit": { "count": 10, "period_ms": 1000 },
               "enqueued": 2, "running": 0 },
         ])
     );
     assert_eq!(
         ok(&url, &["queue", "list"]).await,
-        "QUEUE    CONCURRENCY  RATE LIMIT  ENQUEUED  RUNNING\n\
-         default  -            -           0         1\n\
-         emails   2            10/1s       2         0\n"
+        "QUEUE    CONCURRENCY  PER KEY  RATE LIMIT  ENQUEUED  RUNNING\n\
+         default  -            -        -           0         1\n\
+         emails   2            1        10/1s       2         0\n"
     );
     let enqueued = json(&url, &["workflow", "list", "--queue", "emails"]).await;
     // (Sorted: both may carry the same millisecond.)
@@ -494,8 +495,8 @@ async fn cancel_and_resume_a_running_workflow_and_count_queues() {
         Err(tandem::Error::WorkflowCancelled { .. })
     ));
     let text = ok(&url, &["workflow", "get", "waiting"]).await;
-    assert!(text.contains("status     CANCELLED\n"), "{text}");
-    assert!(text.contains("error      cancelled\n"), "{text}");
+    assert!(text.contains("status           CANCELLED\n"), "{text}");
+    assert!(text.contains("error            cancelled\n"), "{text}");
     // Cancelling it again cancels nothing, and says so.
     let run = tandem(&url, &["workflow", "cancel", "waiting"]).await;
     assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");

@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod cli;
+mod concurrency_keys;
 mod conformance;
 mod crash;
 mod crash_doc_example;

@@ -214,6 +214,16 @@ async fn bad_sql_calls_fail_with_their_documented_errors_and_spare_the_callers_w
             "22023",
             "tandem.enqueue_workflow: delay must not be negative",
         ),
+        (
+            "'process_order', '{}'::jsonb, concurrency_key => ''",
+            "22023",
+            "tandem.enqueue_workflow: concurrency_key must be 1 to 256 characters",
+        ),
+        (
+            "'process_order', '{}'::jsonb, concurrency_key => repeat('k', 257)",
+            "22023",
+            "tandem.enqueue_workflow: concurrency_key must be 1 to 256 characters",
+        ),
         // Refused by the jsonb cast itself; the memory model (and the
         // enqueue_args fuzz target's oracle) rely on it.
         (

@@ -107,6 +107,7 @@ pub struct WorkflowJson<'a> {
     status: &'static str,
     queue: &'a str,
     priority: i32,
+    concurrency_key: Option<&'a str>,
     /// `null` for a run that never ran.
     app_version: Option<&'a str>,
     executor_id: Option<&'a str>,
@@ -152,6 +153,7 @@ pub struct StepJson<'a> {
 pub struct QueueJson<'a> {
     name: &'a str,
     concurrency_global: Option<u32>,
+    concurrency_per_key: Option<u32>,
     rate_limit: Option<RateLimitJson>,
     enqueued: i64,
     running: i64,
@@ -171,6 +173,7 @@ pub fn workflow_json(w: &WorkflowInfo) -> WorkflowJson<'_> {
         status: r.status.as_str(),
         queue: &r.queue,
         priority: w.priority,
+        concurrency_key: w.concurrency_key.as_deref(),
         app_version: r.version.as_deref(),
         executor_id: r.executor_id.as_deref(),
         owner_epoch: r.owner_epoch,
@@ -220,6 +223,7 @@ pub fn queue_json(q: &QueueInfo) -> QueueJson<'_> {
     QueueJson {
         name: &q.limits.name,
         concurrency_global: q.limits.concurrency_global,
+        concurrency_per_key: q.limits.concurrency_per_key,
         rate_limit: q
             .limits
             .rate_limit
@@ -349,6 +353,7 @@ pub fn detail_text(d: &WorkflowDetail) -> String {
         ("status", r.status.to_string()),
         ("queue", r.queue.clone()),
         ("priority", w.priority.to_string()),
+        ("concurrency key", or_dash(w.concurrency_key.clone())),
         ("version", or_dash(r.version.clone())),
         ("executor", or_dash(r.executor_id.clone())),
         ("epoch", r.owner_epoch.to_string()),
@@ -390,7 +395,14 @@ pub fn steps_table(steps: &[StepInfo]) -> String {
 }
 
 pub fn queues_table(queues: &[QueueInfo]) -> String {
-    let mut table = Table::new(&["QUEUE", "CONCURRENCY", "RATE LIMIT", "ENQUEUED", "RUNNING"]);
+    let mut table = Table::new(&[
+        "QUEUE",
+        "CONCURRENCY",
+        "PER KEY",
+        "RATE LIMIT",
+        "ENQUEUED",
+        "RUNNING",
+    ]);
     for q in queues {
         let rate = q
             .limits
@@ -399,6 +411,7 @@ pub fn queues_table(queues: &[QueueInfo]) -> String {
         table.row(vec![
             q.limits.name.clone(),
             or_dash(q.limits.concurrency_global.map(|n| n.to_string())),
+            or_dash(q.limits.concurrency_per_key.map(|n| n.to_string())),
             or_dash(rate),
             q.enqueued.to_string(),
             q.running.to_string(),

@@ -2,6 +2,7 @@
 //! their validation, messages and SQLSTATEs, statement by statement.
 
 use super::*;
+use crate::storage::CONCURRENCY_KEY_MAX_CHARS;
 
 impl MemConn {
     /// `tandem.enqueue_workflow`, statement by statement.
@@ -188,7 +189,8 @@ pub(super) fn enqueue_checked(
         [&p.name, &p.queue]
             .into_iter()
             .chain(p.workflow_id.as_ref())
-            .chain(p.dedup_key.as_ref()),
+            .chain(p.dedup_key.as_ref())
+            .chain(p.concurrency_key.as_ref()),
     )?;
     // The `$2::jsonb` cast happens before the function runs.
     let input = jsonb_text(&p.input)?;
@@ -250,6 +252,16 @@ pub(super) fn enqueue_checked(
             format!("workflow_id must be 1 to {WORKFLOW_ID_MAX_CHARS} characters"),
         ));
     }
+    if p.concurrency_key
+        .as_ref()
+        .is_some_and(|k| !(1..=CONCURRENCY_KEY_MAX_CHARS).contains(&k.chars().count()))
+    {
+        return Err(raise(
+            "22023",
+            F,
+            format!("concurrency_key must be 1 to {CONCURRENCY_KEY_MAX_CHARS} characters"),
+        ));
+    }
     // now(): the database clock.
     let now_ms = db.clock_ms;
     let row = WorkflowRecord {
@@ -267,6 +279,7 @@ pub(super) fn enqueue_checked(
         queue: p.queue.clone(),
         priority: p.priority,
         dedup_key: p.dedup_key.clone(),
+        concurrency_key: p.concurrency_key.clone(),
         run_after_ms: p.delay_ms.map(|d| now_ms.saturating_add(d)),
         started_ms: None,
         parent_id: None,

@@ -679,6 +679,7 @@ impl Db {
             QueueRecord {
                 concurrency_global: None,
                 rate_limit: None,
+                concurrency_per_key: None,
             },
         );
         db.settings

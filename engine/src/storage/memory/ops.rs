@@ -2,6 +2,7 @@
 //! that `storage/postgres.rs` runs for it.
 
 use super::*;
+use std::collections::BTreeMap;
 
 impl MemConn {
     pub(super) async fn workflow_insert(
@@ -26,6 +27,7 @@ impl MemConn {
             queue: DEFAULT_QUEUE.to_owned(),
             priority: 0,
             dedup_key: None,
+            concurrency_key: None,
             run_after_ms: None,
             // clock_timestamp(): the database clock, which the model takes
             // from the engine.
@@ -265,6 +267,7 @@ impl MemConn {
             let row = QueueRecord {
                 concurrency_global: q.concurrency_global,
                 rate_limit: q.rate_limit,
+                concurrency_per_key: q.concurrency_per_key,
             };
             self.upsert_row(&Queues, &snap, q.name, row.clone(), |_| row.clone())
                 .await?;
@@ -418,10 +421,13 @@ impl MemConn {
                 && (w.run_after_ms.is_none_or(|t| t <= p.now_ms)
                     || crate::bugs::active(crate::bugs::Bug::ClaimIgnoresDelay))
         };
-        let mut candidates: Vec<(i32, i64, String, usize)> = {
+        // (priority, created, ID, version index, concurrency key)
+        type Candidate = (i32, i64, String, usize, Option<String>);
+        let (mut candidates, mut running_per_key): (Vec<Candidate>, BTreeMap<String, i64>) = {
             let mut db = self.storage.db();
             let (t, txs) = Workflows.split(&mut db);
-            t.scan(txs, &snap, ..)
+            let candidates = t
+                .scan(txs, &snap, ..)
                 .filter(|(k, i)| ready(t.data(k, *i)))
                 .map(|(k, i)| {
                     let w = t.data(k, i);
@@ -431,13 +437,43 @@ impl MemConn {
                     } else {
                         w.priority
                     };
-                    (priority, w.created_ms, k.clone(), i)
+                    (
+                        priority,
+                        w.created_ms,
+                        k.clone(),
+                        i,
+                        w.concurrency_key.clone(),
+                    )
                 })
-                .collect()
+                .collect();
+            let mut running = BTreeMap::new();
+            if p.queue.concurrency_per_key.is_some() {
+                for (k, i) in t.scan(txs, &snap, ..) {
+                    let w = t.data(k, i);
+                    if let (Status::Running, true, Some(key)) =
+                        (w.status, w.queue == p.queue.name, &w.concurrency_key)
+                    {
+                        *running.entry(key.clone()).or_insert(0) += 1;
+                    }
+                }
+            }
+            (candidates, running)
         };
         candidates.sort();
+        // A per-key limit admits, per key, only the first (limit - running)
+        // ready workflows in claim order, counted before any is locked (the
+        // window function of the PostgreSQL statement): a locked one still
+        // takes its key's turn.
+        if let Some(per_key) = p.queue.concurrency_per_key {
+            candidates.retain(|c| {
+                let Some(key) = &c.4 else { return true };
+                let n = running_per_key.entry(key.clone()).or_insert(0);
+                *n += 1;
+                *n <= i64::from(per_key)
+            });
+        }
         let mut rows = Vec::new();
-        for (_, _, key, idx) in candidates {
+        for (_, _, key, idx, _) in candidates {
             if rows.len() >= limit as usize {
                 break;
             }
@@ -842,6 +878,7 @@ impl MemConn {
             queue: source.queue,
             priority: source.priority,
             dedup_key: None,
+            concurrency_key: None,
             run_after_ms: None,
             started_ms: None,
             parent_id: None,
@@ -965,6 +1002,7 @@ pub(super) fn workflow_info(w: &WorkflowRecord) -> WorkflowInfo {
         updated_ms: w.updated_ms,
         started_ms: w.started_ms,
         completed_ms: w.completed_ms,
+        concurrency_key: w.concurrency_key.clone(),
     }
 }
 

@@ -32,6 +32,8 @@ pub struct WorkflowRecord {
     pub priority: i32,
     /// Deduplication key, unique among the queue's unfinished workflows.
     pub dedup_key: Option<String>,
+    /// The key the queue's per-key concurrency limit counts it under.
+    pub concurrency_key: Option<String>,
     /// Not claimable before this (engine clock).
     pub run_after_ms: Option<i64>,
     /// When the current execution started (database clock).
@@ -66,6 +68,8 @@ pub struct QueueRecord {
     pub concurrency_global: Option<u32>,
     /// `rate_limit_count`, `rate_limit_period_ms`.
     pub rate_limit: Option<(u32, i64)>,
+    /// `concurrency_per_key`.
+    pub concurrency_per_key: Option<u32>,
 }
 
 /// A row of `tandem.messages`.

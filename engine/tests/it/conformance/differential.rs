@@ -90,6 +90,12 @@ fn engine_op() -> impl Strategy<Value = Op> {
                 dedup_error,
             }),
         executor().prop_map(|e| Op::Claim(e, 10)),
+        (
+            prop_oneof![Just("w3"), Just("w4"), Just("w5")],
+            prop_oneof![Just("c1"), Just("c2")]
+        )
+            .prop_map(|(id, key)| Op::EnqueueKeyed(id, key)),
+        executor().prop_map(|e| Op::ClaimPerKey(e, 10)),
         executor().prop_map(|e| Op::ClaimV2(e, 10)),
         (workflow(), executor()).prop_map(|(w, e)| Op::WfInsertV2(w, e)),
         (executor(), prop::option::of(workflow())).prop_map(|(e, w)| Op::WfRecoverV2(e, w)),

@@ -93,8 +93,15 @@ pub enum Op {
         dedup: Option<&'static str>,
         dedup_error: bool,
     },
+    /// `tandem.enqueue_workflow` of `wf` (input `{}`) into queue `q` as
+    /// workflow `.0` with concurrency key `.1`.
+    EnqueueKeyed(&'static str, &'static str),
     /// Executor `.0` claims up to `.1` workflows named `wf` from queue `q`.
     Claim(&'static str, u32),
+    /// The same, declaring `q` with a per-key concurrency limit of one:
+    /// the claim locks the queue's row and takes at most one workflow per
+    /// key, none of a key that has one running.
+    ClaimPerKey(&'static str, u32),
     /// The same as code of version `v2` that accepts only `v2`: it skips
     /// the rows of other versions and stamps `v2` on rows that never ran.
     ClaimV2(&'static str, u32),
@@ -380,6 +387,24 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 dedup_key: dedup.map(str::to_owned),
                 delay_ms: None,
                 dedup_error,
+                concurrency_key: None,
+            })
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => raised_label(&e),
+        },
+        Op::EnqueueKeyed(id, key) => match tx
+            .workflow_enqueue(WorkflowEnqueue {
+                name: "wf".to_owned(),
+                input: "{}".to_owned(),
+                queue: "q".to_owned(),
+                workflow_id: Some(id.to_owned()),
+                priority: 0,
+                dedup_key: None,
+                delay_ms: None,
+                dedup_error: false,
+                concurrency_key: Some(key.to_owned()),
             })
             .await
         {
@@ -388,6 +413,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
         },
         Op::Claim(executor, limit)
         | Op::ClaimLimited(executor, limit)
+        | Op::ClaimPerKey(executor, limit)
         | Op::ClaimV2(executor, limit) => label(
             tx.workflows_claim(WorkflowsClaim {
                 versions: versions_of(op),
@@ -395,6 +421,10 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                     Op::ClaimLimited(..) => QueueLimits {
                         concurrency_global: Some(1),
                         rate_limit: Some((2, 3_600_000)),
+                        ..queue_q()
+                    },
+                    Op::ClaimPerKey(..) => QueueLimits {
+                        concurrency_per_key: Some(1),
                         ..queue_q()
                     },
                     _ => queue_q(),
@@ -464,6 +494,7 @@ fn queue_q() -> QueueLimits {
         name: "q".to_owned(),
         concurrency_global: None,
         rate_limit: None,
+        concurrency_per_key: None,
     }
 }
 

@@ -51,6 +51,7 @@ scenarios!(
     an_enqueue_with_a_held_dedup_key_waits_then_returns_the_holder,
     concurrent_claims_skip_each_others_rows,
     claims_take_accepted_versions_and_recovery_hands_the_others_back,
+    per_key_claims_take_one_per_key_and_wait_for_the_queue,
     reclaim_rechecks_a_lease_renewed_while_it_waited,
     owned_rows_are_the_committed_running_ones_of_the_executor,
     a_step_is_read_by_key_once_committed,
@@ -673,6 +674,53 @@ jobs 1:null 2:null
 workflows e1:RUNNING:e3:b e2:RUNNING:e2:a w1:RUNNING:e2:a w9:ENQUEUED:e2:
 steps w1/0:e2
 versions e1:v2 e2:unversioned w1:v2 w9:v2
+executors a
+",
+    )
+}
+
+/// A queue with a per-key limit of one: a claim takes the first workflow of
+/// each key and every unkeyed one; a concurrent claimer waits for the
+/// queue's row lock, then finds the key still running; once it finishes,
+/// the key's next workflow is claimed.
+fn per_key_claims_take_one_per_key_and_wait_for_the_queue() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::Register("a", LONG_LEASE)),
+            (0, Op::EnqueueKeyed("k1a", "c1")),
+            (0, Op::EnqueueKeyed("k1b", "c1")),
+            (0, Op::EnqueueKeyed("k2a", "c2")),
+            (0, enqueue("e0", "wf", "{}")),
+            (0, Op::Commit),
+            (0, Op::ClaimPerKey("a", 10)),
+            (1, Op::ClaimPerKey("b", 10)),
+            (0, Op::Commit),
+            (1, Op::Commit),
+            (0, Op::WfComplete("k1a", 1)),
+            (0, Op::Commit),
+            (1, Op::ClaimPerKey("b", 10)),
+            (1, Op::Commit),
+        ],
+        "\
+s1 Register(\"a\", 3600000): ok
+s1 EnqueueKeyed(\"k1a\", \"c1\"): k1a
+s1 EnqueueKeyed(\"k1b\", \"c1\"): k1b
+s1 EnqueueKeyed(\"k2a\", \"c2\"): k2a
+s1 Enqueue { id: \"e0\", name: \"wf\", input: \"{}\", dedup: None, dedup_error: false }: e0
+s1 Commit: ok
+s1 ClaimPerKey(\"a\", 10): [e0:e1, k1a:e1, k2a:e1]
+s2 ClaimPerKey(\"b\", 10): blocked
+s1 Commit: ok
+s2 done: []
+s2 Commit: ok
+s1 WfComplete(\"k1a\", 1): ok
+s1 Commit: ok
+s2 ClaimPerKey(\"b\", 10): [k1b:e1]
+s2 Commit: ok
+jobs 1:null 2:null
+workflows e0:RUNNING:e1:a k1a:SUCCESS:e1:a k1b:RUNNING:e1:b k2a:RUNNING:e1:a w1:RUNNING:e1:a
+steps 
 executors a
 ",
     )
