@@ -102,11 +102,15 @@ pub enum Bug {
     /// Claims leave out the queue's per-key concurrency limit: more
     /// workflows with one concurrency key run at once than it allows.
     ClaimIgnoresConcurrencyKey,
+    /// A debounced enqueue also replaces the input of a workflow of its
+    /// key that already started: the run continues with an input it did
+    /// not start with.
+    DebounceUpdatesStarted,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 28] = [
+    pub const ALL: [Bug; 29] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -135,6 +139,7 @@ impl Bug {
         Bug::PatchKeepsVersion,
         Bug::RecoverIgnoresVersion,
         Bug::ClaimIgnoresConcurrencyKey,
+        Bug::DebounceUpdatesStarted,
     ];
 }
 

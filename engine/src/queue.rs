@@ -82,6 +82,7 @@ pub struct EnqueueOptions {
     pub(crate) delay: Option<Duration>,
     pub(crate) dedup_error: bool,
     pub(crate) concurrency_key: Option<String>,
+    pub(crate) debounce: Option<(String, Duration)>,
 }
 
 impl Default for EnqueueOptions {
@@ -94,6 +95,7 @@ impl Default for EnqueueOptions {
             delay: None,
             dedup_error: false,
             concurrency_key: None,
+            debounce: None,
         }
     }
 }
@@ -113,6 +115,11 @@ impl EnqueueOptions {
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             dedup_error: self.dedup_error,
             concurrency_key: self.concurrency_key,
+            debounce_max_wait_ms: self
+                .debounce
+                .as_ref()
+                .map(|(_, max)| i64::try_from(max.as_millis()).unwrap_or(i64::MAX)),
+            debounce_key: self.debounce.map(|(key, _)| key),
         }
     }
 
@@ -160,6 +167,21 @@ impl EnqueueOptions {
     /// while that many workflows with the key run, it waits.
     pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
         self.concurrency_key = Some(key.into());
+        self
+    }
+
+    /// Debounce ("run once after the last change"): if the queue holds a
+    /// pending (not yet started) workflow of this name enqueued with `key`,
+    /// its input becomes this enqueue's and its start moves to `delay` from
+    /// now, but never later than `max_wait` after it was first enqueued;
+    /// the enqueue returns its ID. Otherwise it enqueues a new workflow that
+    /// starts `delay` from now (or `max_wait`, if shorter). Sets the delay
+    /// (replacing [`delay`](Self::delay)); excludes
+    /// [`workflow_id`](Self::workflow_id) and [`dedup_key`](Self::dedup_key).
+    /// Keys are 1 to 256 characters.
+    pub fn debounce(mut self, key: impl Into<String>, delay: Duration, max_wait: Duration) -> Self {
+        self.delay = Some(delay);
+        self.debounce = Some((key.into(), max_wait));
         self
     }
 }

@@ -493,6 +493,13 @@ pub struct WorkflowEnqueue {
     /// The queue's per-key concurrency limit counts this workflow under
     /// this key.
     pub concurrency_key: Option<String>,
+    /// Debounce: replace the input of the queue's pending workflow of this
+    /// name and key (and start it `delay_ms` from now, at most
+    /// `debounce_max_wait_ms` after it was first enqueued), or enqueue one.
+    pub debounce_key: Option<String>,
+    /// The longest a debounced workflow's start is pushed back, counted
+    /// from its first enqueue.
+    pub debounce_max_wait_ms: Option<i64>,
 }
 
 /// The kind of a storage failure: the one thing retry logic reads.

@@ -141,6 +141,11 @@ struct EnqueueArgs {
     delay_ms: Option<i64>,
     dedup_error: bool,
     concurrency_key: Option<String>,
+    /// Only in combinations the function refuses: a valid debounce's
+    /// outcome depends on which workflows have started, which this oracle
+    /// does not follow (docs/queues.md, and the simulator, check it).
+    debounce_key: Option<String>,
+    debounce_max_wait_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +248,29 @@ fn enqueue_args(u: &mut Unstructured<'_>, used: &[String]) -> arbitrary::Result<
         4 => Some(String::new()),
         _ => Some(String::arbitrary(u)?),
     };
+    let (mut debounce_key, mut debounce_max_wait_ms) = match u8::arbitrary(u)? % 8 {
+        0..=4 => (None, None),
+        5 => (None, Some(100)),
+        6 => (Some("d".to_owned()), None),
+        _ => (
+            Some(if u.ratio(1, 2)? {
+                String::new()
+            } else {
+                String::arbitrary(u)?
+            }),
+            Some(if u.ratio(1, 2)? { -1 } else { 100 }),
+        ),
+    };
+    let debounce_valid = debounce_key
+        .as_ref()
+        .is_some_and(|k| (1..=256).contains(&k.chars().count()))
+        && workflow_id.is_none()
+        && dedup_key.is_none()
+        && delay_ms.is_some()
+        && debounce_max_wait_ms.is_some_and(|m| m >= 0);
+    if debounce_valid {
+        (debounce_key, debounce_max_wait_ms) = (None, None);
+    }
     Ok(EnqueueArgs {
         name,
         input,
@@ -253,6 +281,8 @@ fn enqueue_args(u: &mut Unstructured<'_>, used: &[String]) -> arbitrary::Result<
         delay_ms,
         dedup_error,
         concurrency_key,
+        debounce_key,
+        debounce_max_wait_ms,
     })
 }
 
@@ -388,6 +418,7 @@ fn enqueue_violations(
     texts.extend(args.workflow_id.as_deref());
     texts.extend(args.dedup_key.as_deref());
     texts.extend(args.concurrency_key.as_deref());
+    texts.extend(args.debounce_key.as_deref());
     // The text arguments are refused first, then the input's cast, then the
     // function's own checks: any of them may be reported, but only those.
     if let Some(e) = text_error(&texts) {
@@ -436,6 +467,34 @@ fn enqueue_violations(
         v.push((
             "22023",
             format!("{F}concurrency_key must be 1 to 256 characters"),
+        ));
+    }
+    let debounce = args.debounce_key.as_ref();
+    if debounce.is_none() && args.debounce_max_wait_ms.is_some() {
+        v.push(("22023", format!("{F}debounce_max_wait needs debounce_key")));
+    }
+    if debounce.is_some_and(|k| !(1..=256).contains(&k.chars().count())) {
+        v.push((
+            "22023",
+            format!("{F}debounce_key must be 1 to 256 characters"),
+        ));
+    }
+    if debounce.is_some() && (args.workflow_id.is_some() || args.dedup_key.is_some()) {
+        v.push((
+            "22023",
+            format!("{F}debounce_key cannot be combined with workflow_id or dedup_key"),
+        ));
+    }
+    if debounce.is_some() && (args.delay_ms.is_none() || args.debounce_max_wait_ms.is_none()) {
+        v.push((
+            "22023",
+            format!("{F}debounce_key needs delay and debounce_max_wait"),
+        ));
+    }
+    if args.debounce_max_wait_ms.is_some_and(|m| m < 0) {
+        v.push((
+            "22023",
+            format!("{F}debounce_max_wait must not be negative"),
         ));
     }
     if let Some(id) = &args.workflow_id
@@ -556,6 +615,8 @@ async fn drive(ops: Vec<Op>) {
                         delay_ms: args.delay_ms,
                         dedup_error: args.dedup_error,
                         concurrency_key: args.concurrency_key.clone(),
+                        debounce_key: args.debounce_key.clone(),
+                        debounce_max_wait_ms: args.debounce_max_wait_ms,
                     })
                     .await;
                 let expected = expect_enqueue(&oracle, args, &done);
@@ -595,6 +656,10 @@ async fn drive(ops: Vec<Op>) {
                 }
                 let mut args = args.clone();
                 args.input = n.to_string();
+                // (The Rust API's debounce always names a delay and a
+                // maximum wait; its key rules are the SQL function's.)
+                args.debounce_key = None;
+                args.debounce_max_wait_ms = None;
                 let result = engine.enqueue::<Double>(*n, options).await;
                 let expected = expect_enqueue(&oracle, &args, &done);
                 let result = result

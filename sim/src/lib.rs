@@ -15,6 +15,7 @@
 #![cfg(madsim)]
 
 pub mod admission;
+pub mod debounce;
 pub mod env;
 pub mod faults;
 pub mod history;
@@ -92,6 +93,10 @@ pub const ADMISSION_OBSERVED: &[&str] = &[
     "claim.priority_over_age",
     "claim.rate_limit_reached",
     "claim.per_key_limit_reached",
+    // Debounce: a call replaced a pending workflow's input, and a key's
+    // call started another workflow once an earlier one had started.
+    "debounce.replaced",
+    "debounce.new_after_start",
     "claim.after_run_after",
     "enqueue.deduplicated",
     "deadline.cancelled",

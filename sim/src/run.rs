@@ -217,6 +217,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     // (steering generation) the admin node, each on a node of its own.
     spawn_client(&handle, &world, "app", workload::app_client);
     spawn_client(&handle, &world, "sender", workload::message_client);
+    spawn_client(&handle, &world, "debouncer", crate::debounce::client);
     if world.workload.generation >= Generation::Steering {
         spawn_client(&handle, &world, "admin", workload::admin_client);
     } else {
@@ -357,6 +358,9 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             if !world.state().messages_done {
                 unfinished.push("the message client".to_owned());
             }
+            if !world.state().debounce_done {
+                unfinished.push("the debounce client".to_owned());
+            }
             if !world.state().admin_done {
                 unfinished.push("the admin node".to_owned());
             }
@@ -372,7 +376,12 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
                 .iter()
                 .map(|w| w.id.clone())
                 .chain(committed.into_iter().map(|(id, _)| id))
-                .chain(forks);
+                .chain(forks)
+                .chain(
+                    rows.iter()
+                        .filter(|r| r.debounce_key.is_some())
+                        .map(|r| r.id.clone()),
+                );
             // (Since the admission generation a deadline may cancel a
             // workflow at any time: a cancelled one waits for its resume.)
             let resumes = world.workload.generation >= Generation::Admission;
@@ -423,6 +432,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         .chain(workload::check_admin_reads(&world))
         .chain(crate::history::check(&world))
         .chain(crate::versions::check(&world))
+        .chain(crate::debounce::check_history(&world))
     {
         world.violation(v);
     }
@@ -436,6 +446,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     }
     handle.kill("app");
     handle.kill("sender");
+    handle.kill("debouncer");
     if world.workload.generation >= Generation::Steering {
         handle.kill("admin");
     }
@@ -582,6 +593,8 @@ async fn enqueue_for_dead_clients(world: &World) -> bool {
                     delay_ms: None,
                     dedup_error: false,
                     concurrency_key: None,
+                    debounce_key: None,
+                    debounce_max_wait_ms: None,
                 })
                 .await?;
                 tx.commit().await

@@ -71,11 +71,13 @@ pub enum Generation {
     /// Plus per-key concurrency: orders carry concurrency keys (a
     /// customer) and their queue runs at most so many per key.
     Keys,
+    /// Plus debounced enqueues from a node of their own (`crate::debounce`).
+    Debounce,
 }
 
 impl Generation {
     /// The newest generation: what `cargo test -p sim` runs.
-    pub const LATEST: Generation = Generation::Keys;
+    pub const LATEST: Generation = Generation::Debounce;
 }
 
 /// One step of a bank workflow.
@@ -268,6 +270,8 @@ pub struct Workload {
     pub orders_rate: Option<(u32, i64)>,
     /// The `orders` queue's per-key concurrency limit.
     pub orders_per_key: Option<u32>,
+    /// The debounced enqueues of the `debouncer` node, in order.
+    pub debounces: Vec<crate::debounce::DebounceCall>,
     /// Each executor's clock skew (zero before the steering generation):
     /// within a third of the lease, the bound `docs/guarantees.md` asks of
     /// a deployment.
@@ -537,6 +541,7 @@ impl Workload {
             orders_worker,
             orders_rate,
             orders_per_key,
+            debounces: crate::debounce::draw(seed, generation),
             skews_ms,
         }
     }
@@ -995,6 +1000,12 @@ pub fn check(world: &World) -> Vec<String> {
             checked.push((p.id, p.ops));
         }
     }
+    checked.extend(crate::debounce::check(
+        world,
+        &rows,
+        |ops, id| expected_output(ops, workflow_index(id)),
+        &mut v,
+    ));
     let expected_ids: BTreeSet<&String> = checked.iter().map(|(id, _)| id).collect();
     for id in rows.keys() {
         if !expected_ids.contains(id) {
@@ -1346,6 +1357,8 @@ pub async fn app_client(world: Arc<World>) {
                         delay_ms: o.delay_ms.map(|d| d as i64),
                         dedup_error: false,
                         concurrency_key: o.concurrency_key.clone(),
+                        debounce_key: None,
+                        debounce_max_wait_ms: None,
                     })
                     .await
                     .map_err(|e| e.to_string())?;

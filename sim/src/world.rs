@@ -84,6 +84,10 @@ pub struct State {
     pub label_codes: BTreeMap<String, crate::versions::Code>,
     /// The deploy has completed: every later incarnation runs `v2`.
     pub deployed: bool,
+    /// What each debounced enqueue got.
+    pub debounce_seen: Vec<crate::debounce::DebounceSeen>,
+    /// The `debouncer` node made all its calls.
+    pub debounce_done: bool,
 }
 
 /// Everything a run shares.

@@ -1729,7 +1729,8 @@ pub(crate) async fn workflow_enqueue(
     // validate and deduplicate identically.
     sqlx::query_scalar(
         "SELECT tandem.enqueue_workflow($1, $2::jsonb, $3, $4, $5, $6,
-                                        $7::bigint * interval '1 millisecond', $8, $9)",
+                                        $7::bigint * interval '1 millisecond', $8, $9, $10,
+                                        $11::bigint * interval '1 millisecond')",
     )
     .bind(&p.name)
     .bind(&p.input)
@@ -1740,6 +1741,8 @@ pub(crate) async fn workflow_enqueue(
     .bind(p.delay_ms)
     .bind(p.dedup_error)
     .bind(&p.concurrency_key)
+    .bind(&p.debounce_key)
+    .bind(p.debounce_max_wait_ms)
     .fetch_one(conn)
     .await
     .map_err(map_err)

@@ -18,6 +18,9 @@ impl MemConn {
                 Err(e) => return Err(self.s.fail(&mut db, e)),
             }
         };
+        if row.debounce_key.is_some() {
+            return self.debounce(p, id, row, notify).await;
+        }
         // INSERT ... ON CONFLICT DO NOTHING with no target: both the
         // primary key and the partial unique index workflows_dedup are
         // arbiters; a concurrent inserter of either makes this one wait.
@@ -96,6 +99,95 @@ impl MemConn {
             "40001",
             "tandem.enqueue_workflow",
             format!("concurrent conflict on workflow \"{id}\", retry"),
+        );
+        Err(self.s.fail(&mut db, e))
+    }
+
+    /// The debounce branch of `tandem.enqueue_workflow`: up to three rounds
+    /// of an UPDATE of the pending workflow of the queue, name and key (it
+    /// waits for a row's holder and re-checks the newest version), then an
+    /// INSERT ... ON CONFLICT DO NOTHING whose arbiter is the partial unique
+    /// index workflows_debounce (a concurrent inserter makes it wait; one
+    /// that committed sends it back to the UPDATE).
+    async fn debounce(
+        &mut self,
+        p: WorkflowEnqueue,
+        id: String,
+        row: WorkflowRecord,
+        notify: bool,
+    ) -> Result<String, MemError> {
+        let key = row.debounce_key.clone().unwrap_or_default();
+        let delay = p.delay_ms.unwrap_or(0);
+        let max_wait = p.debounce_max_wait_ms.unwrap_or(0);
+        let now_ms = row.created_ms;
+        let pending = |w: &WorkflowRecord| {
+            let unstarted = (w.status == Status::Enqueued && w.owner_epoch == EPOCH_NEVER_RAN)
+                || (crate::bugs::active(crate::bugs::Bug::DebounceUpdatesStarted)
+                    && w.status == Status::Running);
+            w.queue == row.queue
+                && w.name == row.name
+                && w.debounce_key.as_deref() == Some(key.as_str())
+                && unstarted
+        };
+        let indexed = |w: &WorkflowRecord| {
+            w.queue == row.queue
+                && w.name == row.name
+                && w.debounce_key.as_deref() == Some(key.as_str())
+                && w.status == Status::Enqueued
+                && w.owner_epoch == EPOCH_NEVER_RAN
+        };
+        for _ in 0..3 {
+            let snap = {
+                let db = self.storage.db();
+                self.s.substatement(&db)
+            };
+            let updated = self
+                .update_all(&Workflows, &snap, |w| {
+                    pending(w).then(|| WorkflowRecord {
+                        input: row.input.clone(),
+                        run_after_ms: Some(
+                            now_ms
+                                .saturating_add(delay)
+                                .min(w.created_ms.saturating_add(max_wait)),
+                        ),
+                        updated_ms: now_ms,
+                        ..w.clone()
+                    })
+                })
+                .await?;
+            if let Some(w) = updated.first() {
+                return Ok(w.id.clone());
+            }
+            let snap = {
+                let db = self.storage.db();
+                self.s.substatement(&db)
+            };
+            loop {
+                let wake = {
+                    let mut db = self.storage.db();
+                    let (t, txs) = Workflows.split(&mut db);
+                    let mut check = t.unique(txs, self.s.xid, &id);
+                    if check == Unique::Free {
+                        check = t.unique_where(txs, self.s.xid, indexed);
+                    }
+                    match check {
+                        Unique::Free => {
+                            t.insert(&snap, id.clone(), row.clone());
+                            self.s.notify |= notify;
+                            return Ok(id);
+                        }
+                        Unique::Conflict => break,
+                        Unique::WaitFor(x) => self.s.wait(&mut db, WaitTarget::Tx(x), vec![x])?,
+                    }
+                };
+                self.s.block(wake).await?;
+            }
+        }
+        let mut db = self.storage.db();
+        let e = raise(
+            "40001",
+            "tandem.enqueue_workflow",
+            format!("concurrent conflict on debounce_key \"{key}\", retry"),
         );
         Err(self.s.fail(&mut db, e))
     }
@@ -190,7 +282,8 @@ pub(super) fn enqueue_checked(
             .into_iter()
             .chain(p.workflow_id.as_ref())
             .chain(p.dedup_key.as_ref())
-            .chain(p.concurrency_key.as_ref()),
+            .chain(p.concurrency_key.as_ref())
+            .chain(p.debounce_key.as_ref()),
     )?;
     // The `$2::jsonb` cast happens before the function runs.
     let input = jsonb_text(&p.input)?;
@@ -262,6 +355,44 @@ pub(super) fn enqueue_checked(
             format!("concurrency_key must be 1 to {CONCURRENCY_KEY_MAX_CHARS} characters"),
         ));
     }
+    if p.debounce_key.is_none() && p.debounce_max_wait_ms.is_some() {
+        return Err(raise(
+            "22023",
+            F,
+            "debounce_max_wait needs debounce_key".to_owned(),
+        ));
+    }
+    if p.debounce_key
+        .as_ref()
+        .is_some_and(|k| !(1..=CONCURRENCY_KEY_MAX_CHARS).contains(&k.chars().count()))
+    {
+        return Err(raise(
+            "22023",
+            F,
+            format!("debounce_key must be 1 to {CONCURRENCY_KEY_MAX_CHARS} characters"),
+        ));
+    }
+    if p.debounce_key.is_some() && (p.workflow_id.is_some() || p.dedup_key.is_some()) {
+        return Err(raise(
+            "22023",
+            F,
+            "debounce_key cannot be combined with workflow_id or dedup_key".to_owned(),
+        ));
+    }
+    if p.debounce_key.is_some() && (p.delay_ms.is_none() || p.debounce_max_wait_ms.is_none()) {
+        return Err(raise(
+            "22023",
+            F,
+            "debounce_key needs delay and debounce_max_wait".to_owned(),
+        ));
+    }
+    if p.debounce_max_wait_ms.is_some_and(|m| m < 0) {
+        return Err(raise(
+            "22023",
+            F,
+            "debounce_max_wait must not be negative".to_owned(),
+        ));
+    }
     // now(): the database clock.
     let now_ms = db.clock_ms;
     let row = WorkflowRecord {
@@ -280,7 +411,14 @@ pub(super) fn enqueue_checked(
         priority: p.priority,
         dedup_key: p.dedup_key.clone(),
         concurrency_key: p.concurrency_key.clone(),
-        run_after_ms: p.delay_ms.map(|d| now_ms.saturating_add(d)),
+        debounce_key: p.debounce_key.clone(),
+        // A debounced one starts `delay` from now, or at its maximum wait.
+        run_after_ms: p.delay_ms.map(|d| {
+            now_ms.saturating_add(match (&p.debounce_key, p.debounce_max_wait_ms) {
+                (Some(_), Some(max_wait)) => d.min(max_wait),
+                _ => d,
+            })
+        }),
         started_ms: None,
         parent_id: None,
         deadline_ms: None,

@@ -28,6 +28,7 @@ impl MemConn {
             priority: 0,
             dedup_key: None,
             concurrency_key: None,
+            debounce_key: None,
             run_after_ms: None,
             // clock_timestamp(): the database clock, which the model takes
             // from the engine.
@@ -879,6 +880,7 @@ impl MemConn {
             priority: source.priority,
             dedup_key: None,
             concurrency_key: None,
+            debounce_key: None,
             run_after_ms: None,
             started_ms: None,
             parent_id: None,

@@ -34,6 +34,8 @@ pub struct WorkflowRecord {
     pub dedup_key: Option<String>,
     /// The key the queue's per-key concurrency limit counts it under.
     pub concurrency_key: Option<String>,
+    /// The key of the debounced enqueue that created it.
+    pub debounce_key: Option<String>,
     /// Not claimable before this (engine clock).
     pub run_after_ms: Option<i64>,
     /// When the current execution started (database clock).

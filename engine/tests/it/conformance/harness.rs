@@ -388,6 +388,8 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 delay_ms: None,
                 dedup_error,
                 concurrency_key: None,
+                debounce_key: None,
+                debounce_max_wait_ms: None,
             })
             .await
         {
@@ -405,6 +407,8 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 delay_ms: None,
                 dedup_error: false,
                 concurrency_key: Some(key.to_owned()),
+                debounce_key: None,
+                debounce_max_wait_ms: None,
             })
             .await
         {
