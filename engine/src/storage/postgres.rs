@@ -1619,65 +1619,117 @@ async fn workflows_claim(
 }
 
 /// The claim of a queue with a per-key concurrency limit. Claimers of such
-/// a queue hold its row lock (`claim_budget`), so this statement's snapshot
+/// a queue hold its row lock (`claim_budget`), so each statement's snapshot
 /// sees every claim before it, and only a claim makes a keyed workflow
 /// `RUNNING`. Per key, only the first (limit - running) ready workflows in
 /// claim order are eligible, ranked before any is locked: one locked by
 /// another transaction still takes its key's turn, so no key ever runs
 /// more than its limit. The eligible ones are then taken in claim order,
-/// skipping locked rows, up to the claim's limit. The ranking reads every
-/// ready workflow of the queue (not just the first few, as the plain claim
-/// does): the cost of a per-key limit grows with the queue's backlog.
+/// skipping locked rows, up to the claim's limit.
+///
+/// The ranking reads only a prefix of the ready workflows in claim order
+/// (through the `workflows_ready` index), which is exact for every row in
+/// it: a row's turn counts only rows of its key before it. When the prefix
+/// was cut short and did not yield the whole batch, the next statement
+/// looks at a prefix eight times longer (and at last at every ready row),
+/// with the rows claimed so far now counted as running: the same rows a
+/// ranking of the whole backlog would take, at the cost of the prefix a
+/// claim needs, not of the backlog (`benches/benches/claim.rs`).
 async fn workflows_claim_per_key(
     conn: &mut PgConnection,
     p: WorkflowsClaim,
 ) -> StorageResult<Vec<WorkflowRow>> {
-    let rows: Vec<WorkflowTuple> = sqlx::query_as(concat!(
-        "WITH running AS (
-             SELECT concurrency_key, count(*) AS n FROM tandem.workflows
-              WHERE status = 'RUNNING' AND queue = $1 AND concurrency_key IS NOT NULL
-              GROUP BY concurrency_key
-         ), ranked AS (
-             SELECT id, concurrency_key, priority, created_at,
-                    row_number() OVER (PARTITION BY concurrency_key
-                                       ORDER BY priority, created_at, id) AS turn
-               FROM tandem.workflows
-              WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
-                AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
-                AND (app_version IS NULL OR app_version = ANY($6))
-         ), eligible AS (
-             SELECT r.id, r.priority, r.created_at FROM ranked r
-               LEFT JOIN running ON running.concurrency_key = r.concurrency_key
-              WHERE r.concurrency_key IS NULL OR r.turn + COALESCE(running.n, 0) <= $8
-         ), ready AS (
-             SELECT w.id FROM tandem.workflows w JOIN eligible e ON e.id = w.id
-              WHERE w.status = 'ENQUEUED'
-              ORDER BY e.priority, e.created_at, e.id
-              LIMIT $4
-                FOR UPDATE OF w SKIP LOCKED
-         )
-         UPDATE tandem.workflows w
-            SET status = 'RUNNING', executor_id = $5, owner_epoch = w.owner_epoch + 1,
-                started_at = clock_timestamp(),
-                updated_at = to_timestamp($3::float8 / 1000),
-                app_version = COALESCE(w.app_version, $7)
-           FROM ready
-          WHERE w.id = ready.id
-      RETURNING ",
-        prefixed_workflow_columns!()
-    ))
-    .bind(&p.queue.name)
-    .bind(&p.names)
-    .bind(p.now_ms)
-    .bind(i64::from(p.limit))
-    .bind(&p.executor_id)
-    .bind(&p.versions.accepts)
-    .bind(&p.versions.version)
-    .bind(p.queue.concurrency_per_key.map(i64::from))
-    .fetch_all(conn)
-    .await
-    .map_err(map_err)?;
-    rows.into_iter().map(workflow_from_row).collect()
+    let mut claimed = Vec::new();
+    let mut prefix: Option<i64> = Some((i64::from(p.limit) * 16).max(256));
+    loop {
+        let want = i64::from(p.limit) - claimed.len() as i64;
+        let rows: Vec<PgRow> = sqlx::query(concat!(
+            "WITH running AS (
+                 SELECT concurrency_key, count(*) AS n FROM tandem.workflows
+                  WHERE status = 'RUNNING' AND queue = $1 AND concurrency_key IS NOT NULL
+                  GROUP BY concurrency_key
+             ), prefix AS (
+                 SELECT id, concurrency_key, priority, created_at FROM tandem.workflows
+                  WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
+                    AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
+                    AND (app_version IS NULL OR app_version = ANY($6))
+                  ORDER BY priority, created_at, id
+                  LIMIT $9
+             ), ranked AS (
+                 SELECT id, concurrency_key, priority, created_at,
+                        row_number() OVER (PARTITION BY concurrency_key
+                                           ORDER BY priority, created_at, id) AS turn
+                   FROM prefix
+             ), eligible AS (
+                 SELECT r.id, r.priority, r.created_at FROM ranked r
+                   LEFT JOIN running ON running.concurrency_key = r.concurrency_key
+                  WHERE r.concurrency_key IS NULL OR r.turn + COALESCE(running.n, 0) <= $8
+             ), ready AS (
+                 SELECT w.id FROM tandem.workflows w JOIN eligible e ON e.id = w.id
+                  WHERE w.status = 'ENQUEUED'
+                  ORDER BY e.priority, e.created_at, e.id
+                  LIMIT $4
+                    FOR UPDATE OF w SKIP LOCKED
+             )
+             UPDATE tandem.workflows w
+                SET status = 'RUNNING', executor_id = $5, owner_epoch = w.owner_epoch + 1,
+                    started_at = clock_timestamp(),
+                    updated_at = to_timestamp($3::float8 / 1000),
+                    app_version = COALESCE(w.app_version, $7)
+               FROM ready
+              WHERE w.id = ready.id
+          RETURNING ",
+            prefixed_workflow_columns!(),
+            ", (SELECT count(*) FROM prefix)"
+        ))
+        .bind(&p.queue.name)
+        .bind(&p.names)
+        .bind(p.now_ms)
+        .bind(want)
+        .bind(&p.executor_id)
+        .bind(&p.versions.accepts)
+        .bind(&p.versions.version)
+        .bind(p.queue.concurrency_per_key.map(i64::from))
+        .bind(prefix)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        let scanned = match rows.first() {
+            Some(row) => row.try_get::<i64, _>(12).map_err(map_err)?,
+            // Nothing claimed: whether the prefix held every ready row is
+            // one more, cheap, look (the saturated queue's usual case).
+            None => match prefix {
+                None => 0,
+                Some(n) => sqlx::query_scalar(
+                    "SELECT count(*) FROM (
+                         SELECT 1 FROM tandem.workflows
+                          WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
+                            AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
+                            AND (app_version IS NULL OR app_version = ANY($4))
+                          LIMIT $5) s",
+                )
+                .bind(&p.queue.name)
+                .bind(&p.names)
+                .bind(p.now_ms)
+                .bind(&p.versions.accepts)
+                .bind(n)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(map_err)?,
+            },
+        };
+        for row in &rows {
+            let tuple = <WorkflowTuple as sqlx::FromRow<PgRow>>::from_row(row).map_err(map_err)?;
+            claimed.push(workflow_from_row(tuple)?);
+        }
+        let short = (claimed.len() as u32) < p.limit;
+        match prefix {
+            Some(n) if short && scanned >= n => {
+                prefix = n.checked_mul(8).filter(|n| *n <= 1 << 20);
+            }
+            _ => return Ok(claimed),
+        }
+    }
 }
 
 async fn workflows_owned(

@@ -4,7 +4,13 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tandem::{Engine, EnqueueOptions, PgStorage, Queue, Workflow, WorkflowContext, WorkflowError};
+use tandem::storage::{
+    ExecutorRegister, QueueLimits, Transaction, Versions, WorkflowEnqueue, WorkflowsClaim,
+};
+use tandem::{
+    Engine, EnqueueOptions, MemStorage, PgStorage, Queue, Storage, Workflow, WorkflowContext,
+    WorkflowError,
+};
 
 use crate::support;
 
@@ -158,4 +164,117 @@ async fn a_queue_runs_one_workflow_per_key_at_a_time_across_executors() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Enqueues `ids` with their keys, in order (each its own commit, so their
+/// creation order is the claim order), onto a queue `q` with a per-key
+/// limit of one.
+async fn keyed_backlog<S: Storage>(storage: &S, ids: &[(String, Option<String>)]) {
+    let limits = QueueLimits {
+        name: "q".to_owned(),
+        concurrency_global: None,
+        rate_limit: None,
+        concurrency_per_key: Some(1),
+    };
+    let mut tx = storage.begin().await.unwrap();
+    tx.executor_register(ExecutorRegister {
+        versions: Versions::default(),
+        executor_id: "a".to_owned(),
+        workflows: vec![("wf".to_owned(), vec!["object"])],
+        queues: vec![limits],
+        payload_max_bytes: 1024,
+        notify_on_enqueue: false,
+        now_ms: 0,
+        lease_ms: 3_600_000,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    for (id, key) in ids {
+        let mut tx = storage.begin().await.unwrap();
+        tx.workflow_enqueue(WorkflowEnqueue {
+            name: "wf".to_owned(),
+            input: "{}".to_owned(),
+            queue: "q".to_owned(),
+            workflow_id: Some(id.clone()),
+            priority: 0,
+            dedup_key: None,
+            delay_ms: None,
+            dedup_error: false,
+            concurrency_key: key.clone(),
+            debounce_key: None,
+            debounce_max_wait_ms: None,
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+/// One claim of up to `limit` from `q`, committed; the IDs it took.
+async fn claim_ids<S: Storage>(storage: &S, limit: u32) -> Vec<String> {
+    let mut tx = storage.begin().await.unwrap();
+    let rows = tx
+        .workflows_claim(WorkflowsClaim {
+            queue: QueueLimits {
+                name: "q".to_owned(),
+                concurrency_global: None,
+                rate_limit: None,
+                concurrency_per_key: Some(1),
+            },
+            executor_id: "a".to_owned(),
+            names: vec!["wf".to_owned()],
+            limit,
+            now_ms: 4_102_444_800_000,
+            versions: Versions::default(),
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut ids: Vec<String> = rows.into_iter().map(|w| w.id).collect();
+    ids.sort();
+    ids
+}
+
+/// A hot key's 3,000 waiting workflows ahead of 40 other keys: the claim
+/// looks past the hot key's backlog (the PostgreSQL claim ranks a prefix
+/// of the ready rows and widens it when it comes up short), taking what a
+/// ranking of the whole backlog takes, on both backends alike; a saturated
+/// queue claims nothing.
+async fn a_per_key_claim_looks_past_a_hot_keys_backlog<S: Storage>(storage: S) -> Vec<Vec<String>> {
+    let mut ids: Vec<(String, Option<String>)> = (0..3000)
+        .map(|i| (format!("hot-{i:04}"), Some("hot".to_owned())))
+        .collect();
+    ids.extend((0..40).map(|i| (format!("k-{i:02}"), Some(format!("key-{i:02}")))));
+    ids.push(("unkeyed".to_owned(), None));
+    keyed_backlog(&storage, &ids).await;
+    let first = claim_ids(&storage, 16).await;
+    let mut expected: Vec<String> = ["hot-0000".to_owned()]
+        .into_iter()
+        .chain((0..15).map(|i| format!("k-{i:02}")))
+        .collect();
+    expected.sort();
+    assert_eq!(first, expected);
+    // The next claim skips the running hot key and the 15 busy keys.
+    let second = claim_ids(&storage, 100).await;
+    let mut expected: Vec<String> = (15..40)
+        .map(|i| format!("k-{i:02}"))
+        .chain(["unkeyed".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(second, expected);
+    // Every key runs one: nothing is eligible.
+    let third = claim_ids(&storage, 16).await;
+    assert_eq!(third, Vec::<String>::new());
+    vec![first, second, third]
+}
+
+#[tokio::test]
+async fn a_per_key_claim_looks_past_a_hot_keys_backlog_on_both_backends() {
+    let url = support::database().await;
+    let pg = PgStorage::connect(&url).await.unwrap();
+    pg.migrate().await.unwrap();
+    let on_pg = a_per_key_claim_looks_past_a_hot_keys_backlog(pg).await;
+    let on_mem = a_per_key_claim_looks_past_a_hot_keys_backlog(MemStorage::new()).await;
+    assert_eq!(on_pg, on_mem);
 }
