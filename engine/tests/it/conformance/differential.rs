@@ -96,6 +96,11 @@ fn engine_op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(id, key)| Op::EnqueueKeyed(id, key)),
         executor().prop_map(|e| Op::ClaimPerKey(e, 10)),
+        (
+            prop_oneof![Just("k1"), Just("k2")],
+            prop_oneof![Just("{\"n\": 1}"), Just("{\"n\": 2}"), Just("{\"n\": 3}")]
+        )
+            .prop_map(|(key, input)| Op::EnqueueDebounced(key, input)),
         executor().prop_map(|e| Op::ClaimV2(e, 10)),
         (workflow(), executor()).prop_map(|(w, e)| Op::WfInsertV2(w, e)),
         (executor(), prop::option::of(workflow())).prop_map(|(e, w)| Op::WfRecoverV2(e, w)),

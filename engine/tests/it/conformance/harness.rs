@@ -96,6 +96,10 @@ pub enum Op {
     /// `tandem.enqueue_workflow` of `wf` (input `{}`) into queue `q` as
     /// workflow `.0` with concurrency key `.1`.
     EnqueueKeyed(&'static str, &'static str),
+    /// A debounced `tandem.enqueue_workflow` of `wf` into `q` with key `.0`
+    /// and input `.1` (delay and maximum wait an hour, so that it stays
+    /// pending); shows the workflow it answered with by its input.
+    EnqueueDebounced(&'static str, &'static str),
     /// Executor `.0` claims up to `.1` workflows named `wf` from queue `q`.
     Claim(&'static str, u32),
     /// The same, declaring `q` with a per-key concurrency limit of one:
@@ -300,7 +304,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 rows.sort_by(|a, b| a.id.cmp(&b.id));
                 let rows: Vec<String> = rows
                     .iter()
-                    .map(|w| format!("{}:e{}", w.id, w.owner_epoch))
+                    .map(|w| format!("{}:e{}", shown_id(&w.id, &w.input), w.owner_epoch))
                     .collect();
                 format!("[{}]", rows.join(", "))
             },
@@ -415,6 +419,27 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             Ok(id) => id,
             Err(e) => raised_label(&e),
         },
+        Op::EnqueueDebounced(key, input) => match tx
+            .workflow_enqueue(WorkflowEnqueue {
+                name: "wf".to_owned(),
+                input: input.to_owned(),
+                queue: "q".to_owned(),
+                workflow_id: None,
+                priority: 0,
+                dedup_key: None,
+                delay_ms: Some(3_600_000),
+                dedup_error: false,
+                concurrency_key: None,
+                debounce_key: Some(key.to_owned()),
+                debounce_max_wait_ms: Some(3_600_000),
+            })
+            .await
+        {
+            Ok(id) => label(tx.workflow_get(&id).await, |w| {
+                w.map_or_else(|| "missing".to_owned(), |w| shown_id(&w.id, &w.input))
+            }),
+            Err(e) => raised_label(&e),
+        },
         Op::Claim(executor, limit)
         | Op::ClaimLimited(executor, limit)
         | Op::ClaimPerKey(executor, limit)
@@ -442,7 +467,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             |rows| {
                 sorted(
                     rows.iter()
-                        .map(|w| format!("{}:e{}", w.id, w.owner_epoch))
+                        .map(|w| format!("{}:e{}", shown_id(&w.id, &w.input), w.owner_epoch))
                         .collect(),
                 )
             },
@@ -490,6 +515,18 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
         ),
         _ => return None,
     })
+}
+
+/// A workflow ID as the scenarios show it: a generated one (a debounced
+/// enqueue's; PostgreSQL's are random UUIDs, the model's a counter) by its
+/// input, which the scenarios keep unique.
+fn shown_id(id: &str, input: &str) -> String {
+    let generated = id.len() == 36 && id.as_bytes()[14] == b'4' && id.matches('-').count() == 4;
+    if generated {
+        format!("d{input}")
+    } else {
+        id.to_owned()
+    }
 }
 
 /// The queue the scenarios use: unlimited.
@@ -828,8 +865,9 @@ impl Backend for Pg {
                 .fetch_all(&self.admin)
                 .await
                 .expect("jobs");
-        let workflows: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
-            "SELECT id, status, owner_epoch, executor_id FROM tandem.workflows ORDER BY id",
+        let workflows: Vec<(String, String, String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, input::text, status, owner_epoch, executor_id FROM tandem.workflows
+              ORDER BY id",
         )
         .fetch_all(&self.admin)
         .await
@@ -874,7 +912,7 @@ impl Backend for Pg {
             jobs,
             workflows
                 .into_iter()
-                .map(|(id, s, e, x)| (id, s, e, x.unwrap_or_default()))
+                .map(|(id, input, s, e, x)| (shown_id(&id, &input), s, e, x.unwrap_or_default()))
                 .collect(),
             steps,
         ) + &dump_more(executors, messages, events, waits, versions)
@@ -941,6 +979,9 @@ fn dump(
         .into_iter()
         .map(|(id, owner)| format!("{id}:{}", show(owner)))
         .collect();
+    // Sorted here, not by the database: generated IDs show by their input.
+    let mut workflows = workflows;
+    workflows.sort();
     let workflows: Vec<String> = workflows
         .into_iter()
         .map(|(id, status, epoch, executor)| format!("{id}:{status}:e{epoch}:{executor}"))
@@ -1310,7 +1351,7 @@ impl Backend for Mem {
             .into_iter()
             .map(|w| {
                 (
-                    w.id,
+                    shown_id(&w.id, &w.input),
                     w.status.to_string(),
                     w.owner_epoch,
                     w.executor_id.unwrap_or_default(),

@@ -52,6 +52,7 @@ scenarios!(
     concurrent_claims_skip_each_others_rows,
     claims_take_accepted_versions_and_recovery_hands_the_others_back,
     per_key_claims_take_one_per_key_and_wait_for_the_queue,
+    debounced_enqueues_replace_the_pending_input_and_wait_for_each_other,
     reclaim_rechecks_a_lease_renewed_while_it_waited,
     owned_rows_are_the_committed_running_ones_of_the_executor,
     a_step_is_read_by_key_once_committed,
@@ -720,6 +721,57 @@ s2 ClaimPerKey(\"b\", 10): [k1b:e1]
 s2 Commit: ok
 jobs 1:null 2:null
 workflows e0:RUNNING:e1:a k1a:SUCCESS:e1:a k1b:RUNNING:e1:b k2a:RUNNING:e1:a w1:RUNNING:e1:a
+steps 
+executors a
+",
+    )
+}
+
+/// A debounced enqueue updates the pending workflow and holds it: a second
+/// one waits and then updates it on top; a rolled-back one leaves the
+/// input as it was. Two first enqueues of a fresh key at once: the second
+/// waits for the first's insert, then updates its row. (Claims are not in
+/// it: the harness claims at time 0, before any debounced start.)
+fn debounced_enqueues_replace_the_pending_input_and_wait_for_each_other() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::Register("a", LONG_LEASE)),
+            (0, Op::EnqueueDebounced("k", r#"{"n": 1}"#)),
+            (0, Op::Commit),
+            (0, Op::EnqueueDebounced("k", r#"{"n": 2}"#)),
+            (1, Op::EnqueueDebounced("k", r#"{"n": 3}"#)),
+            (0, Op::Commit),
+            (1, Op::Commit),
+            (0, Op::EnqueueDebounced("k", r#"{"n": 4}"#)),
+            (0, Op::Rollback),
+            (1, Op::EnqueueDebounced("k", r#"{"n": 5}"#)),
+            (1, Op::Commit),
+            (0, Op::EnqueueDebounced("k2", r#"{"n": 6}"#)),
+            (1, Op::EnqueueDebounced("k2", r#"{"n": 7}"#)),
+            (0, Op::Commit),
+            (1, Op::Commit),
+        ],
+        "\
+s1 Register(\"a\", 3600000): ok
+s1 EnqueueDebounced(\"k\", \"{\\\"n\\\": 1}\"): d{\"n\": 1}
+s1 Commit: ok
+s1 EnqueueDebounced(\"k\", \"{\\\"n\\\": 2}\"): d{\"n\": 2}
+s2 EnqueueDebounced(\"k\", \"{\\\"n\\\": 3}\"): blocked
+s1 Commit: ok
+s2 done: d{\"n\": 3}
+s2 Commit: ok
+s1 EnqueueDebounced(\"k\", \"{\\\"n\\\": 4}\"): d{\"n\": 4}
+s1 Rollback: ok
+s2 EnqueueDebounced(\"k\", \"{\\\"n\\\": 5}\"): d{\"n\": 5}
+s2 Commit: ok
+s1 EnqueueDebounced(\"k2\", \"{\\\"n\\\": 6}\"): d{\"n\": 6}
+s2 EnqueueDebounced(\"k2\", \"{\\\"n\\\": 7}\"): blocked
+s1 Commit: ok
+s2 done: d{\"n\": 7}
+s2 Commit: ok
+jobs 1:null 2:null
+workflows d{\"n\": 5}:ENQUEUED:e0: d{\"n\": 7}:ENQUEUED:e0: w1:RUNNING:e1:a
 steps 
 executors a
 ",
