@@ -71,6 +71,21 @@ macro_rules! info_columns {
     };
 }
 
+/// The claim's test of a ready row of queue `$1` with a name in `$2` at
+/// engine time `$3` (ms), of a version in the parameter `$versions`: one
+/// text for every statement that looks for claimable rows.
+macro_rules! ready_rows {
+    ($versions:literal) => {
+        concat!(
+            "status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
+                AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
+                AND (app_version IS NULL OR app_version = ANY(",
+            $versions,
+            "))"
+        )
+    };
+}
+
 /// Workflow storage in a PostgreSQL database, usually the application's own.
 #[derive(Debug, Clone)]
 pub struct PgStorage {
@@ -1588,9 +1603,9 @@ async fn workflows_claim(
     let rows: Vec<WorkflowTuple> = sqlx::query_as(concat!(
         "WITH ready AS (
              SELECT id FROM tandem.workflows
-              WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
-                AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
-                AND (app_version IS NULL OR app_version = ANY($6))
+              WHERE ",
+        ready_rows!("$6"),
+        "
               ORDER BY priority, created_at, id
               LIMIT $4
                 FOR UPDATE SKIP LOCKED
@@ -1650,9 +1665,9 @@ async fn workflows_claim_per_key(
                   GROUP BY concurrency_key
              ), prefix AS (
                  SELECT id, concurrency_key, priority, created_at FROM tandem.workflows
-                  WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
-                    AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
-                    AND (app_version IS NULL OR app_version = ANY($6))
+                  WHERE ",
+            ready_rows!("$6"),
+            "
                   ORDER BY priority, created_at, id
                   LIMIT $9
              ), ranked AS (
@@ -1700,14 +1715,11 @@ async fn workflows_claim_per_key(
             // one more, cheap, look (the saturated queue's usual case).
             None => match prefix {
                 None => 0,
-                Some(n) => sqlx::query_scalar(
-                    "SELECT count(*) FROM (
-                         SELECT 1 FROM tandem.workflows
-                          WHERE status = 'ENQUEUED' AND queue = $1 AND name = ANY($2)
-                            AND (run_after IS NULL OR run_after <= to_timestamp($3::float8 / 1000))
-                            AND (app_version IS NULL OR app_version = ANY($4))
-                          LIMIT $5) s",
-                )
+                Some(n) => sqlx::query_scalar(concat!(
+                    "SELECT count(*) FROM (SELECT 1 FROM tandem.workflows WHERE ",
+                    ready_rows!("$4"),
+                    " LIMIT $5) s"
+                ))
                 .bind(&p.queue.name)
                 .bind(&p.names)
                 .bind(p.now_ms)
