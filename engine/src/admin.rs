@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::env::{Env, TokioEnv, unix_ms};
 use crate::error::Error;
 use crate::payload;
+use crate::schedule::ScheduleInfo;
 use crate::storage::{
     ErrorKind, StepInfo, Storage, Transaction, WorkflowFilter, WorkflowFork, WorkflowInfo,
 };
@@ -112,6 +113,48 @@ impl<S: Storage> Admin<S> {
                 Box::pin(async move { tx.workflows_cancel(&owned, "cancelled", now_ms).await })
             })
             .await?)
+    }
+
+    /// Every schedule in the database (declared by any executor, now or
+    /// before), by name, with its next tick.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>, Error> {
+        let now_ms = self.now_ms();
+        let states = self
+            .storage
+            .autocommit(move |tx| Box::pin(async move { tx.schedules_list(now_ms).await }))
+            .await?;
+        Ok(states.iter().map(ScheduleInfo::from_state).collect())
+    }
+
+    /// Pauses a schedule: no executor fires it until it is resumed.
+    /// Pausing a paused schedule changes nothing.
+    pub async fn pause_schedule(&self, name: &str) -> Result<ScheduleInfo, Error> {
+        self.set_paused(name, true).await
+    }
+
+    /// Resumes a paused schedule from now: the ticks that fell in the pause
+    /// never run (start one by hand with its [`ScheduledTick`](crate::ScheduledTick) to backfill).
+    /// Resuming a schedule that is not paused changes nothing.
+    pub async fn resume_schedule(&self, name: &str) -> Result<ScheduleInfo, Error> {
+        self.set_paused(name, false).await
+    }
+
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<ScheduleInfo, Error> {
+        let owned = name.to_owned();
+        let now_ms = self.now_ms();
+        let state = self
+            .storage
+            .autocommit(move |tx| {
+                Box::pin(async move { tx.schedule_pause(&owned, paused, now_ms).await })
+            })
+            .await?;
+        match state {
+            Some(state) => Ok(ScheduleInfo::from_state(&state)),
+            None => Err(Error::InvalidSchedule {
+                name: name.to_owned(),
+                reason: "no such schedule (executors register schedules at launch)".to_owned(),
+            }),
+        }
     }
 
     /// Enqueues a cancelled workflow again, with the cancelled members of

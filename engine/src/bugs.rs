@@ -106,11 +106,20 @@ pub enum Bug {
     /// key that already started: the run continues with an input it did
     /// not start with.
     DebounceUpdatesStarted,
+    /// The schedule loop fires paused schedules.
+    ScheduleIgnoresPause,
+    /// The schedule loop treats every catch-up policy as `Skip`: ticks
+    /// missed during downtime never run, even under `CatchUp::All`.
+    ScheduleDropsMissed,
+    /// A tick's workflow is enqueued with the firing time (the database
+    /// clock) as its tick, in its input and its derived ID, instead of the
+    /// cron expression's tick.
+    ScheduleTickIsFireTime,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 29] = [
+    pub const ALL: [Bug; 32] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -140,6 +149,9 @@ impl Bug {
         Bug::RecoverIgnoresVersion,
         Bug::ClaimIgnoresConcurrencyKey,
         Bug::DebounceUpdatesStarted,
+        Bug::ScheduleIgnoresPause,
+        Bug::ScheduleDropsMissed,
+        Bug::ScheduleTickIsFireTime,
     ];
 }
 

@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::payload;
 use crate::queue::{DEFAULT_QUEUE, EnqueueOptions, Queue};
 use crate::runtime::{Config, Outcome, OutcomeSource, Shared};
+use crate::schedule::{Schedule, ScheduledTick};
 use crate::storage::{DEFAULT_VERSION, ExecutorRegister, Status, Storage};
 use crate::workflow::{ErasedWorkflow, Workflow};
 
@@ -201,6 +202,25 @@ impl<S: Storage> EngineBuilder<S> {
         self
     }
 
+    /// Declares a cron schedule: at each tick this executor, or another
+    /// that declares the same schedule, enqueues `workflow` with the tick as
+    /// its input, exactly once per tick across every executor. Registers
+    /// the workflow too if it is not yet registered. Declaring a name twice
+    /// keeps the later declaration. `docs/schedules.md` has the semantics.
+    pub fn schedule<W>(mut self, workflow: W, schedule: Schedule) -> Self
+    where
+        W: Workflow<S, Input = ScheduledTick>,
+    {
+        if !self.registry.contains_key(W::NAME) {
+            self.registry.insert(W::NAME, Arc::new(workflow));
+        }
+        self.config
+            .schedules
+            .retain(|(s, _)| s.name() != schedule.name());
+        self.config.schedules.push((schedule, W::NAME));
+        self
+    }
+
     /// A [`Replayer`](crate::replay::Replayer) with this builder's
     /// workflows: it replays recorded runs against them and launches
     /// nothing (no executor, no claims, no writes).
@@ -217,6 +237,22 @@ impl<S: Storage> EngineBuilder<S> {
     /// workflow names and queues), resumes its unfinished workflows from their
     /// last checkpoints, and starts claiming queued work.
     pub async fn launch(self) -> Result<Engine<S>, Error> {
+        for (schedule, _) in &self.config.schedules {
+            if !self
+                .config
+                .queues
+                .iter()
+                .any(|q| q.name() == schedule.queue)
+            {
+                return Err(Error::InvalidSchedule {
+                    name: schedule.name.clone(),
+                    reason: format!(
+                        "its queue {:?} is not declared on this executor (EngineBuilder::queue)",
+                        schedule.queue
+                    ),
+                });
+            }
+        }
         self.storage.migrate().await?;
         let mut workflows: Vec<(String, Vec<&'static str>)> = self
             .registry
@@ -238,6 +274,12 @@ impl<S: Storage> EngineBuilder<S> {
             now_ms: crate::env::unix_ms(self.env.now()),
             lease_ms: i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX),
             versions: self.config.versions(),
+            schedules: self
+                .config
+                .schedules
+                .iter()
+                .map(|(s, workflow)| s.decl(workflow))
+                .collect(),
         };
         self.storage.executor_register(register).await?;
         let shared = Shared::new(self.storage, self.env, self.config, self.registry);
@@ -292,6 +334,7 @@ impl<S: Storage> Engine<S> {
                 sleep_suspend_after: Duration::from_secs(10),
                 version: DEFAULT_VERSION.to_owned(),
                 accepts_also: Vec::new(),
+                schedules: Vec::new(),
             },
             registry: HashMap::new(),
         }

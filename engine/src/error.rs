@@ -157,6 +157,16 @@ pub enum Error {
         /// What was asked (`resume`, ...).
         action: &'static str,
     },
+    /// A schedule declaration is malformed (its cron expression, time zone,
+    /// name or queue), or no schedule has the name given to a management
+    /// call.
+    #[error("schedule {name:?}: {reason}")]
+    InvalidSchedule {
+        /// The schedule's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The storage failed in a way the engine could not retry around.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -172,6 +182,7 @@ impl Error {
             | Error::WorkflowConflict { .. }
             | Error::InvalidWorkflowId { .. }
             | Error::InvalidTransition { .. }
+            | Error::InvalidSchedule { .. }
             | Error::PayloadTooLarge { .. }
             | Error::UnstorablePayload { .. }
             | Error::Encode { .. }

@@ -82,6 +82,8 @@
 //! - [`context`]: [`WorkflowContext`], the steps a workflow body runs.
 //! - [`queue`]: [`Queue`] declarations and [`EnqueueOptions`].
 //! - [`retry`]: [`RetryPolicy`] for plain steps.
+//! - [`schedule`]: cron [`Schedule`]s, their [`CatchUp`] policy and the
+//!   [`ScheduledTick`] a scheduled workflow receives.
 //! - [`storage`]: the [`Storage`] seam; [`storage::postgres`] is the
 //!   PostgreSQL backend (the only place with SQL), [`storage::memory`]
 //!   ([`MemStorage`]) an in-memory model of PostgreSQL READ COMMITTED for the
@@ -113,6 +115,7 @@ pub mod queue;
 pub mod replay;
 pub mod retry;
 mod runtime;
+pub mod schedule;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -125,6 +128,7 @@ pub use env::{Env, TokioEnv};
 pub use error::{Error, WorkflowError};
 pub use queue::{EnqueueOptions, Queue};
 pub use retry::RetryPolicy;
+pub use schedule::{CatchUp, Schedule, ScheduledTick};
 pub use storage::memory::MemStorage;
 #[cfg(feature = "postgres")]
 pub use storage::postgres::PgStorage;

@@ -451,6 +451,10 @@ pub struct ExecutorRegister {
     pub lease_ms: i64,
     /// The version this executor runs and the versions it accepts.
     pub versions: Versions,
+    /// Declared schedules: inserted if new (cursor at the database clock,
+    /// not paused), their declaration updated otherwise (cursor and pause
+    /// kept).
+    pub schedules: Vec<ScheduleDecl>,
 }
 
 /// Parameters of [`Transaction::workflows_claim`].
@@ -500,6 +504,47 @@ pub struct WorkflowEnqueue {
     /// The longest a debounced workflow's start is pushed back, counted
     /// from its first enqueue.
     pub debounce_max_wait_ms: Option<i64>,
+}
+
+/// A schedule as declared in code, registered by every executor that
+/// declares it (`tandem.schedules`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleDecl {
+    /// The schedule's name, its identity.
+    pub name: String,
+    /// The workflow each tick enqueues.
+    pub workflow: String,
+    /// The cron expression.
+    pub cron: String,
+    /// The IANA time zone it is read in (`UTC` by default).
+    pub time_zone: String,
+    /// The queue its workflows are enqueued on.
+    pub queue: String,
+    /// The catch-up policy: `skip`, `latest` or `all`.
+    pub catch_up: String,
+    /// The bound of `all`.
+    pub catch_up_max: Option<u32>,
+    /// How late a tick may fire and still be on time.
+    pub grace_ms: i64,
+}
+
+/// A schedule's stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleState {
+    /// The declaration, as the last executor to launch with it wrote it.
+    pub decl: ScheduleDecl,
+    /// Paused schedules fire nothing.
+    pub paused: bool,
+    /// Every tick at or before this instant (database clock, ms) has been
+    /// decided: enqueued or skipped. Set to the database clock when the
+    /// schedule is first registered and when it is resumed.
+    pub cursor_ms: i64,
+    /// The latest tick enqueued.
+    pub last_tick_ms: Option<i64>,
+    /// Last change (database clock).
+    pub updated_ms: i64,
+    /// The database clock when the row was read.
+    pub now_ms: i64,
 }
 
 /// The kind of a storage failure: the one thing retry logic reads.
@@ -1023,6 +1068,44 @@ pub trait Transaction: Send + Sized {
         &mut self,
         workflow_id: &str,
     ) -> impl Future<Output = StorageResult<Vec<StepInfo>>> + Send;
+
+    /// Locks a schedule's row for firing (`FOR UPDATE SKIP LOCKED`) and
+    /// reads it with the database clock. `None` if there is no such
+    /// schedule or another transaction holds it (that one is firing it).
+    fn schedule_lock(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<Option<ScheduleState>>> + Send;
+
+    /// Moves a locked schedule's cursor (and its latest enqueued tick, if
+    /// this firing enqueued one).
+    fn schedule_advance(
+        &mut self,
+        name: &str,
+        cursor_ms: i64,
+        last_tick_ms: Option<i64>,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<()>> + Send;
+
+    /// Pauses or resumes a schedule (semantics of the SQL functions
+    /// `tandem.pause_schedule` / `tandem.resume_schedule`). Resuming a
+    /// paused schedule moves its cursor to the database clock, so the ticks
+    /// of the pause never run; pausing a paused schedule, or resuming one
+    /// that is not paused, changes nothing. The state after, or `None` if
+    /// there is no such schedule.
+    fn schedule_pause(
+        &mut self,
+        name: &str,
+        paused: bool,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<Option<ScheduleState>>> + Send;
+
+    /// Every schedule, by name.
+    fn schedules_list(
+        &mut self,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<Vec<ScheduleState>>> + Send;
 
     /// Commits. An [`ErrorKind::Unavailable`] error means the outcome is
     /// unknown: the commit may have happened.

@@ -225,7 +225,11 @@ impl Transaction for SimTx {
         workflows_owned,
         workflows_list,
         workflow_info,
-        steps_info
+        steps_info,
+        schedule_lock,
+        schedule_advance,
+        schedule_pause,
+        schedules_list
     );
 
     async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {

@@ -14,6 +14,9 @@ impl<S: Storage> Shared<S> {
         }
         self.spawn(Arc::clone(self).claim_loop());
         self.spawn(Arc::clone(self).heartbeat_loop());
+        if !self.config.schedules.is_empty() {
+            self.spawn(Arc::clone(self).schedule_loop());
+        }
         Ok(())
     }
 

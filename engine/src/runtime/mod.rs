@@ -9,6 +9,7 @@
 //! methods of [`Shared`], never its fields) for storage, clock and retries.
 
 mod executor;
+mod schedules;
 mod watch;
 
 use std::collections::HashMap;
@@ -51,6 +52,8 @@ pub(crate) struct Config {
     /// versions whose runs it may run (see `EngineBuilder::version`).
     pub(crate) version: String,
     pub(crate) accepts_also: Vec<String>,
+    /// Declared schedules, each with the workflow its ticks enqueue.
+    pub(crate) schedules: Vec<(crate::schedule::Schedule, &'static str)>,
 }
 
 impl Config {

@@ -165,6 +165,30 @@ macro_rules! forward_transaction {
             self.$inner.workflow_fork(params).await
         }
     };
+    (@one $inner:ident, [$($before:ident)?], schedule_lock) => {
+        async fn schedule_lock(&mut self, name: &str, now_ms: i64) -> $crate::storage::StorageResult<::std::option::Option<$crate::storage::ScheduleState>> {
+            $( self.$before("schedule_lock").await; )?
+            self.$inner.schedule_lock(name, now_ms).await
+        }
+    };
+    (@one $inner:ident, [$($before:ident)?], schedule_advance) => {
+        async fn schedule_advance(&mut self, name: &str, cursor_ms: i64, last_tick_ms: ::std::option::Option<i64>, now_ms: i64) -> $crate::storage::StorageResult<()> {
+            $( self.$before("schedule_advance").await; )?
+            self.$inner.schedule_advance(name, cursor_ms, last_tick_ms, now_ms).await
+        }
+    };
+    (@one $inner:ident, [$($before:ident)?], schedule_pause) => {
+        async fn schedule_pause(&mut self, name: &str, paused: bool, now_ms: i64) -> $crate::storage::StorageResult<::std::option::Option<$crate::storage::ScheduleState>> {
+            $( self.$before("schedule_pause").await; )?
+            self.$inner.schedule_pause(name, paused, now_ms).await
+        }
+    };
+    (@one $inner:ident, [$($before:ident)?], schedules_list) => {
+        async fn schedules_list(&mut self, now_ms: i64) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::ScheduleState>> {
+            $( self.$before("schedules_list").await; )?
+            self.$inner.schedules_list(now_ms).await
+        }
+    };
     (@one $inner:ident, [$($before:ident)?], workflows_owned) => {
         async fn workflows_owned(&mut self, executor_id: &str) -> $crate::storage::StorageResult<::std::vec::Vec<(::std::string::String, i64)>> {
             $( self.$before("workflows_owned").await; )?

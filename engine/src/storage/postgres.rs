@@ -26,10 +26,11 @@ use std::time::Duration;
 
 use super::intercept::{Hook, Interceptor, Phase, Tap, Verdict};
 use super::{
-    ErrorKind, ExecutorRegister, Listener, QueueLimits, Status, StepInfo, StepKind, StepRecord,
-    StepRecorded, StepRow, Storage, StorageError, StorageResult, Transaction, WorkflowComplete,
-    WorkflowEnqueue, WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted,
-    WorkflowRow, WorkflowsClaim, WorkflowsRecover, classify_sqlstate, contract, fenced,
+    ErrorKind, ExecutorRegister, Listener, QueueLimits, ScheduleDecl, ScheduleState, Status,
+    StepInfo, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
+    Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork, WorkflowInfo,
+    WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    classify_sqlstate, contract, fenced,
 };
 use std::sync::Arc;
 
@@ -39,6 +40,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Where sqlx records which of Tandem's migrations ran. It lives in Tandem's
 /// own schema so it never collides with the application's `_sqlx_migrations`.
 const MIGRATIONS_TABLE: &str = "tandem._sqlx_migrations";
+
+/// Schedule rows with the database clock, as `schedule_from_row` reads
+/// them, then `$tail` (a WHERE or ORDER BY clause).
+macro_rules! schedule_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT name, workflow_name, cron, time_zone, queue, catch_up, catch_up_max, grace_ms,
+                    paused, cursor_ms, last_tick_ms, updated_ms, tandem.clock_ms()
+               FROM tandem.schedules ",
+            $tail
+        )
+    };
+}
 
 /// The columns `workflow_from_row` reads, in order (a macro so that queries
 /// stay `&'static str` literals).
@@ -1058,6 +1072,82 @@ impl Transaction for PgTx {
             .collect()
     }
 
+    async fn schedule_lock(
+        &mut self,
+        name: &str,
+        _now_ms: i64,
+    ) -> StorageResult<Option<ScheduleState>> {
+        self.at("schedule_lock", None, None).await?;
+        let row = sqlx::query(schedule_select!("WHERE name = $1 FOR UPDATE SKIP LOCKED"))
+            .bind(name)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        row.map(|r| schedule_from_row(&r)).transpose()
+    }
+
+    async fn schedule_advance(
+        &mut self,
+        name: &str,
+        cursor_ms: i64,
+        last_tick_ms: Option<i64>,
+        _now_ms: i64,
+    ) -> StorageResult<()> {
+        self.at("schedule_advance", None, None).await?;
+        sqlx::query(
+            "UPDATE tandem.schedules
+                SET cursor_ms = $2, last_tick_ms = COALESCE($3, last_tick_ms),
+                    updated_ms = tandem.clock_ms()
+              WHERE name = $1",
+        )
+        .bind(name)
+        .bind(cursor_ms)
+        .bind(last_tick_ms)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn schedule_pause(
+        &mut self,
+        name: &str,
+        paused: bool,
+        _now_ms: i64,
+    ) -> StorageResult<Option<ScheduleState>> {
+        self.at("schedule_pause", None, None).await?;
+        // In SQL (migrations/0010_schedules.sql) so that an operator, who
+        // may not write the tables, can pause and resume.
+        let sql = if paused {
+            "SELECT tandem.pause_schedule($1)"
+        } else {
+            "SELECT tandem.resume_schedule($1)"
+        };
+        let found: bool = sqlx::query_scalar(sql)
+            .bind(name)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        if !found {
+            return Ok(None);
+        }
+        let row = sqlx::query(schedule_select!("WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        row.map(|r| schedule_from_row(&r)).transpose()
+    }
+
+    async fn schedules_list(&mut self, _now_ms: i64) -> StorageResult<Vec<ScheduleState>> {
+        self.at("schedules_list", None, None).await?;
+        let rows = sqlx::query(schedule_select!("ORDER BY name"))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(schedule_from_row).collect()
+    }
+
     async fn commit(mut self) -> StorageResult<()> {
         match self.tap.commit(Phase::Commit).await {
             Verdict::Proceed => {}
@@ -1494,6 +1584,42 @@ async fn executor_register(conn: &mut PgConnection, p: ExecutorRegister) -> Stor
         .await
         .map_err(map_err)?;
     }
+    let mut schedules = p.schedules;
+    schedules.sort_by(|a, b| a.name.cmp(&b.name));
+    for d in schedules {
+        // The declaration is the last launch's; the cursor and the pause
+        // survive a redeploy. A new schedule's cursor starts at the database
+        // clock: it does not catch up on its own past.
+        sqlx::query(
+            "INSERT INTO tandem.schedules AS s (name, workflow_name, cron, time_zone, queue, catch_up,
+                                           catch_up_max, grace_ms, cursor_ms, updated_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, tandem.clock_ms(), tandem.clock_ms())
+             ON CONFLICT (name) DO UPDATE
+                SET workflow_name = excluded.workflow_name, cron = excluded.cron,
+                    time_zone = excluded.time_zone, queue = excluded.queue,
+                    catch_up = excluded.catch_up, catch_up_max = excluded.catch_up_max,
+                    grace_ms = excluded.grace_ms,
+                    updated_ms = CASE
+                        WHEN (s.workflow_name, s.cron, s.time_zone, s.queue, s.catch_up,
+                              s.catch_up_max, s.grace_ms)
+                             IS DISTINCT FROM
+                             (excluded.workflow_name, excluded.cron, excluded.time_zone,
+                              excluded.queue, excluded.catch_up, excluded.catch_up_max,
+                              excluded.grace_ms)
+                        THEN excluded.updated_ms ELSE s.updated_ms END",
+        )
+        .bind(&d.name)
+        .bind(&d.workflow)
+        .bind(&d.cron)
+        .bind(&d.time_zone)
+        .bind(&d.queue)
+        .bind(&d.catch_up)
+        .bind(d.catch_up_max.map(|n| n as i32))
+        .bind(d.grace_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    }
     sqlx::query(
         "INSERT INTO tandem.settings (key, value)
          VALUES ('notify_on_enqueue', $1), ('payload_max_bytes', $2)
@@ -1813,6 +1939,29 @@ pub(crate) async fn workflow_enqueue(
 }
 
 /// The one place that maps sqlx errors to [`ErrorKind`].
+fn schedule_from_row(r: &PgRow) -> StorageResult<ScheduleState> {
+    let get = || -> Result<ScheduleState, sqlx::Error> {
+        Ok(ScheduleState {
+            decl: ScheduleDecl {
+                name: r.try_get(0)?,
+                workflow: r.try_get(1)?,
+                cron: r.try_get(2)?,
+                time_zone: r.try_get(3)?,
+                queue: r.try_get(4)?,
+                catch_up: r.try_get(5)?,
+                catch_up_max: r.try_get::<Option<i32>, _>(6)?.map(|n| n.max(0) as u32),
+                grace_ms: r.try_get(7)?,
+            },
+            paused: r.try_get(8)?,
+            cursor_ms: r.try_get(9)?,
+            last_tick_ms: r.try_get(10)?,
+            updated_ms: r.try_get(11)?,
+            now_ms: r.try_get(12)?,
+        })
+    };
+    get().map_err(map_err)
+}
+
 fn map_err(error: sqlx::Error) -> StorageError {
     match kind_of(&error) {
         ErrorKind::Denied => StorageError::new(ErrorKind::Denied, Denied(error)),

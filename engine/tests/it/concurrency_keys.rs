@@ -179,6 +179,7 @@ async fn keyed_backlog<S: Storage>(storage: &S, ids: &[(String, Option<String>)]
     let mut tx = storage.begin().await.unwrap();
     tx.executor_register(ExecutorRegister {
         versions: Versions::default(),
+        schedules: Vec::new(),
         executor_id: "a".to_owned(),
         workflows: vec![("wf".to_owned(), vec!["object"])],
         queues: vec![limits],

@@ -17,6 +17,7 @@ mod faults;
 mod outbox;
 mod pg_restart;
 mod roles;
+mod schedules;
 mod small_pool;
 mod steering;
 mod support;

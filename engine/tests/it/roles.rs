@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use tandem::storage::WorkflowFilter;
 use tandem::{
-    Admin, Engine, EnqueueOptions, Error, ErrorKind, PgStorage, Queue, Status, Workflow,
-    WorkflowContext, WorkflowError,
+    Admin, Engine, EnqueueOptions, Error, ErrorKind, PgStorage, Queue, Schedule, ScheduledTick,
+    Status, Workflow, WorkflowContext, WorkflowError,
 };
 
 use crate::support;
@@ -69,6 +69,24 @@ impl Workflow<PgStorage> for Double {
             || async move { Ok::<_, std::io::Error>(input * 2) },
         )
         .await
+    }
+}
+
+/// A scheduled workflow whose schedule ticks once a year, so that the roles
+/// see a schedule that fires nothing during a test.
+pub struct Yearly;
+
+impl Workflow<PgStorage> for Yearly {
+    const NAME: &'static str = "roles_yearly";
+    type Input = ScheduledTick;
+    type Output = i64;
+
+    async fn run(
+        &self,
+        _ctx: &mut WorkflowContext<PgStorage>,
+        tick: ScheduledTick,
+    ) -> Result<i64, WorkflowError> {
+        Ok(tick.scheduled_at_ms)
     }
 }
 
@@ -140,6 +158,7 @@ async fn launch(storage: PgStorage) -> Result<Engine<PgStorage>, Error> {
     Engine::builder(storage)
         .register(Order)
         .register(Double)
+        .schedule(Yearly, Schedule::new("yearly", "0 0 0 1 1 *").unwrap())
         .queue(Queue::new("limited").rate_limit(20, Duration::from_secs(1)))
         .queue_poll_interval(Duration::from_millis(100))
         .launch()
@@ -203,7 +222,8 @@ fn filter() -> WorkflowFilter {
 
 /// Writes a table, calls a function and reads a column an enqueuer must
 /// not; the statements every role test refuses alike.
-const FORGERIES: [&str; 6] = [
+const FORGERIES: [&str; 7] = [
+    "UPDATE tandem.schedules SET cursor_ms = 0, paused = false",
     "INSERT INTO tandem.steps (workflow_id, step_id, name, kind, output, owner_epoch, attempts, \
      started_at, completed_at) VALUES ('x', 0, 'record', 'transaction', '1', 1, 1, now(), now())",
     "UPDATE tandem.workflows SET status = 'SUCCESS', output = '1'",
@@ -299,6 +319,8 @@ async fn an_enqueuer_may_enqueue_and_send_in_its_own_transaction_and_nothing_els
         "SELECT tandem.cancel_workflow('order-1')",
         "SELECT tandem.resume_workflow('order-1')",
         "SELECT tandem.fork_workflow('order-1', 'mine', 99)",
+        "SELECT tandem.pause_schedule('yearly')",
+        "SELECT tandem.resume_schedule('yearly')",
         "SELECT tandem.grant_roles()",
     ]
     .into_iter()
@@ -421,6 +443,16 @@ async fn an_operator_may_read_cancel_resume_fork_and_send_but_not_forge() {
     admin.send(&fork, "go", &1i64).await.unwrap();
     assert_eq!(engine.handle::<i64>(&fork).result().await.unwrap(), 5);
     assert_eq!(setup.count("SELECT count(*) FROM app_orders").await, 2);
+
+    // Schedules: listed, paused and resumed through the SQL functions.
+    let listed = admin.schedules().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].name.as_str(), listed[0].paused),
+        ("yearly", false)
+    );
+    assert!(admin.pause_schedule("yearly").await.unwrap().paused);
+    assert!(!admin.resume_schedule("yearly").await.unwrap().paused);
 
     // No forged checkpoint, result or status, no enqueue, and no executor.
     for sql in FORGERIES.into_iter().chain([
@@ -683,7 +715,7 @@ async fn every_table_and_function_carries_exactly_the_documented_privileges() {
     .fetch_all(&setup.owner)
     .await
     .unwrap();
-    assert_eq!(tables.len(), 9 * 3, "{tables:?}");
+    assert_eq!(tables.len(), 10 * 3, "{tables:?}");
     for (table, role, privileges) in &tables {
         let expected = match (role.as_str(), table.as_str()) {
             ("tandem_executor", "_sqlx_migrations") => "SELECT",
@@ -712,9 +744,12 @@ async fn every_table_and_function_carries_exactly_the_documented_privileges() {
         [
             "cancel_tree",
             "cancel_workflow",
+            "clock_ms",
             "enqueue_workflow",
             "fork_workflow",
             "grant_roles",
+            "pause_schedule",
+            "resume_schedule",
             "resume_workflow",
             "send",
             "setup_roles"
@@ -728,9 +763,9 @@ async fn every_table_and_function_carries_exactly_the_documented_privileges() {
                 true,
                 &["tandem_executor", "tandem_enqueuer", "tandem_operator"],
             ),
-            "cancel_workflow" | "resume_workflow" | "fork_workflow" => {
-                (true, &["tandem_executor", "tandem_operator"])
-            }
+            "cancel_workflow" | "resume_workflow" | "fork_workflow" | "pause_schedule"
+            | "resume_schedule" => (true, &["tandem_executor", "tandem_operator"]),
+            "clock_ms" => (false, &["tandem_executor", "tandem_operator"]),
             "cancel_tree" => (false, &["tandem_executor"]),
             _ => (false, &[]),
         };

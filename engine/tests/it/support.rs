@@ -806,7 +806,11 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
         workflows_owned,
         workflows_list,
         workflow_info,
-        steps_info
+        steps_info,
+        schedule_lock,
+        schedule_advance,
+        schedule_pause,
+        schedules_list
     );
 
     async fn commit(self) -> StorageResult<()> {

@@ -302,6 +302,16 @@ impl MemStorage {
             .collect()
     }
 
+    /// Every committed schedule row, by name.
+    pub fn schedules(&self) -> Vec<ScheduleRecord> {
+        let db = self.db();
+        db.schedules
+            .committed(&db.txs)
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// Every committed event, by workflow ID and key.
     pub fn events(&self) -> Vec<(String, String, EventRecord)> {
         let db = self.db();
@@ -671,6 +681,44 @@ impl Transaction for MemTx {
     async fn steps_info(&mut self, workflow_id: &str) -> StorageResult<Vec<StepInfo>> {
         self.at("steps_info", Some(workflow_id), None).await?;
         Ok(self.conn.steps_info(workflow_id).await?)
+    }
+
+    async fn schedule_lock(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+    ) -> StorageResult<Option<ScheduleState>> {
+        self.at("schedule_lock", None, None).await?;
+        Ok(self.conn.schedule_lock(name, now_ms).await?)
+    }
+
+    async fn schedule_advance(
+        &mut self,
+        name: &str,
+        cursor_ms: i64,
+        last_tick_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        self.at("schedule_advance", None, None).await?;
+        Ok(self
+            .conn
+            .schedule_advance(name, cursor_ms, last_tick_ms, now_ms)
+            .await?)
+    }
+
+    async fn schedule_pause(
+        &mut self,
+        name: &str,
+        paused: bool,
+        now_ms: i64,
+    ) -> StorageResult<Option<ScheduleState>> {
+        self.at("schedule_pause", None, None).await?;
+        Ok(self.conn.schedule_pause(name, paused, now_ms).await?)
+    }
+
+    async fn schedules_list(&mut self, now_ms: i64) -> StorageResult<Vec<ScheduleState>> {
+        self.at("schedules_list", None, None).await?;
+        Ok(self.conn.schedules_list(now_ms).await?)
     }
 
     async fn commit(mut self) -> StorageResult<()> {

@@ -51,11 +51,12 @@ pub use handle::Defect;
 pub use handle::{Fault, FaultHook, FaultPoint, MemError, MemListener, MemStorage, MemTx};
 pub use mvcc::LockWait;
 use mvcc::{
-    App, Chain, Db, Events, Executors, Messages, Queues, Settings, Snapshot, Steps, TableSel,
-    TryLock, Unique, WaitTarget, WorkflowNames, Workflows,
+    App, Chain, Db, Events, Executors, Messages, Queues, Schedules, Settings, Snapshot, Steps,
+    TableSel, TryLock, Unique, WaitTarget, WorkflowNames, Workflows,
 };
 pub use records::{
-    EventRecord, ExecutorRecord, MessageRecord, QueueRecord, StepRecordRow, WorkflowRecord,
+    EventRecord, ExecutorRecord, MessageRecord, QueueRecord, ScheduleRecord, StepRecordRow,
+    WorkflowRecord,
 };
 pub use session::{Key, MemConn, RowLock, Scan};
 
@@ -64,9 +65,9 @@ use session::*;
 
 use super::intercept::{Hook, Interceptor, Phase, Tap, Verdict};
 use super::{
-    DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, ErrorKind, ExecutorRegister, Listener, Status,
-    StepInfo, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult, Transaction,
-    WORKFLOW_ID_MAX_CHARS, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork,
-    WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
-    classify_sqlstate, fenced, jsonb_refuses,
+    DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, ErrorKind, ExecutorRegister, Listener,
+    ScheduleState, Status, StepInfo, StepRecord, StepRecorded, StepRow, Storage, StorageError,
+    StorageResult, Transaction, WORKFLOW_ID_MAX_CHARS, WorkflowComplete, WorkflowEnqueue,
+    WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow,
+    WorkflowsClaim, WorkflowsRecover, classify_sqlstate, fenced, jsonb_refuses,
 };

@@ -13,8 +13,8 @@ use std::hash::Hash;
 use tokio::sync::oneshot;
 
 use super::{
-    EventRecord, ExecutorRecord, Fault, FaultHook, Key, MessageRecord, QueueRecord, StepRecordRow,
-    WorkflowRecord,
+    EventRecord, ExecutorRecord, Fault, FaultHook, Key, MessageRecord, QueueRecord, ScheduleRecord,
+    StepRecordRow, WorkflowRecord,
 };
 
 /// A transaction ID, like PostgreSQL's xid (assigned at `begin`).
@@ -58,6 +58,7 @@ pub(crate) enum LockRef {
     Executor(String),
     WorkflowName(String),
     Queue(String),
+    Schedule(String),
     Setting(String),
     Message(i64),
     Event(String, String),
@@ -526,6 +527,7 @@ pub(crate) struct Db {
     /// `tandem.workflow_names`: the input types of each name.
     pub(crate) workflow_names: Table<String, Vec<String>>,
     pub(crate) queues: Table<String, QueueRecord>,
+    pub(crate) schedules: Table<String, ScheduleRecord>,
     pub(crate) settings: Table<String, String>,
     pub(crate) messages: Table<i64, MessageRecord>,
     pub(crate) events: Table<(String, String), EventRecord>,
@@ -627,6 +629,14 @@ engine_table!(
 engine_table!(Queues, queues, String, QueueRecord, "tandem.queues", |k| {
     LockRef::Queue(k.clone())
 });
+engine_table!(
+    Schedules,
+    schedules,
+    String,
+    ScheduleRecord,
+    "tandem.schedules",
+    |k| LockRef::Schedule(k.clone())
+);
 engine_table!(Settings, settings, String, String, "tandem.settings", |k| {
     LockRef::Setting(k.clone())
 });
@@ -822,6 +832,7 @@ impl Db {
         self.executors.rollback_to(xid, cid, dead);
         self.workflow_names.rollback_to(xid, cid, dead);
         self.queues.rollback_to(xid, cid, dead);
+        self.schedules.rollback_to(xid, cid, dead);
         self.settings.rollback_to(xid, cid, dead);
         self.messages.rollback_to(xid, cid, dead);
         self.events.rollback_to(xid, cid, dead);
@@ -874,6 +885,7 @@ impl Db {
             LockRef::Executor(k) => self.executors.release(xid, k),
             LockRef::WorkflowName(k) => self.workflow_names.release(xid, k),
             LockRef::Queue(k) => self.queues.release(xid, k),
+            LockRef::Schedule(k) => self.schedules.release(xid, k),
             LockRef::Setting(k) => self.settings.release(xid, k),
             LockRef::Message(k) => self.messages.release(xid, k),
             LockRef::Event(w, k) => self.events.release(xid, &(w.clone(), k.clone())),
@@ -898,6 +910,7 @@ impl Db {
             LockRef::Executor(k) => self.executors.dequeue(xid, k),
             LockRef::WorkflowName(k) => self.workflow_names.dequeue(xid, k),
             LockRef::Queue(k) => self.queues.dequeue(xid, k),
+            LockRef::Schedule(k) => self.schedules.dequeue(xid, k),
             LockRef::Setting(k) => self.settings.dequeue(xid, k),
             LockRef::Message(k) => self.messages.dequeue(xid, k),
             LockRef::Event(w, k) => self.events.dequeue(xid, &(w.clone(), k.clone())),

@@ -273,6 +273,32 @@ impl MemConn {
             self.upsert_row(&Queues, &snap, q.name, row.clone(), |_| row.clone())
                 .await?;
         }
+        let mut schedules = p.schedules;
+        schedules.sort_by(|a, b| a.name.cmp(&b.name));
+        for decl in schedules {
+            // INSERT ... ON CONFLICT (name) DO UPDATE SET <the declaration>:
+            // the cursor and the pause survive a redeploy.
+            let snap = self.start("executor_register")?;
+            let row = ScheduleRecord {
+                decl: decl.clone(),
+                paused: false,
+                cursor_ms: p.now_ms,
+                last_tick_ms: None,
+                updated_ms: p.now_ms,
+            };
+            self.upsert_row(&Schedules, &snap, decl.name.clone(), row, |old| {
+                ScheduleRecord {
+                    decl: decl.clone(),
+                    updated_ms: if old.decl == decl {
+                        old.updated_ms
+                    } else {
+                        p.now_ms
+                    },
+                    ..old.clone()
+                }
+            })
+            .await?;
+        }
         let snap = self.start("executor_register")?;
         for (key, value) in [
             ("notify_on_enqueue", p.notify_on_enqueue.to_string()),
@@ -284,6 +310,91 @@ impl MemConn {
             .await?;
         }
         Ok(())
+    }
+
+    pub(super) async fn schedule_lock(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<Option<ScheduleState>, MemError> {
+        // SELECT ... FOR UPDATE SKIP LOCKED.
+        let snap = self.start("schedule_lock")?;
+        let key = name.to_owned();
+        let idx = {
+            let mut db = self.storage.db();
+            let (t, txs) = Schedules.split(&mut db);
+            t.visible(txs, &snap, &key)
+        };
+        let Some(idx) = idx else { return Ok(None) };
+        let Some(latest) = self
+            .lock_row(&Schedules, &snap, &key, idx, LockWait::SkipLocked, |_| true)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut db = self.storage.db();
+        let (t, _) = Schedules.split(&mut db);
+        Ok(Some(schedule_state(t.data(&key, latest), now_ms)))
+    }
+
+    pub(super) async fn schedule_advance(
+        &mut self,
+        name: &str,
+        cursor_ms: i64,
+        last_tick_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), MemError> {
+        let snap = self.start("schedule_advance")?;
+        self.update_row(&Schedules, &snap, &name.to_owned(), |s| {
+            Some(ScheduleRecord {
+                cursor_ms,
+                last_tick_ms: last_tick_ms.or(s.last_tick_ms),
+                updated_ms: now_ms,
+                ..s.clone()
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn schedule_pause(
+        &mut self,
+        name: &str,
+        paused: bool,
+        now_ms: i64,
+    ) -> Result<Option<ScheduleState>, MemError> {
+        // `tandem.pause_schedule` / `tandem.resume_schedule`: one UPDATE
+        // (waiting for a firing transaction's lock), then the row.
+        let snap = self.start("schedule_pause")?;
+        let key = name.to_owned();
+        self.update_row(&Schedules, &snap, &key, |s| {
+            (s.paused != paused).then(|| ScheduleRecord {
+                paused,
+                cursor_ms: if paused {
+                    s.cursor_ms
+                } else {
+                    now_ms.max(s.cursor_ms)
+                },
+                updated_ms: now_ms,
+                ..s.clone()
+            })
+        })
+        .await?;
+        let snap = self.start("schedule_pause")?;
+        let mut db = self.storage.db();
+        Ok(read(&Schedules, &mut db, &snap, &key).map(|s| schedule_state(&s, now_ms)))
+    }
+
+    pub(super) async fn schedules_list(
+        &mut self,
+        now_ms: i64,
+    ) -> Result<Vec<ScheduleState>, MemError> {
+        let snap = self.start("schedules_list")?;
+        let mut db = self.storage.db();
+        let (t, txs) = Schedules.split(&mut db);
+        Ok(t.scan(txs, &snap, ..)
+            .map(|(k, i)| schedule_state(t.data(k, i), now_ms))
+            .collect())
     }
 
     pub(super) async fn executor_heartbeat(
@@ -993,6 +1104,17 @@ impl MemConn {
                 }
             })
             .collect())
+    }
+}
+
+fn schedule_state(s: &ScheduleRecord, now_ms: i64) -> ScheduleState {
+    ScheduleState {
+        decl: s.decl.clone(),
+        paused: s.paused,
+        cursor_ms: s.cursor_ms,
+        last_tick_ms: s.last_tick_ms,
+        updated_ms: s.updated_ms,
+        now_ms,
     }
 }
 

@@ -74,6 +74,21 @@ pub struct QueueRecord {
     pub concurrency_per_key: Option<u32>,
 }
 
+/// A row of `tandem.schedules`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRecord {
+    /// The declaration (name, workflow, cron, zone, queue, catch-up, grace).
+    pub decl: crate::storage::ScheduleDecl,
+    /// Paused schedules fire nothing.
+    pub paused: bool,
+    /// Every tick at or before this instant is decided (database clock).
+    pub cursor_ms: i64,
+    /// The latest tick enqueued.
+    pub last_tick_ms: Option<i64>,
+    /// Last change (database clock).
+    pub updated_ms: i64,
+}
+
 /// A row of `tandem.messages`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageRecord {

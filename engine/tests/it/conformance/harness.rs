@@ -356,6 +356,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
         Op::Register(executor, lease_ms) => label(
             tx.executor_register(ExecutorRegister {
                 versions: Versions::default(),
+                schedules: Vec::new(),
                 executor_id: executor.to_owned(),
                 workflows: vec![
                     ("wf".to_owned(), vec!["object"]),
