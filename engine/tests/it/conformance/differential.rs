@@ -120,6 +120,11 @@ fn engine_op() -> impl Strategy<Value = Op> {
             prop_oneof![Just(100i64), Just(200)]
         )
             .prop_map(|(w, e, s, t)| Op::RecvDeadline(w, e, s, t)),
+        executor().prop_map(Op::RegisterSchedule),
+        prop_oneof![Just("s"), Just("t")].prop_map(Op::ScheduleLock),
+        prop_oneof![Just(2_000_000_000_000i64), Just(2_000_000_001_000)]
+            .prop_map(|c| Op::ScheduleAdvance("s", c)),
+        any::<bool>().prop_map(|p| Op::SchedulePause("s", p)),
         workflow().prop_map(Op::Cancel),
         (workflow(), epoch()).prop_map(|(w, e)| Op::CancelOverdue(w, e)),
         workflow().prop_map(Op::Resume),

@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use tandem::storage::memory::{LockWait, MemConn, MemError, RowLock, Scan};
 use tandem::storage::{
-    DEFAULT_VERSION, ErrorKind, ExecutorRegister, QueueLimits, Status, StepKind, StepRecord,
-    StepRecorded, Storage, StorageError, StorageResult, Transaction, Versions, WorkflowComplete,
-    WorkflowEnqueue, WorkflowFork, WorkflowInsert, WorkflowInserted, WorkflowsClaim,
-    WorkflowsRecover,
+    DEFAULT_VERSION, ErrorKind, ExecutorRegister, QueueLimits, ScheduleDecl, Status, StepKind,
+    StepRecord, StepRecorded, Storage, StorageError, StorageResult, Transaction, Versions,
+    WorkflowComplete, WorkflowEnqueue, WorkflowFork, WorkflowInsert, WorkflowInserted,
+    WorkflowsClaim, WorkflowsRecover,
 };
 use tandem::{MemStorage, PgStorage};
 use tokio::sync::{mpsc, oneshot};
@@ -85,6 +85,18 @@ pub enum Op {
     Register(&'static str, i64),
     /// Renews executor `.0`'s lease to `.1` ms.
     Heartbeat(&'static str, i64),
+    /// Registers executor `.0` declaring schedule `s` (every second, of
+    /// workflow `wf` on queue `q`).
+    RegisterSchedule(&'static str),
+    /// Locks schedule `.0` for firing (`FOR UPDATE SKIP LOCKED`); shows
+    /// `none` or whether it is paused and its cursor (`clock` for one the
+    /// database clock set: the backends' clocks differ).
+    ScheduleLock(&'static str),
+    /// Moves schedule `.0`'s cursor to `.1` (and its last tick with it).
+    ScheduleAdvance(&'static str, i64),
+    /// Pauses (`true`) or resumes schedule `.0`; shows whether it is paused
+    /// after, or `none`.
+    SchedulePause(&'static str, bool),
     /// `tandem.enqueue_workflow` into queue `q`.
     Enqueue {
         id: &'static str,
@@ -225,6 +237,17 @@ fn storage_label(e: &StorageError) -> String {
         "fenced".to_owned()
     } else {
         error_label(e)
+    }
+}
+
+/// A schedule cursor as both backends show it: `clock` for one a database
+/// clock set (PostgreSQL's is the real one, the model's reads 0 here);
+/// scenarios move cursors to values past any clock of this century.
+fn shown_cursor(ms: i64) -> String {
+    if ms < 1_900_000_000_000 {
+        "clock".to_owned()
+    } else {
+        ms.to_string()
     }
 }
 
@@ -371,6 +394,43 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             .await,
             |()| "ok".to_owned(),
         ),
+        Op::RegisterSchedule(executor) => label(
+            tx.executor_register(ExecutorRegister {
+                versions: Versions::default(),
+                schedules: vec![ScheduleDecl {
+                    name: "s".to_owned(),
+                    workflow: "wf".to_owned(),
+                    cron: "* * * * * *".to_owned(),
+                    time_zone: "UTC".to_owned(),
+                    queue: "q".to_owned(),
+                    catch_up: "latest".to_owned(),
+                    catch_up_max: None,
+                    grace_ms: 60_000,
+                }],
+                executor_id: executor.to_owned(),
+                workflows: vec![("wf".to_owned(), vec!["object"])],
+                queues: vec![queue_q()],
+                payload_max_bytes: 64,
+                notify_on_enqueue: true,
+                now_ms: 0,
+                lease_ms: 3_600_000,
+            })
+            .await,
+            |()| "ok".to_owned(),
+        ),
+        Op::ScheduleLock(name) => label(tx.schedule_lock(name, 0).await, |s| {
+            s.map_or_else(
+                || "none".to_owned(),
+                |s| format!("paused:{} cursor:{}", s.paused, shown_cursor(s.cursor_ms)),
+            )
+        }),
+        Op::ScheduleAdvance(name, cursor) => label(
+            tx.schedule_advance(name, cursor, Some(cursor), 0).await,
+            |()| "ok".to_owned(),
+        ),
+        Op::SchedulePause(name, paused) => label(tx.schedule_pause(name, paused, 0).await, |s| {
+            s.map_or_else(|| "none".to_owned(), |s| format!("paused:{}", s.paused))
+        }),
         Op::Heartbeat(executor, lease_ms) => {
             label(tx.executor_heartbeat(executor, 0, lease_ms).await, |()| {
                 "ok".to_owned()
@@ -788,7 +848,7 @@ impl Backend for Pg {
     async fn reset(&self, setup: &Setup) {
         sqlx::raw_sql(
             "TRUNCATE tandem.workflows, tandem.steps, tandem.executors, tandem.workflow_names,
-                      tandem.messages, tandem.events, jobs;
+                      tandem.messages, tandem.events, tandem.schedules, jobs;
              DELETE FROM tandem.queues WHERE name <> 'default';
              UPDATE tandem.settings SET value = '1048576' WHERE key = 'payload_max_bytes';
              UPDATE tandem.settings SET value = 'true' WHERE key = 'notify_on_enqueue';",

@@ -54,6 +54,7 @@ scenarios!(
     per_key_claims_take_one_per_key_and_wait_for_the_queue,
     debounced_enqueues_replace_the_pending_input_and_wait_for_each_other,
     reclaim_rechecks_a_lease_renewed_while_it_waited,
+    schedule_firings_skip_each_other_and_a_pause_waits_for_the_firing,
     owned_rows_are_the_committed_running_ones_of_the_executor,
     a_step_is_read_by_key_once_committed,
     workflows_enqueued_together_are_claimed_in_id_order,
@@ -774,6 +775,64 @@ jobs 1:null 2:null
 workflows d{\"n\": 5}:ENQUEUED:e0: d{\"n\": 7}:ENQUEUED:e0: w1:RUNNING:e1:a
 steps 
 executors a
+",
+    )
+}
+
+/// The schedule loop's transaction: the row lock decides which executor
+/// fires; a pause (or a resume) waits for the firing to commit; a
+/// redeploy's registration keeps the cursor and the pause.
+fn schedule_firings_skip_each_other_and_a_pause_waits_for_the_firing() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::RegisterSchedule("a")),
+            (0, Op::Commit),
+            (0, Op::ScheduleLock("s")),
+            (1, Op::ScheduleLock("s")),
+            (1, Op::SchedulePause("s", true)),
+            (0, Op::ScheduleAdvance("s", 2_000_000_000_000)),
+            (0, Op::Commit),
+            (1, Op::Commit),
+            (0, Op::ScheduleLock("s")),
+            (0, Op::Commit),
+            (0, Op::RegisterSchedule("b")),
+            (0, Op::Commit),
+            (1, Op::ScheduleLock("s")),
+            (1, Op::Rollback),
+            (0, Op::SchedulePause("s", false)),
+            (0, Op::SchedulePause("s", false)),
+            (0, Op::Commit),
+            (1, Op::ScheduleLock("s")),
+            (1, Op::ScheduleLock("nope")),
+            (1, Op::Commit),
+        ],
+        "\
+s1 RegisterSchedule(\"a\"): ok
+s1 Commit: ok
+s1 ScheduleLock(\"s\"): paused:false cursor:clock
+s2 ScheduleLock(\"s\"): none
+s2 SchedulePause(\"s\", true): blocked
+s1 ScheduleAdvance(\"s\", 2000000000000): ok
+s1 Commit: ok
+s2 done: paused:true
+s2 Commit: ok
+s1 ScheduleLock(\"s\"): paused:true cursor:2000000000000
+s1 Commit: ok
+s1 RegisterSchedule(\"b\"): ok
+s1 Commit: ok
+s2 ScheduleLock(\"s\"): paused:true cursor:2000000000000
+s2 Rollback: ok
+s1 SchedulePause(\"s\", false): paused:false
+s1 SchedulePause(\"s\", false): paused:false
+s1 Commit: ok
+s2 ScheduleLock(\"s\"): paused:false cursor:2000000000000
+s2 ScheduleLock(\"nope\"): none
+s2 Commit: ok
+jobs 1:null 2:null
+workflows w1:RUNNING:e1:a
+steps 
+executors a b
 ",
     )
 }
