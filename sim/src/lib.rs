@@ -20,6 +20,7 @@ pub mod env;
 pub mod faults;
 pub mod history;
 pub mod run;
+pub mod schedules;
 pub mod storage;
 pub mod versions;
 pub mod workload;

@@ -218,12 +218,18 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     spawn_client(&handle, &world, "app", workload::app_client);
     spawn_client(&handle, &world, "sender", workload::message_client);
     spawn_client(&handle, &world, "debouncer", crate::debounce::client);
+    spawn_client(&handle, &world, "pauser", crate::schedules::pauser);
     if world.workload.generation >= Generation::Steering {
         spawn_client(&handle, &world, "admin", workload::admin_client);
     } else {
         world.state().admin_done = true;
     }
-    let chaos_end = Instant::now() + CHAOS;
+    let chaos = if world.workload.schedule.is_some() {
+        crate::schedules::CHAOS
+    } else {
+        CHAOS
+    };
+    let chaos_end = Instant::now() + chaos;
     // A zombie (shared executor ID) and a permanent kill exclude each
     // other: a zombie's heartbeat would keep the dead one's lease alive.
     let mut zombie = false;
@@ -361,6 +367,9 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
             if !world.state().debounce_done {
                 unfinished.push("the debounce client".to_owned());
             }
+            if let Some(why) = crate::schedules::unfinished(&world) {
+                unfinished.push(why);
+            }
             if !world.state().admin_done {
                 unfinished.push("the admin node".to_owned());
             }
@@ -433,6 +442,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         .chain(crate::history::check(&world))
         .chain(crate::versions::check(&world))
         .chain(crate::debounce::check_history(&world))
+        .chain(crate::schedules::check(&world))
     {
         world.violation(v);
     }
@@ -447,6 +457,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     handle.kill("app");
     handle.kill("sender");
     handle.kill("debouncer");
+    handle.kill("pauser");
     if world.workload.generation >= Generation::Steering {
         handle.kill("admin");
     }
@@ -481,8 +492,12 @@ async fn check_replays(world: &Arc<World>) -> Vec<String> {
         .env(MadsimEnv::new(world.clone(), world.seed))
         .register(Bank {
             world: world.clone(),
-            node,
+            node: node.clone(),
             code: crate::versions::Code::newest(world.workload.generation),
+        })
+        .register(crate::schedules::Report {
+            world: world.clone(),
+            node,
         })
         .replayer();
     let finished: Vec<String> = world
@@ -712,6 +727,7 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
                 node: node.clone(),
                 code,
             });
+        let builder = crate::schedules::declare(builder, &world, &node, executor);
         let launched = code.declare(builder).launch().await;
         match launched {
             Ok(engine) => break engine,

@@ -73,11 +73,15 @@ pub enum Generation {
     Keys,
     /// Plus debounced enqueues from a node of their own (`crate::debounce`).
     Debounce,
+    /// Plus a cron schedule declared by some executors, paused and resumed
+    /// by a node of its own, and a chaos phase long enough to hold a tick
+    /// (`crate::schedules`).
+    Schedules,
 }
 
 impl Generation {
     /// The newest generation: what `cargo test -p sim` runs.
-    pub const LATEST: Generation = Generation::Debounce;
+    pub const LATEST: Generation = Generation::Schedules;
 }
 
 /// One step of a bank workflow.
@@ -276,6 +280,9 @@ pub struct Workload {
     /// within a third of the lease, the bound `docs/guarantees.md` asks of
     /// a deployment.
     pub skews_ms: Vec<i64>,
+    /// The cron schedule (`crate::schedules`), since the schedules
+    /// generation.
+    pub schedule: Option<crate::schedules::ScheduleSpec>,
 }
 
 /// A workflow the workload starts (see [`Workload::all_workflows`]).
@@ -542,6 +549,7 @@ impl Workload {
             orders_rate,
             orders_per_key,
             debounces: crate::debounce::draw(seed, generation),
+            schedule: crate::schedules::draw(seed, generation, executors),
             skews_ms,
         }
     }
@@ -1007,7 +1015,8 @@ pub fn check(world: &World) -> Vec<String> {
         &mut v,
     ));
     let expected_ids: BTreeSet<&String> = checked.iter().map(|(id, _)| id).collect();
-    for id in rows.keys() {
+    // (The schedule's tick workflows are judged by `schedules::check`.)
+    for id in rows.keys().filter(|id| !crate::schedules::is_tick(id)) {
         if !expected_ids.contains(id) {
             v.push(format!("unexpected workflow {id}"));
         }
@@ -1022,6 +1031,7 @@ pub fn check(world: &World) -> Vec<String> {
         .iter()
         .filter(ran)
         .filter(|s| s.kind == StepKind::Transaction && s.output.is_some())
+        .filter(|s| !crate::schedules::is_tick(&s.workflow_id))
         .map(|s| (s.workflow_id.clone(), s.step_id))
         .collect();
     let mut ledger: BTreeMap<(String, i32), u32> = BTreeMap::new();
@@ -1773,6 +1783,10 @@ pub async fn admin_client(world: Arc<World>) {
                     world: world.clone(),
                     node: checker_node.clone(),
                     code,
+                })
+                .register(crate::schedules::Report {
+                    world: world.clone(),
+                    node: checker_node.clone(),
                 }),
         )
         .replayer()

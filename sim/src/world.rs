@@ -88,6 +88,9 @@ pub struct State {
     pub debounce_seen: Vec<crate::debounce::DebounceSeen>,
     /// The `debouncer` node made all its calls.
     pub debounce_done: bool,
+    /// Whether the pauser (`crate::schedules::pauser`) has resumed the
+    /// schedule (or had nothing to do).
+    pub pauser_done: bool,
 }
 
 /// Everything a run shares.

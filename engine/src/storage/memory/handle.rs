@@ -334,6 +334,17 @@ impl MemStorage {
             .collect()
     }
 
+    /// Every committed version of every schedule row, with the commit
+    /// sequence number that wrote it, in commit order.
+    pub fn schedule_history(&self) -> Vec<(u64, ScheduleRecord)> {
+        let db = self.db();
+        db.schedules
+            .history(&db.txs)
+            .into_iter()
+            .map(|(csn, _, v)| (csn, v.clone()))
+            .collect()
+    }
+
     /// Every committed version of every checkpoint row, with its commit
     /// sequence number, in commit order.
     pub fn step_history(&self) -> Vec<(u64, StepRecordRow)> {
