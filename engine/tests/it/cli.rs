@@ -718,3 +718,83 @@ async fn roles_are_set_up_by_a_superuser_when_the_owner_may_not_create_them() {
     let before = json(&owner, &["roles"]).await;
     assert_eq!(json(&root, &["setup-roles"]).await, before);
 }
+
+/// A scheduled workflow for the CLI test: returns its tick.
+struct Nightly;
+
+impl Workflow<PgStorage> for Nightly {
+    const NAME: &'static str = "nightly";
+    type Input = tandem::ScheduledTick;
+    type Output = i64;
+
+    async fn run(
+        &self,
+        _ctx: &mut tandem::WorkflowContext<PgStorage>,
+        tick: tandem::ScheduledTick,
+    ) -> Result<i64, tandem::WorkflowError> {
+        Ok(tick.scheduled_at_ms)
+    }
+}
+
+#[tokio::test]
+async fn schedules_are_listed_paused_and_resumed() {
+    let url = support::database().await;
+    let storage = PgStorage::connect(&url).await.expect("connect");
+    let schedule = tandem::Schedule::new("nightly-report", "0 30 3 * * *")
+        .unwrap()
+        .time_zone("Europe/Paris")
+        .unwrap()
+        .catch_up(tandem::CatchUp::All { max: 3 });
+    let engine = Engine::builder(storage)
+        .schedule(Nightly, schedule)
+        .launch()
+        .await
+        .expect("launch");
+
+    let table = ok(&url, &["schedule", "list"]).await;
+    let r = row(&table, "nightly-report");
+    assert_eq!(
+        r[..8],
+        [
+            "nightly-report",
+            "0 30 3 * * *",
+            "Europe/Paris",
+            "nightly",
+            "default",
+            "all (at most 3)",
+            "no",
+            "-"
+        ],
+        "{table}"
+    );
+    let listed = json(&url, &["schedule", "list"]).await;
+    let s = &listed[0];
+    assert_eq!(s["name"], "nightly-report");
+    assert_eq!(s["cron"], "0 30 3 * * *");
+    assert_eq!(s["time_zone"], "Europe/Paris");
+    assert_eq!(s["workflow"], "nightly");
+    assert_eq!(
+        (s["catch_up"].as_str(), s["catch_up_max"].as_u64()),
+        (Some("all"), Some(3))
+    );
+    assert_eq!(s["paused"], false);
+    assert_eq!(s["last_tick_at"], Value::Null);
+    // The next tick is 03:30 in Paris: 01:30 or 02:30 UTC.
+    let next = s["next_tick_at"].as_str().unwrap_or_else(|| panic!("{s}"));
+    assert!(
+        next.contains("T01:30:00") || next.contains("T02:30:00"),
+        "{next}"
+    );
+
+    let paused = json(&url, &["schedule", "pause", "nightly-report"]).await;
+    assert_eq!(
+        (paused["paused"].as_bool(), &paused["next_tick_at"]),
+        (Some(true), &Value::Null)
+    );
+    let resumed = json(&url, &["schedule", "resume", "nightly-report"]).await;
+    assert_eq!(resumed["paused"], false);
+    assert!(resumed["next_tick_at"].is_string(), "{resumed}");
+    let stderr = fails(&url, &["schedule", "pause", "no-such"], 1).await;
+    assert!(stderr.contains("no such schedule"), "{stderr}");
+    engine.shutdown().await;
+}

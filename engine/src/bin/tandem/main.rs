@@ -53,6 +53,9 @@ enum Command {
     /// Inspect queues.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// List, pause and resume cron schedules (executors declare them).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Show the application versions of the unfinished runs and of the live
     /// executors: how many runs of each wait or run, and how many live
     /// executors accept each. Runs of a version no live executor accepts
@@ -143,6 +146,24 @@ struct ListArgs {
 enum QueueCommand {
     /// List queues with their limits and their ENQUEUED and RUNNING counts.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleCommand {
+    /// List schedules: cron expression, time zone, workflow, queue,
+    /// catch-up policy, whether paused, the last tick enqueued and the next.
+    List,
+    /// Pause a schedule: no executor fires it until it is resumed.
+    Pause {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Resume a paused schedule from now: the ticks that fell in the pause
+    /// never run.
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
 }
 
 fn parse_status(s: &str) -> Result<Status, String> {
@@ -288,6 +309,33 @@ async fn run(url: &str, json: bool, command: Command) -> anyhow::Result<String> 
                 json,
                 queues.iter().map(output::queue_json).collect::<Vec<_>>(),
                 output::queues_table(&queues),
+            )
+        }
+        Command::Schedule(ScheduleCommand::List) => {
+            let schedules = admin.schedules().await.map_err(explain)?;
+            render(
+                json,
+                schedules
+                    .iter()
+                    .map(output::schedule_json)
+                    .collect::<Vec<_>>(),
+                output::schedules_table(&schedules),
+            )
+        }
+        Command::Schedule(ScheduleCommand::Pause { name }) => {
+            let info = admin.pause_schedule(&name).await.map_err(explain)?;
+            render(
+                json,
+                output::schedule_json(&info),
+                output::schedules_table(std::slice::from_ref(&info)),
+            )
+        }
+        Command::Schedule(ScheduleCommand::Resume { name }) => {
+            let info = admin.resume_schedule(&name).await.map_err(explain)?;
+            render(
+                json,
+                output::schedule_json(&info),
+                output::schedules_table(std::slice::from_ref(&info)),
             )
         }
         Command::Versions => {

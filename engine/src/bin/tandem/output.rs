@@ -5,6 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 use tandem::WorkflowDetail;
+use tandem::schedule::ScheduleInfo;
 use tandem::storage::postgres::{QueueInfo, RoleInfo, VersionInfo};
 use tandem::storage::{StepInfo, WorkflowInfo};
 
@@ -450,4 +451,75 @@ mod tests {
         assert_eq!(shown.chars().count(), CELL_CHARS_MAX);
         assert!(shown.ends_with('…'));
     }
+}
+
+/// A schedule as `--json` prints it.
+#[derive(Serialize)]
+pub struct ScheduleJson<'a> {
+    name: &'a str,
+    workflow: &'a str,
+    cron: &'a str,
+    time_zone: &'a str,
+    queue: &'a str,
+    /// `skip`, `latest`, `all` (with `catch_up_max`), or `null` for a value
+    /// this version does not know.
+    catch_up: Option<&'static str>,
+    catch_up_max: Option<u32>,
+    grace_ms: u128,
+    paused: bool,
+    last_tick_at: Option<String>,
+    /// `null` while paused.
+    next_tick_at: Option<String>,
+    updated_at: String,
+}
+
+pub fn schedule_json(s: &ScheduleInfo) -> ScheduleJson<'_> {
+    let (catch_up, catch_up_max) = match s.catch_up {
+        Some(tandem::CatchUp::Skip) => (Some("skip"), None),
+        Some(tandem::CatchUp::Latest) => (Some("latest"), None),
+        Some(tandem::CatchUp::All { max }) => (Some("all"), Some(max)),
+        _ => (None, None),
+    };
+    ScheduleJson {
+        name: &s.name,
+        workflow: &s.workflow,
+        cron: &s.cron,
+        time_zone: &s.time_zone,
+        queue: &s.queue,
+        catch_up,
+        catch_up_max,
+        grace_ms: s.grace.as_millis(),
+        paused: s.paused,
+        last_tick_at: s.last_tick_ms.map(format_ms),
+        next_tick_at: s.next_tick_ms.map(format_ms),
+        updated_at: format_ms(s.updated_ms),
+    }
+}
+
+pub fn schedules_table(schedules: &[ScheduleInfo]) -> String {
+    let mut table = Table::new(&[
+        "NAME",
+        "CRON",
+        "ZONE",
+        "WORKFLOW",
+        "QUEUE",
+        "CATCH-UP",
+        "PAUSED",
+        "LAST TICK",
+        "NEXT TICK",
+    ]);
+    for s in schedules {
+        table.row(vec![
+            cell(&s.name),
+            s.cron.clone(),
+            s.time_zone.clone(),
+            cell(&s.workflow),
+            cell(&s.queue),
+            s.catch_up.map_or("?".to_owned(), |c| c.to_string()),
+            if s.paused { "yes" } else { "no" }.to_owned(),
+            time(s.last_tick_ms),
+            time(s.next_tick_ms),
+        ]);
+    }
+    table.render()
 }
