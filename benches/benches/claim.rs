@@ -47,6 +47,7 @@ impl Variant {
             concurrency_global: matches!(self, Variant::Global).then_some(1_000_000),
             rate_limit: None,
             concurrency_per_key: matches!(self, Variant::PerKey).then_some(1),
+            retention_ms: None,
         }
     }
 }

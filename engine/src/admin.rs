@@ -15,7 +15,8 @@ use crate::error::Error;
 use crate::payload;
 use crate::schedule::ScheduleInfo;
 use crate::storage::{
-    ErrorKind, StepInfo, Storage, Transaction, WorkflowFilter, WorkflowFork, WorkflowInfo,
+    ErrorKind, GcCount, StepInfo, Storage, Transaction, WorkflowFilter, WorkflowFork, WorkflowInfo,
+    WorkflowsGc,
 };
 
 /// A workflow with its steps, as management tools show it.
@@ -113,6 +114,37 @@ impl<S: Storage> Admin<S> {
                 Box::pin(async move { tx.workflows_cancel(&owned, "cancelled", now_ms).await })
             })
             .await?)
+    }
+
+    /// Retention by hand: deletes the finished workflow trees past their
+    /// queue's retention (or, with `older_than`, finished longer ago than
+    /// that, in every queue), with their steps, messages and events, in
+    /// transactions of at most `batch` trees, until none is left; or, with
+    /// `dry_run`, only counts them. What it deleted, or would delete.
+    pub async fn gc(
+        &self,
+        older_than: Option<Duration>,
+        dry_run: bool,
+        batch: u32,
+    ) -> Result<GcCount, Error> {
+        let older_than_ms = older_than.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let mut total = GcCount::default();
+        loop {
+            let params = WorkflowsGc {
+                limit: batch.max(1),
+                older_than_ms,
+                dry_run,
+                now_ms: self.now_ms(),
+            };
+            let counted = self
+                .storage
+                .autocommit(move |tx| Box::pin(async move { tx.workflows_gc(params).await }))
+                .await?;
+            total.add(counted);
+            if dry_run || counted.roots < u64::from(batch.max(1)) {
+                return Ok(total);
+            }
+        }
     }
 
     /// Every schedule in the database (declared by any executor, now or

@@ -115,11 +115,18 @@ pub enum Bug {
     /// clock) as its tick, in its input and its derived ID, instead of the
     /// cron expression's tick.
     ScheduleTickIsFireTime,
+    /// Retention deletes finished workflows' rows but leaves their
+    /// checkpoints (a cleanup that is not one transaction): a workflow
+    /// started again under a deleted ID would replay the old steps.
+    GcLeavesSteps,
+    /// Retention collects finished children on their own, while their
+    /// ancestors still run: a parent that awaits its child finds it gone.
+    GcIgnoresAncestors,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 32] = [
+    pub const ALL: [Bug; 34] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -152,6 +159,8 @@ impl Bug {
         Bug::ScheduleIgnoresPause,
         Bug::ScheduleDropsMissed,
         Bug::ScheduleTickIsFireTime,
+        Bug::GcLeavesSteps,
+        Bug::GcIgnoresAncestors,
     ];
 }
 

@@ -145,6 +145,27 @@ impl<S: Storage> EngineBuilder<S> {
         self
     }
 
+    /// Deletes finished workflows once they finished this long ago, in
+    /// every queue this executor declares that sets no retention of its own
+    /// ([`Queue::retention`]). Executors that declare a queue with a
+    /// retention collect its finished workflows in batches
+    /// ([`gc_interval`](Self::gc_interval)). Default: kept forever.
+    /// `docs/retention.md`.
+    pub fn retention(mut self, keep: Duration) -> Self {
+        self.config.retention = Some(keep);
+        self
+    }
+
+    /// How often this executor collects finished workflows past their
+    /// retention, and how many finished root workflows (each with its tree)
+    /// one transaction deletes at most. Each round deletes batches until
+    /// one comes up short. Default: every 60 s, batches of 500.
+    pub fn gc_interval(mut self, every: Duration, batch: u32) -> Self {
+        self.config.gc_interval = every.max(Duration::from_millis(1));
+        self.config.gc_batch = batch.max(1);
+        self
+    }
+
     /// How many times a transactional step is attempted when it hits
     /// serialization failures or deadlocks before the conflict is recorded as
     /// its failure. Default: 100.
@@ -263,12 +284,7 @@ impl<S: Storage> EngineBuilder<S> {
         let register = ExecutorRegister {
             executor_id: self.config.executor_id.clone(),
             workflows,
-            queues: self
-                .config
-                .queues
-                .iter()
-                .map(|q| q.limits.clone())
-                .collect(),
+            queues: self.config.declared_limits(),
             payload_max_bytes: self.config.payload_max_bytes,
             notify_on_enqueue: self.config.notify_on_enqueue,
             now_ms: crate::env::unix_ms(self.env.now()),
@@ -335,6 +351,9 @@ impl<S: Storage> Engine<S> {
                 version: DEFAULT_VERSION.to_owned(),
                 accepts_also: Vec::new(),
                 schedules: Vec::new(),
+                retention: None,
+                gc_interval: Duration::from_secs(60),
+                gc_batch: 500,
             },
             registry: HashMap::new(),
         }

@@ -30,6 +30,7 @@ impl Queue {
                 concurrency_global: None,
                 rate_limit: None,
                 concurrency_per_key: None,
+                retention_ms: None,
             },
             worker_concurrency: 64,
         }
@@ -63,6 +64,18 @@ impl Queue {
     /// without a key are not limited by it.
     pub fn concurrency_per_key(mut self, n: u32) -> Self {
         self.limits.concurrency_per_key = Some(n.max(1));
+        self
+    }
+
+    /// Finished workflows of this queue are deleted once they finished this
+    /// long ago (each with its steps, messages, events and child
+    /// workflows; a tree goes when its root finished this long ago and none
+    /// of it still runs). Overrides [`EngineBuilder::retention`] for this
+    /// queue. Default: kept forever. `docs/retention.md`.
+    ///
+    /// [`EngineBuilder::retention`]: crate::EngineBuilder::retention
+    pub fn retention(mut self, keep: Duration) -> Self {
+        self.limits.retention_ms = Some(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
         self
     }
 

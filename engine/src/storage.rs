@@ -407,6 +407,10 @@ pub struct QueueLimits {
     /// At most this many of the queue's workflows with one concurrency key
     /// run at once, across all executors.
     pub concurrency_per_key: Option<u32>,
+    /// Finished workflow trees of this queue (judged by the root's queue)
+    /// are deleted once their root finished this long ago (milliseconds);
+    /// `None`: kept forever. Not a claim limit.
+    pub retention_ms: Option<i64>,
 }
 
 impl QueueLimits {
@@ -545,6 +549,49 @@ pub struct ScheduleState {
     pub updated_ms: i64,
     /// The database clock when the row was read.
     pub now_ms: i64,
+}
+
+/// Parameters of [`Transaction::workflows_gc`].
+#[derive(Debug, Clone)]
+pub struct WorkflowsGc {
+    /// At most this many finished root workflows (each with its whole
+    /// tree) per batch; ignored by a dry run.
+    pub limit: u32,
+    /// Delete what finished longer ago than this, in every queue, instead
+    /// of each queue's stored retention.
+    pub older_than_ms: Option<i64>,
+    /// Count what would go; delete nothing, lock nothing.
+    pub dry_run: bool,
+    /// The engine's clock.
+    pub now_ms: i64,
+}
+
+/// What a [`Transaction::workflows_gc`] deleted (or, dry, would delete).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcCount {
+    /// Finished root workflows taken (locked) by the batch, whose trees
+    /// were deleted unless a member was unfinished. Equal to the batch's
+    /// limit: there may be more.
+    pub roots: u64,
+    /// Workflow rows deleted, roots and descendants.
+    pub workflows: u64,
+    /// Their checkpoints.
+    pub steps: u64,
+    /// Their messages, received or not.
+    pub messages: u64,
+    /// Their events.
+    pub events: u64,
+}
+
+impl GcCount {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, other: GcCount) {
+        self.roots += other.roots;
+        self.workflows += other.workflows;
+        self.steps += other.steps;
+        self.messages += other.messages;
+        self.events += other.events;
+    }
 }
 
 /// The kind of a storage failure: the one thing retry logic reads.
@@ -1100,6 +1147,18 @@ pub trait Transaction: Send + Sized {
         paused: bool,
         now_ms: i64,
     ) -> impl Future<Output = StorageResult<Option<ScheduleState>>> + Send;
+
+    /// Retention: deletes finished workflow trees whose root finished
+    /// longer ago than its queue's retention (or `older_than_ms`), oldest
+    /// first, with their steps, messages and events, in this transaction.
+    /// A tree goes whole or not at all: never while any member is
+    /// unfinished, so no running workflow loses a child its replay reads.
+    /// Roots another transaction holds are skipped (`SKIP LOCKED`), so
+    /// executors collecting at once take different batches.
+    fn workflows_gc(
+        &mut self,
+        params: WorkflowsGc,
+    ) -> impl Future<Output = StorageResult<GcCount>> + Send;
 
     /// Every schedule, by name.
     fn schedules_list(

@@ -433,6 +433,14 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
     for (n, _) in std::mem::take(&mut world.state().paused) {
         handle.resume(n.as_str());
     }
+    // Since the schedules generation executors delete finished workflows
+    // (retention) and fire ticks: they stop before the checks read the
+    // database. (Older generations keep their order of events.)
+    if world.workload.generation >= Generation::Schedules {
+        for n in &nodes {
+            handle.kill(n.as_str());
+        }
+    }
 
     // Check.
     for v in workload::check(&world)
@@ -443,6 +451,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         .chain(crate::versions::check(&world))
         .chain(crate::debounce::check_history(&world))
         .chain(crate::schedules::check(&world))
+        .chain(crate::retention::check(&world))
     {
         world.violation(v);
     }
@@ -498,6 +507,9 @@ async fn check_replays(world: &Arc<World>) -> Vec<String> {
         .register(crate::schedules::Report {
             world: world.clone(),
             node,
+        })
+        .register(crate::schedules::ReportPart {
+            world: world.clone(),
         })
         .replayer();
     let finished: Vec<String> = world

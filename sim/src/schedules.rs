@@ -66,6 +66,10 @@ pub struct ScheduleSpec {
     pub declared_by: Vec<bool>,
     /// The pauser's pause: after how long, and for how long.
     pub pause: Option<(u64, u64)>,
+    /// The ticks queue's retention (`crate::retention`), if any.
+    pub retention_ms: Option<i64>,
+    /// How often executors collect, and their batch size.
+    pub gc: (u64, u32),
 }
 
 impl ScheduleSpec {
@@ -112,6 +116,8 @@ pub fn draw(seed: u64, generation: Generation, executors: usize) -> Option<Sched
         pause: rng
             .gen_bool(0.6)
             .then(|| (rng.gen_range(0..1500), rng.gen_range(200..1200))),
+        retention_ms: rng.gen_bool(0.7).then(|| rng.gen_range(0..=120)),
+        gc: (rng.gen_range(20..=150), rng.gen_range(1..=3)),
     })
 }
 
@@ -143,6 +149,17 @@ impl Workflow<SimStorage> for Report {
         let wf = ctx.workflow_id().to_owned();
         let world = self.world.clone();
         let at = tick.scheduled_at_ms;
+        // Every other tick has a part computed by a child, awaited after a
+        // short sleep: retention must not take the finished child from
+        // under its running parent.
+        if at.div_euclid(1000) % 2 == 0 {
+            let part = ctx.start_child::<ReportPart>(at).await?;
+            ctx.sleep(Duration::from_millis(80)).await?;
+            let got = ctx.child_result(&part).await?;
+            if got != at {
+                return Err(WorkflowError::msg(format!("part {got} of tick {at}")));
+            }
+        }
         ctx.transaction("report", async move |conn| {
             let seq = {
                 let mut state = world.state();
@@ -161,6 +178,46 @@ impl Workflow<SimStorage> for Report {
     }
 }
 
+/// A tick's part, a child of its report: writes `report_parts` from a
+/// transactional step and returns the tick.
+pub struct ReportPart {
+    /// The run.
+    pub world: Arc<World>,
+}
+
+impl Workflow<SimStorage> for ReportPart {
+    const NAME: &'static str = "report_part";
+    type Input = i64;
+    type Output = i64;
+
+    async fn run(
+        &self,
+        ctx: &mut WorkflowContext<SimStorage>,
+        at: i64,
+    ) -> Result<i64, WorkflowError> {
+        let wf = ctx.workflow_id().to_owned();
+        let world = self.world.clone();
+        ctx.transaction("part", async move |conn| {
+            let seq = {
+                let mut state = world.state();
+                state.ledger_seq += 1;
+                state.ledger_seq
+            };
+            conn.insert(
+                REPORT_PARTS,
+                format!("{wf}/{seq}"),
+                json!({ "wf": wf, "tick": at }),
+            )
+            .await?;
+            Ok::<_, tandem::storage::memory::MemError>(at)
+        })
+        .await
+    }
+}
+
+/// The application table the parts write.
+pub const REPORT_PARTS: &str = "report_parts";
+
 /// What every executor declares: the queue and the workflow, and the
 /// schedule where the run says so.
 pub fn declare(
@@ -176,7 +233,16 @@ pub fn declare(
         world: world.clone(),
         node: node.clone(),
     };
-    let builder = builder.queue(Queue::new(QUEUE).worker_concurrency(2));
+    let mut queue = Queue::new(QUEUE).worker_concurrency(2);
+    if let Some(ms) = spec.retention_ms {
+        queue = queue.retention(Duration::from_millis(ms as u64));
+    }
+    let builder = builder
+        .queue(queue)
+        .gc_interval(Duration::from_millis(spec.gc.0), spec.gc.1)
+        .register(ReportPart {
+            world: world.clone(),
+        });
     if spec.declared_by[executor] {
         builder.schedule(report, spec.declaration())
     } else {
@@ -214,6 +280,12 @@ pub async fn pauser(world: Arc<World>) {
                 match result {
                     Ok(info) => {
                         world.log(format!("pauser: {what} ok, cursor {}", info.cursor_ms));
+                        break;
+                    }
+                    // Not registered yet: wait for a declarer, unless
+                    // every one was killed for good.
+                    Err(tandem::Error::InvalidSchedule { .. }) if all_declarers_dead(&world) => {
+                        world.log(format!("pauser: {what} given up: no executor declares it"));
                         break;
                     }
                     Err(e) => {
@@ -264,7 +336,7 @@ pub fn unfinished(world: &World) -> Option<String> {
 
 /// Whether every executor that declares the schedule was killed for good
 /// (then nobody fires it, and the window ends where it ended).
-fn all_declarers_dead(world: &World) -> bool {
+pub fn all_declarers_dead(world: &World) -> bool {
     let Some(spec) = &world.workload.schedule else {
         return true;
     };
@@ -309,7 +381,7 @@ pub fn check(world: &World) -> Vec<String> {
     let mut created: BTreeMap<u64, Vec<(String, String)>> = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
     for (csn, r) in world.mem.workflow_history() {
-        if is_tick(&r.id) && seen.insert(r.id.clone()) {
+        if is_tick(&r.id) && r.name == "report" && seen.insert(r.id.clone()) {
             created.entry(csn).or_default().push((r.id, r.input));
         }
     }
@@ -385,25 +457,44 @@ pub fn check(world: &World) -> Vec<String> {
             first.cursor_ms + HORIZON_MS
         ));
     }
-    // Every tick's workflow ran to its tick, its step exactly once.
-    let mut reports: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for (_, row) in world.mem.rows(REPORTS) {
-        reports
-            .entry(row["wf"].as_str().unwrap_or_default().to_owned())
-            .or_default()
-            .push(row["tick"].as_i64().unwrap_or_default());
+    // Every tick's workflow (and part) ran to its tick, its transactional
+    // step exactly once: judged on its last committed version, which for a
+    // workflow retention deleted is the one it deleted.
+    let rows_of = |table: &str| {
+        let mut written: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for (_, row) in world.mem.rows(table) {
+            written
+                .entry(row["wf"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push(row["tick"].as_i64().unwrap_or_default());
+        }
+        written
+    };
+    let (mut reports, mut parts) = (rows_of(REPORTS), rows_of(REPORT_PARTS));
+    let mut last: BTreeMap<String, tandem::storage::memory::WorkflowRecord> = BTreeMap::new();
+    for (_, r) in world.mem.workflow_history() {
+        if is_tick(&r.id) {
+            last.insert(r.id.clone(), r);
+        }
     }
-    let rows = world.mem.workflows();
-    for r in rows.iter().filter(|r| is_tick(&r.id)) {
-        let tick = tick_of(&r.id, &r.input);
+    for r in last.values() {
+        let (tick, written) = if r.name == "report_part" {
+            let parent = r.parent_id.as_deref().unwrap_or_default();
+            let tick = last.get(parent).and_then(|p| tick_of(&p.id, &p.input));
+            (tick, parts.remove(&r.id).unwrap_or_default())
+        } else {
+            (
+                tick_of(&r.id, &r.input),
+                reports.remove(&r.id).unwrap_or_default(),
+            )
+        };
         let output: Option<i64> = r.output.as_deref().and_then(|o| o.parse().ok());
         if r.status != Status::Success || output != tick || tick.is_none() {
             v.push(format!(
-                "tick workflow {} ended {} with {:?}, expected SUCCESS with its tick {tick:?}",
-                r.id, r.status, r.output
+                "tick workflow {} ({}) ended {} with {:?} (error {:?}), expected SUCCESS with its tick {tick:?}",
+                r.id, r.name, r.status, r.output, r.error
             ));
         }
-        let written = reports.remove(&r.id).unwrap_or_default();
         if written.len() != 1 || Some(written[0]) != tick {
             v.push(format!(
                 "tick workflow {}'s transactional step wrote {written:?}, expected its tick once",
@@ -411,9 +502,9 @@ pub fn check(world: &World) -> Vec<String> {
             ));
         }
     }
-    for (wf, ticks) in reports {
+    for (wf, ticks) in reports.into_iter().chain(parts) {
         v.push(format!(
-            "reports rows {ticks:?} of {wf}, which is no tick workflow"
+            "report rows {ticks:?} of {wf}, which is no tick workflow"
         ));
     }
     v

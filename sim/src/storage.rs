@@ -229,7 +229,8 @@ impl Transaction for SimTx {
         schedule_lock,
         schedule_advance,
         schedule_pause,
-        schedules_list
+        schedules_list,
+        workflows_gc
     );
 
     async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {

@@ -1676,18 +1676,24 @@ pub enum AdminRead {
 
 /// Every admin read still holds in the final state.
 pub fn check_admin_reads(world: &World) -> Vec<String> {
+    // Each row's last committed version: for a workflow retention deleted
+    // (since the schedules generation), the version it deleted.
     let steps: BTreeMap<(String, i32), Option<String>> = world
         .mem
-        .steps()
+        .step_history()
         .into_iter()
-        .map(|s| ((s.workflow_id, s.step_id), s.output))
+        .map(|(_, s)| ((s.workflow_id, s.step_id), s.output))
         .collect();
-    let succeeded: BTreeSet<String> = world
+    let last: BTreeMap<String, Status> = world
         .mem
-        .workflows()
+        .workflow_history()
         .into_iter()
-        .filter(|r| r.status == Status::Success)
-        .map(|r| r.id)
+        .map(|(_, r)| (r.id, r.status))
+        .collect();
+    let succeeded: BTreeSet<String> = last
+        .into_iter()
+        .filter(|(_, status)| *status == Status::Success)
+        .map(|(id, _)| id)
         .collect();
     let mut v = Vec::new();
     for read in &world.state().admin_reads {
@@ -1787,6 +1793,9 @@ pub async fn admin_client(world: Arc<World>) {
                 .register(crate::schedules::Report {
                     world: world.clone(),
                     node: checker_node.clone(),
+                })
+                .register(crate::schedules::ReportPart {
+                    world: world.clone(),
                 }),
         )
         .replayer()

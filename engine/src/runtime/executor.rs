@@ -17,6 +17,14 @@ impl<S: Storage> Shared<S> {
         if !self.config.schedules.is_empty() {
             self.spawn(Arc::clone(self).schedule_loop());
         }
+        if self
+            .config
+            .declared_limits()
+            .iter()
+            .any(|q| q.retention_ms.is_some())
+        {
+            self.spawn(Arc::clone(self).gc_loop());
+        }
         Ok(())
     }
 

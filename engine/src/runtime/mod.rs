@@ -9,6 +9,7 @@
 //! methods of [`Shared`], never its fields) for storage, clock and retries.
 
 mod executor;
+mod retention;
 mod schedules;
 mod watch;
 
@@ -54,9 +55,30 @@ pub(crate) struct Config {
     pub(crate) accepts_also: Vec<String>,
     /// Declared schedules, each with the workflow its ticks enqueue.
     pub(crate) schedules: Vec<(crate::schedule::Schedule, &'static str)>,
+    /// The retention of declared queues without one of their own.
+    pub(crate) retention: Option<Duration>,
+    /// How often retention runs, and its batch size.
+    pub(crate) gc_interval: Duration,
+    pub(crate) gc_batch: u32,
 }
 
 impl Config {
+    /// The declared queues as registered: each with its own retention, or
+    /// the engine's.
+    pub(crate) fn declared_limits(&self) -> Vec<crate::storage::QueueLimits> {
+        let global = self
+            .retention
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.queues
+            .iter()
+            .map(|q| {
+                let mut limits = q.limits.clone();
+                limits.retention_ms = limits.retention_ms.or(global);
+                limits
+            })
+            .collect()
+    }
+
     /// What this executor runs: its version and every version it accepts.
     pub(crate) fn versions(&self) -> Versions {
         let mut versions = Versions::only(&self.version);

@@ -165,6 +165,12 @@ macro_rules! forward_transaction {
             self.$inner.workflow_fork(params).await
         }
     };
+    (@one $inner:ident, [$($before:ident)?], workflows_gc) => {
+        async fn workflows_gc(&mut self, params: $crate::storage::WorkflowsGc) -> $crate::storage::StorageResult<$crate::storage::GcCount> {
+            $( self.$before("workflows_gc").await; )?
+            self.$inner.workflows_gc(params).await
+        }
+    };
     (@one $inner:ident, [$($before:ident)?], schedule_lock) => {
         async fn schedule_lock(&mut self, name: &str, now_ms: i64) -> $crate::storage::StorageResult<::std::option::Option<$crate::storage::ScheduleState>> {
             $( self.$before("schedule_lock").await; )?

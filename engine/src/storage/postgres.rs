@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use super::intercept::{Hook, Interceptor, Phase, Tap, Verdict};
 use super::{
-    ErrorKind, ExecutorRegister, Listener, QueueLimits, ScheduleDecl, ScheduleState, Status,
-    StepInfo, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
-    Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork, WorkflowInfo,
-    WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
-    classify_sqlstate, contract, fenced,
+    ErrorKind, ExecutorRegister, GcCount, Listener, QueueLimits, ScheduleDecl, ScheduleState,
+    Status, StepInfo, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError,
+    StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork,
+    WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsGc,
+    WorkflowsRecover, classify_sqlstate, contract, fenced,
 };
 use std::sync::Arc;
 
@@ -40,6 +40,43 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Where sqlx records which of Tandem's migrations ran. It lives in Tandem's
 /// own schema so it never collides with the application's `_sqlx_migrations`.
 const MIGRATIONS_TABLE: &str = "tandem._sqlx_migrations";
+
+/// The retention statement: finished roots older than their queue's
+/// retention (or `$1` ms, for every queue), oldest first, then `$roots`
+/// (a LIMIT and lock, or nothing for a dry run); their trees; the roots of
+/// trees with an unfinished member (`live`); then `$doomed` defines
+/// `doomed` (the workflow IDs that go) and `s`, `m`, `e` (their steps,
+/// messages and events), whose counts it returns with the roots'.
+macro_rules! gc_statement {
+    ($roots:literal, $doomed:literal) => {
+        concat!(
+            "WITH RECURSIVE roots AS (
+                 SELECT w.id FROM tandem.workflows w
+                   JOIN tandem.queues q ON q.name = w.queue
+                  WHERE w.parent_id IS NULL
+                    AND w.status IN ('SUCCESS', 'ERROR', 'CANCELLED')
+                    AND w.completed_at < clock_timestamp()
+                        - COALESCE($1::bigint, q.retention_ms) * interval '1 millisecond'
+                  ORDER BY w.completed_at ",
+            $roots,
+            "),
+             tree AS (
+                 SELECT r.id, r.id AS root FROM roots r
+                 UNION ALL
+                 SELECT c.id, t.root FROM tandem.workflows c JOIN tree t ON c.parent_id = t.id
+             ),
+             live AS (
+                 SELECT DISTINCT t.root FROM tree t JOIN tandem.workflows w ON w.id = t.id
+                  WHERE w.status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED')
+             ),
+             ",
+            $doomed,
+            "
+             SELECT (SELECT count(*) FROM roots), (SELECT count(*) FROM doomed),
+                    (SELECT count(*) FROM s), (SELECT count(*) FROM m), (SELECT count(*) FROM e)"
+        )
+    };
+}
 
 /// Schedule rows with the database clock, as `schedule_from_row` reads
 /// them, then `$tail` (a WHERE or ORDER BY clause).
@@ -158,7 +195,7 @@ impl PgStorage {
         // scanning the finished workflows, the vast majority.
         let rows: Vec<QueueTuple> = sqlx::query_as(
             "SELECT q.name, q.concurrency_global, q.rate_limit_count, q.rate_limit_period_ms,
-                    q.concurrency_per_key,
+                    q.concurrency_per_key, q.retention_ms,
                     (SELECT count(*) FROM tandem.workflows w
                       WHERE w.queue = q.name AND w.status = 'ENQUEUED'),
                     (SELECT count(*) FROM tandem.workflows w
@@ -172,15 +209,18 @@ impl PgStorage {
         Ok(rows
             .into_iter()
             .map(
-                |(name, global, count, period_ms, per_key, enqueued, running)| QueueInfo {
-                    limits: QueueLimits {
-                        name,
-                        concurrency_global: global.map(|n| n as u32),
-                        rate_limit: count.zip(period_ms).map(|(n, ms)| (n as u32, ms)),
-                        concurrency_per_key: per_key.map(|n| n as u32),
-                    },
-                    enqueued,
-                    running,
+                |(name, global, count, period_ms, per_key, retention_ms, enqueued, running)| {
+                    QueueInfo {
+                        limits: QueueLimits {
+                            name,
+                            concurrency_global: global.map(|n| n as u32),
+                            rate_limit: count.zip(period_ms).map(|(n, ms)| (n as u32, ms)),
+                            concurrency_per_key: per_key.map(|n| n as u32),
+                            retention_ms,
+                        },
+                        enqueued,
+                        running,
+                    }
                 },
             )
             .collect())
@@ -320,13 +360,14 @@ pub struct VersionInfo {
 }
 
 /// A `queues_info` row: name, global concurrency, rate limit count and
-/// period, per-key concurrency, enqueued and running counts.
+/// period, per-key concurrency, retention, enqueued and running counts.
 type QueueTuple = (
     String,
     Option<i32>,
     Option<i32>,
     Option<i64>,
     Option<i32>,
+    Option<i64>,
     i64,
     i64,
 );
@@ -1072,6 +1113,53 @@ impl Transaction for PgTx {
             .collect()
     }
 
+    async fn workflows_gc(&mut self, p: WorkflowsGc) -> StorageResult<GcCount> {
+        self.at("workflows_gc", None, None).await?;
+        let row: (i64, i64, i64, i64, i64) = if p.dry_run {
+            sqlx::query_as(gc_statement!(
+                "",
+                "doomed AS (SELECT t.id FROM tree t WHERE t.root NOT IN (SELECT root FROM live)),
+                 s AS (SELECT 1 FROM tandem.steps WHERE workflow_id IN (SELECT id FROM doomed)),
+                 m AS (SELECT 1 FROM tandem.messages WHERE workflow_id IN (SELECT id FROM doomed)),
+                 e AS (SELECT 1 FROM tandem.events WHERE workflow_id IN (SELECT id FROM doomed))"
+            ))
+            .bind(p.older_than_ms)
+            .fetch_one(&mut *self.tx)
+            .await
+        } else {
+            sqlx::query_as(gc_statement!(
+                "LIMIT $2 FOR UPDATE OF w SKIP LOCKED",
+                // The DELETE re-checks the status on a row that changed
+                // since the snapshot (a child resumed on its own meanwhile
+                // stays, and so do its checkpoints).
+                "doomed AS (
+                     DELETE FROM tandem.workflows w USING tree t
+                      WHERE w.id = t.id AND t.root NOT IN (SELECT root FROM live)
+                        AND w.status IN ('SUCCESS', 'ERROR', 'CANCELLED')
+                     RETURNING w.id),
+                 s AS (DELETE FROM tandem.steps
+                        WHERE workflow_id IN (SELECT id FROM doomed) RETURNING 1),
+                 m AS (DELETE FROM tandem.messages
+                        WHERE workflow_id IN (SELECT id FROM doomed) RETURNING 1),
+                 e AS (DELETE FROM tandem.events
+                        WHERE workflow_id IN (SELECT id FROM doomed) RETURNING 1)"
+            ))
+            .bind(p.older_than_ms)
+            .bind(i64::from(p.limit))
+            .fetch_one(&mut *self.tx)
+            .await
+        }
+        .map_err(map_err)?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(GcCount {
+            roots: n(row.0),
+            workflows: n(row.1),
+            steps: n(row.2),
+            messages: n(row.3),
+            events: n(row.4),
+        })
+    }
+
     async fn schedule_lock(
         &mut self,
         name: &str,
@@ -1567,19 +1655,21 @@ async fn executor_register(conn: &mut PgConnection, p: ExecutorRegister) -> Stor
     for q in queues {
         sqlx::query(
             "INSERT INTO tandem.queues (name, concurrency_global, rate_limit_count, rate_limit_period_ms,
-                                        concurrency_per_key)
-             VALUES ($1, $2, $3, $4, $5)
+                                        concurrency_per_key, retention_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (name) DO UPDATE
                 SET concurrency_global = excluded.concurrency_global,
                     rate_limit_count = excluded.rate_limit_count,
                     rate_limit_period_ms = excluded.rate_limit_period_ms,
-                    concurrency_per_key = excluded.concurrency_per_key",
+                    concurrency_per_key = excluded.concurrency_per_key,
+                    retention_ms = excluded.retention_ms",
         )
         .bind(&q.name)
         .bind(q.concurrency_global.map(|n| n as i32))
         .bind(q.rate_limit.map(|(n, _)| n as i32))
         .bind(q.rate_limit.map(|(_, ms)| ms))
         .bind(q.concurrency_per_key.map(|n| n as i32))
+        .bind(q.retention_ms)
         .execute(&mut *conn)
         .await
         .map_err(map_err)?;

@@ -159,7 +159,8 @@ async fn engine(url: &str) -> Engine<PgStorage> {
             Queue::new("emails")
                 .concurrency_global(2)
                 .concurrency_per_key(1)
-                .rate_limit(10, Duration::from_secs(1)),
+                .rate_limit(10, Duration::from_secs(1))
+                .retention(Duration::from_secs(7 * 86_400)),
         )
         .queue_poll_interval(Duration::from_millis(50))
         .launch()
@@ -205,7 +206,7 @@ async fn before_migrate_the_cli_says_to_migrate_and_bad_urls_fail_clearly() {
         queues,
         serde_json::json!([{
             "name": "default", "concurrency_global": null, "concurrency_per_key": null, "rate_limit": null,
-            "enqueued": 0, "running": 0,
+            "retention_ms": null, "enqueued": 0, "running": 0,
         }])
     );
 
@@ -465,17 +466,17 @@ async fn cancel_and_resume_a_running_workflow_and_count_queues() {
         queues,
         serde_json::json!([
             { "name": "default", "concurrency_global": null, "concurrency_per_key": null, "rate_limit": null,
-              "enqueued": 0, "running": 1 },
+              "retention_ms": null, "enqueued": 0, "running": 1 },
             { "name": "emails", "concurrency_global": 2, "concurrency_per_key": 1,
-              "rate_limit": { "count": 10, "period_ms": 1000 },
+              "rate_limit": { "count": 10, "period_ms": 1000 }, "retention_ms": 604_800_000_i64,
               "enqueued": 2, "running": 0 },
         ])
     );
     assert_eq!(
         ok(&url, &["queue", "list"]).await,
-        "QUEUE    CONCURRENCY  PER KEY  RATE LIMIT  ENQUEUED  RUNNING\n\
-         default  -            -        -           0         1\n\
-         emails   2            1        10/1s       2         0\n"
+        "QUEUE    CONCURRENCY  PER KEY  RATE LIMIT  RETENTION  ENQUEUED  RUNNING\n\
+         default  -            -        -           -          0         1\n\
+         emails   2            1        10/1s       7d00h      2         0\n"
     );
     let enqueued = json(&url, &["workflow", "list", "--queue", "emails"]).await;
     // (Sorted: both may carry the same millisecond.)

@@ -175,6 +175,7 @@ async fn keyed_backlog<S: Storage>(storage: &S, ids: &[(String, Option<String>)]
         concurrency_global: None,
         rate_limit: None,
         concurrency_per_key: Some(1),
+        retention_ms: None,
     };
     let mut tx = storage.begin().await.unwrap();
     tx.executor_register(ExecutorRegister {
@@ -222,6 +223,7 @@ async fn claim_ids<S: Storage>(storage: &S, limit: u32) -> Vec<String> {
                 concurrency_global: None,
                 rate_limit: None,
                 concurrency_per_key: Some(1),
+                retention_ms: None,
             },
             executor_id: "a".to_owned(),
             names: vec!["wf".to_owned()],

@@ -16,6 +16,7 @@ mod executors;
 mod faults;
 mod outbox;
 mod pg_restart;
+mod retention;
 mod roles;
 mod schedules;
 mod small_pool;

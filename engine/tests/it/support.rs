@@ -810,7 +810,8 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
         schedule_lock,
         schedule_advance,
         schedule_pause,
-        schedules_list
+        schedules_list,
+        workflows_gc
     );
 
     async fn commit(self) -> StorageResult<()> {

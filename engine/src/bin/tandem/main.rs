@@ -53,6 +53,11 @@ enum Command {
     /// Inspect queues.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Delete finished workflows past their queue's retention (or past
+    /// --older-than, in every queue), with their steps, messages, events
+    /// and child workflows, in batches; --dry-run only counts them. A tree
+    /// goes when its root finished long enough ago and none of it runs.
+    Gc(GcArgs),
     /// List, pause and resume cron schedules (executors declare them).
     #[command(subcommand)]
     Schedule(ScheduleCommand),
@@ -146,6 +151,21 @@ struct ListArgs {
 enum QueueCommand {
     /// List queues with their limits and their ENQUEUED and RUNNING counts.
     List,
+}
+
+#[derive(Debug, clap::Args)]
+struct GcArgs {
+    /// Count what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Delete what finished longer ago than this, in every queue, instead
+    /// of each queue's retention (500ms, 90m, 30d, ...).
+    #[arg(long, value_parser = time::parse_duration)]
+    older_than: Option<i64>,
+    /// At most this many finished root workflows (each with its tree) per
+    /// transaction.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -309,6 +329,22 @@ async fn run(url: &str, json: bool, command: Command) -> anyhow::Result<String> 
                 json,
                 queues.iter().map(output::queue_json).collect::<Vec<_>>(),
                 output::queues_table(&queues),
+            )
+        }
+        Command::Gc(GcArgs {
+            dry_run,
+            older_than,
+            batch,
+        }) => {
+            let older_than = older_than.map(|ms| Duration::from_millis(ms as u64));
+            let counted = admin
+                .gc(older_than, dry_run, batch)
+                .await
+                .map_err(explain)?;
+            render(
+                json,
+                output::gc_json(&counted, dry_run),
+                output::gc_text(&counted, dry_run),
             )
         }
         Command::Schedule(ScheduleCommand::List) => {

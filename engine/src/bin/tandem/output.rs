@@ -156,6 +156,8 @@ pub struct QueueJson<'a> {
     concurrency_global: Option<u32>,
     concurrency_per_key: Option<u32>,
     rate_limit: Option<RateLimitJson>,
+    /// `null`: finished workflows are kept forever.
+    retention_ms: Option<i64>,
     enqueued: i64,
     running: i64,
 }
@@ -229,6 +231,7 @@ pub fn queue_json(q: &QueueInfo) -> QueueJson<'_> {
             .limits
             .rate_limit
             .map(|(count, period_ms)| RateLimitJson { count, period_ms }),
+        retention_ms: q.limits.retention_ms,
         enqueued: q.enqueued,
         running: q.running,
     }
@@ -401,6 +404,7 @@ pub fn queues_table(queues: &[QueueInfo]) -> String {
         "CONCURRENCY",
         "PER KEY",
         "RATE LIMIT",
+        "RETENTION",
         "ENQUEUED",
         "RUNNING",
     ]);
@@ -414,6 +418,7 @@ pub fn queues_table(queues: &[QueueInfo]) -> String {
             or_dash(q.limits.concurrency_global.map(|n| n.to_string())),
             or_dash(q.limits.concurrency_per_key.map(|n| n.to_string())),
             or_dash(rate),
+            or_dash(q.limits.retention_ms.map(format_duration_ms)),
             q.enqueued.to_string(),
             q.running.to_string(),
         ]);
@@ -522,4 +527,32 @@ pub fn schedules_table(schedules: &[ScheduleInfo]) -> String {
         ]);
     }
     table.render()
+}
+
+/// What `tandem gc` deleted (or, dry, would delete), as `--json` prints it.
+#[derive(Serialize)]
+pub struct GcJson {
+    dry_run: bool,
+    workflows: u64,
+    steps: u64,
+    messages: u64,
+    events: u64,
+}
+
+pub fn gc_json(c: &tandem::storage::GcCount, dry_run: bool) -> GcJson {
+    GcJson {
+        dry_run,
+        workflows: c.workflows,
+        steps: c.steps,
+        messages: c.messages,
+        events: c.events,
+    }
+}
+
+pub fn gc_text(c: &tandem::storage::GcCount, dry_run: bool) -> String {
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    format!(
+        "{verb} {} workflows, {} steps, {} messages, {} events\n",
+        c.workflows, c.steps, c.messages, c.events
+    )
 }

@@ -141,9 +141,52 @@ pub fn format_duration_ms(ms: i64) -> String {
     }
 }
 
+/// A duration as a number and a unit, `ms`, `s`, `m`, `h` or `d`
+/// (`500ms`, `90m`, `30d`), in milliseconds.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let digits = s.chars().take_while(char::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => 0,
+    };
+    match number.parse::<i64>() {
+        Ok(n) if scale > 0 => n
+            .checked_mul(scale)
+            .ok_or_else(|| format!("{s:?} is too long")),
+        _ => Err(format!(
+            "{s:?} is not a duration: a whole number and a unit, ms, s, m, h or d (for example 30d)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_durations_with_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(500));
+        assert_eq!(parse_duration("90m"), Ok(5_400_000));
+        assert_eq!(parse_duration("30d"), Ok(2_592_000_000));
+        assert_eq!(parse_duration("0s"), Ok(0));
+        for bad in [
+            "",
+            "30",
+            "d",
+            "1.5h",
+            "-1d",
+            "3 weeks",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 
     #[test]
     fn formats_known_instants() {

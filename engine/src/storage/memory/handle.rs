@@ -334,6 +334,27 @@ impl MemStorage {
             .collect()
     }
 
+    /// Every committed deletion of a workflow row: the commit sequence
+    /// number that deleted it and its ID, in commit order.
+    pub fn workflow_deletions(&self) -> Vec<(u64, String)> {
+        let db = self.db();
+        db.workflows
+            .deletions(&db.txs)
+            .into_iter()
+            .map(|(csn, k)| (csn, k.clone()))
+            .collect()
+    }
+
+    /// Every committed deletion of a checkpoint row, in commit order.
+    pub fn step_deletions(&self) -> Vec<(u64, (String, i32))> {
+        let db = self.db();
+        db.steps
+            .deletions(&db.txs)
+            .into_iter()
+            .map(|(csn, k)| (csn, k.clone()))
+            .collect()
+    }
+
     /// Every committed version of every schedule row, with the commit
     /// sequence number that wrote it, in commit order.
     pub fn schedule_history(&self) -> Vec<(u64, ScheduleRecord)> {
@@ -692,6 +713,11 @@ impl Transaction for MemTx {
     async fn steps_info(&mut self, workflow_id: &str) -> StorageResult<Vec<StepInfo>> {
         self.at("steps_info", Some(workflow_id), None).await?;
         Ok(self.conn.steps_info(workflow_id).await?)
+    }
+
+    async fn workflows_gc(&mut self, params: WorkflowsGc) -> StorageResult<GcCount> {
+        self.at("workflows_gc", None, None).await?;
+        Ok(self.conn.workflows_gc(params).await?)
     }
 
     async fn schedule_lock(

@@ -489,6 +489,24 @@ impl<K: Ord + Clone + Hash, V> Table<K, V> {
         out
     }
 
+    /// Every committed deletion: the deleter's commit sequence number and
+    /// the key, in commit order.
+    pub(crate) fn deletions(&self, txs: &Txs) -> Vec<(u64, &K)> {
+        let mut out: Vec<(u64, &K)> = Vec::new();
+        for (k, versions) in &self.rows {
+            for v in versions {
+                if v.next.is_none()
+                    && let Some((xmax, _)) = v.xmax
+                    && let TxStatus::Committed(csn) = txs.status(xmax)
+                {
+                    out.push((csn, k));
+                }
+            }
+        }
+        out.sort_by_key(|(csn, _)| *csn);
+        out
+    }
+
     /// The newest committed version of every live row, in key order.
     pub(crate) fn committed(&self, txs: &Txs) -> Vec<(&K, &V)> {
         let snap = Snapshot {
@@ -690,6 +708,7 @@ impl Db {
                 concurrency_global: None,
                 rate_limit: None,
                 concurrency_per_key: None,
+                retention_ms: None,
             },
         );
         db.settings

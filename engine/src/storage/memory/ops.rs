@@ -269,6 +269,7 @@ impl MemConn {
                 concurrency_global: q.concurrency_global,
                 rate_limit: q.rate_limit,
                 concurrency_per_key: q.concurrency_per_key,
+                retention_ms: q.retention_ms,
             };
             self.upsert_row(&Queues, &snap, q.name, row.clone(), |_| row.clone())
                 .await?;
@@ -310,6 +311,154 @@ impl MemConn {
             .await?;
         }
         Ok(())
+    }
+
+    pub(super) async fn workflows_gc(&mut self, p: WorkflowsGc) -> Result<GcCount, MemError> {
+        use crate::bugs::{Bug, active};
+        // One statement, one snapshot, as the CTE on PostgreSQL.
+        let snap = self.start("workflows_gc")?;
+        let terminal = |w: &WorkflowRecord| w.status.is_terminal();
+        let (rows, retention) = {
+            let mut db = self.storage.db();
+            let retention: BTreeMap<String, Option<i64>> = {
+                let (t, txs) = Queues.split(&mut db);
+                t.scan(txs, &snap, ..)
+                    .map(|(k, i)| (k.clone(), t.data(k, i).retention_ms))
+                    .collect()
+            };
+            let (t, txs) = Workflows.split(&mut db);
+            let rows: BTreeMap<String, WorkflowRecord> = t
+                .scan(txs, &snap, ..)
+                .map(|(k, i)| (k.clone(), t.data(k, i).clone()))
+                .collect();
+            (rows, retention)
+        };
+        // The root's queue decides (a child runs wherever it was started).
+        let root_queue = |w: &WorkflowRecord| {
+            let mut at = w;
+            while let Some(parent) = at.parent_id.as_ref().and_then(|p| rows.get(p)) {
+                at = parent;
+            }
+            at.queue.clone()
+        };
+        let old = |w: &WorkflowRecord| {
+            let keep = p
+                .older_than_ms
+                .or_else(|| retention.get(&root_queue(w)).copied().flatten());
+            // `parent_id IS NULL`, unless a planted bug collects children
+            // on their own.
+            (w.parent_id.is_none() || active(Bug::GcIgnoresAncestors))
+                && terminal(w)
+                && keep.is_some_and(|keep| w.completed_ms.is_some_and(|c| c < p.now_ms - keep))
+        };
+        let mut candidates: Vec<&WorkflowRecord> = rows.values().filter(|w| old(w)).collect();
+        candidates.sort_by(|a, b| (a.completed_ms, &a.id).cmp(&(b.completed_ms, &b.id)));
+        let mut roots: Vec<String> = Vec::new();
+        for w in candidates {
+            if p.dry_run {
+                roots.push(w.id.clone());
+                continue;
+            }
+            if roots.len() as u64 >= u64::from(p.limit) {
+                break;
+            }
+            let idx = {
+                let mut db = self.storage.db();
+                let (t, txs) = Workflows.split(&mut db);
+                t.visible(txs, &snap, &w.id)
+            };
+            let Some(idx) = idx else { continue };
+            if self
+                .lock_row(&Workflows, &snap, &w.id, idx, LockWait::SkipLocked, |v| {
+                    old(v)
+                })
+                .await?
+                .is_some()
+            {
+                roots.push(w.id.clone());
+            }
+        }
+        // The trees, from the snapshot; a tree with an unfinished member
+        // stays whole.
+        let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for w in rows.values() {
+            if let Some(parent) = &w.parent_id {
+                children.entry(parent.as_str()).or_default().push(&w.id);
+            }
+        }
+        let mut doomed: Vec<String> = Vec::new();
+        for root in &roots {
+            let mut tree = vec![root.as_str()];
+            let mut at = 0;
+            while at < tree.len() {
+                if let Some(c) = children.get(tree[at]) {
+                    tree.extend(c.iter().copied());
+                }
+                at += 1;
+            }
+            if tree.iter().all(|id| rows.get(*id).is_some_and(terminal)) {
+                doomed.extend(tree.into_iter().map(str::to_owned));
+            }
+        }
+        doomed.sort();
+        doomed.dedup();
+        let mut count = GcCount {
+            roots: roots.len() as u64,
+            ..GcCount::default()
+        };
+        let doomed: std::collections::BTreeSet<String> = if p.dry_run {
+            doomed.into_iter().collect()
+        } else {
+            let mut deleted = std::collections::BTreeSet::new();
+            for id in doomed {
+                // Re-checked on a row changed since the snapshot.
+                if self.delete_row(&Workflows, &snap, &id, terminal).await? {
+                    deleted.insert(id);
+                }
+            }
+            deleted
+        };
+        count.workflows = doomed.len() as u64;
+        let (steps, messages, events) = {
+            let mut db = self.storage.db();
+            let (t, txs) = Steps.split(&mut db);
+            let steps: Vec<(String, i32)> = t
+                .scan(txs, &snap, ..)
+                .filter(|(k, _)| doomed.contains(&k.0))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let (t, txs) = Messages.split(&mut db);
+            let messages: Vec<i64> = t
+                .scan(txs, &snap, ..)
+                .filter(|(k, i)| doomed.contains(&t.data(k, *i).workflow_id))
+                .map(|(k, _)| *k)
+                .collect();
+            let (t, txs) = Events.split(&mut db);
+            let events: Vec<(String, String)> = t
+                .scan(txs, &snap, ..)
+                .filter(|(k, _)| doomed.contains(&k.0))
+                .map(|(k, _)| k.clone())
+                .collect();
+            (steps, messages, events)
+        };
+        count.steps = steps.len() as u64;
+        count.messages = messages.len() as u64;
+        count.events = events.len() as u64;
+        if p.dry_run {
+            return Ok(count);
+        }
+        if !active(Bug::GcLeavesSteps) {
+            for key in &steps {
+                self.delete_row(&Steps, &snap, key, |_| true).await?;
+            }
+        }
+        for key in &messages {
+            self.delete_row(&Messages, &snap, key, |_| true).await?;
+        }
+        for key in &events {
+            self.delete_row(&Events, &snap, key, |_| true).await?;
+        }
+        Ok(count)
     }
 
     pub(super) async fn schedule_lock(

@@ -72,6 +72,8 @@ pub struct QueueRecord {
     pub rate_limit: Option<(u32, i64)>,
     /// `concurrency_per_key`.
     pub concurrency_per_key: Option<u32>,
+    /// `retention_ms`: finished workflows older than this are deleted.
+    pub retention_ms: Option<i64>,
 }
 
 /// A row of `tandem.schedules`.

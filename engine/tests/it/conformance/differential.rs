@@ -120,6 +120,10 @@ fn engine_op() -> impl Strategy<Value = Op> {
             prop_oneof![Just(100i64), Just(200)]
         )
             .prop_map(|(w, e, s, t)| Op::RecvDeadline(w, e, s, t)),
+        // (Whole batches only: which of several roots a smaller batch takes
+        // depends on `completed_at`, PostgreSQL's clock.)
+        Just(Op::Gc(100)),
+        Just(Op::GcDry),
         executor().prop_map(Op::RegisterSchedule),
         prop_oneof![Just("s"), Just("t")].prop_map(Op::ScheduleLock),
         prop_oneof![Just(2_000_000_000_000i64), Just(2_000_000_001_000)]

@@ -145,6 +145,11 @@ pub enum Op {
     Resume(&'static str),
     /// Hands executor `.0`'s `RUNNING` workflows back to their queues.
     Release(&'static str),
+    /// A retention batch of at most `.0` trees, of everything finished
+    /// (an hour in the future on either backend's clock).
+    Gc(u32),
+    /// The same, dry: counts only.
+    GcDry,
     /// Sets workflow `.0`'s event `k` to `.1`.
     EventSet(&'static str, &'static str),
     /// Records (or reads) when workflow `.0`'s receive at step `.2` times
@@ -515,6 +520,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                     },
                     Op::ClaimPerKey(..) => QueueLimits {
                         concurrency_per_key: Some(1),
+                        retention_ms: None,
                         ..queue_q()
                     },
                     _ => queue_q(),
@@ -540,6 +546,21 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             let rows: Vec<String> = rows.iter().map(|(id, e)| format!("{id}:e{e}")).collect();
             format!("[{}]", rows.join(" "))
         }),
+        Op::Gc(_) | Op::GcDry => label(
+            tx.workflows_gc(tandem::storage::WorkflowsGc {
+                limit: if let Op::Gc(n) = op { n } else { 0 },
+                older_than_ms: Some(-3_600_000),
+                dry_run: matches!(op, Op::GcDry),
+                now_ms: 0,
+            })
+            .await,
+            |c| {
+                format!(
+                    "roots:{} workflows:{} steps:{} messages:{} events:{}",
+                    c.roots, c.workflows, c.steps, c.messages, c.events
+                )
+            },
+        ),
         Op::MsgSend(id, payload) => match tx.message_send(id, "t", payload, 0).await {
             Ok(()) => "ok".to_owned(),
             Err(e) => raised_label(&e),
@@ -597,6 +618,7 @@ fn queue_q() -> QueueLimits {
         concurrency_global: None,
         rate_limit: None,
         concurrency_per_key: None,
+        retention_ms: None,
     }
 }
 

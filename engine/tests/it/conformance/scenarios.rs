@@ -60,6 +60,7 @@ scenarios!(
     workflows_enqueued_together_are_claimed_in_id_order,
     a_message_is_taken_once_and_returns_after_a_rollback,
     cancel_cascades_to_unfinished_descendants_after_a_wait,
+    gc_batches_skip_each_others_roots_and_keep_trees_with_a_running_member,
     an_upsert_waits_for_a_concurrent_inserter_then_updates_its_row,
     an_ordered_claim_after_a_wait_keeps_the_row_it_sorted_first,
     a_check_violation_fails_the_statement_and_aborts_the_transaction,
@@ -1048,6 +1049,70 @@ s1 Cancel(\"w1\"): []
 s1 Commit: ok
 jobs 1:null 2:null
 workflows c1:CANCELLED:e2: c2:SUCCESS:e1:a c3:SUCCESS:e1:a w1:CANCELLED:e2:
+steps 
+",
+    )
+}
+
+/// Retention: concurrent batches take different roots (`SKIP LOCKED`); a
+/// tree with a running member stays whole, its finished child too; a tree
+/// goes with its steps and messages once its last member finished.
+fn gc_batches_skip_each_others_roots_and_keep_trees_with_a_running_member() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::WfInsert("w2", "a")),
+            (0, Op::StepRecord("w2", 0, 1)),
+            (0, Op::WfComplete("w2", 1)),
+            (0, Op::Commit),
+            (0, Op::WfInsert("w3", "a")),
+            (0, Op::StepRecord("w3", 0, 1)),
+            (0, Op::WfComplete("w3", 1)),
+            (0, Op::MsgSend("w3", "\"x\"")),
+            (0, Op::WfInsertChild("c1", "w1", "a")),
+            (0, Op::StepRecord("c1", 0, 1)),
+            (0, Op::WfComplete("c1", 1)),
+            (0, Op::Commit),
+            (0, Op::GcDry),
+            (0, Op::Gc(1)),
+            (1, Op::Gc(1)),
+            (0, Op::Commit),
+            (1, Op::Commit),
+            (0, Op::Gc(10)),
+            (0, Op::Commit),
+            (0, Op::WfComplete("w1", 1)),
+            (0, Op::Commit),
+            (1, Op::GcDry),
+            (1, Op::Gc(10)),
+            (1, Op::Commit),
+        ],
+        "\
+s1 WfInsert(\"w2\", \"a\"): inserted
+s1 StepRecord(\"w2\", 0, 1): recorded
+s1 WfComplete(\"w2\", 1): ok
+s1 Commit: ok
+s1 WfInsert(\"w3\", \"a\"): inserted
+s1 StepRecord(\"w3\", 0, 1): recorded
+s1 WfComplete(\"w3\", 1): ok
+s1 MsgSend(\"w3\", \"\\\"x\\\"\"): ok
+s1 WfInsertChild(\"c1\", \"w1\", \"a\"): Inserted
+s1 StepRecord(\"c1\", 0, 1): recorded
+s1 WfComplete(\"c1\", 1): ok
+s1 Commit: ok
+s1 GcDry: roots:2 workflows:2 steps:2 messages:1 events:0
+s1 Gc(1): roots:1 workflows:1 steps:1 messages:0 events:0
+s2 Gc(1): roots:1 workflows:1 steps:1 messages:1 events:0
+s1 Commit: ok
+s2 Commit: ok
+s1 Gc(10): roots:0 workflows:0 steps:0 messages:0 events:0
+s1 Commit: ok
+s1 WfComplete(\"w1\", 1): ok
+s1 Commit: ok
+s2 GcDry: roots:1 workflows:2 steps:1 messages:0 events:0
+s2 Gc(10): roots:1 workflows:2 steps:1 messages:0 events:0
+s2 Commit: ok
+jobs 1:null 2:null
+workflows 
 steps 
 ",
     )
