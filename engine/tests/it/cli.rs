@@ -799,3 +799,40 @@ async fn schedules_are_listed_paused_and_resumed() {
     assert!(stderr.contains("no such schedule"), "{stderr}");
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn gc_counts_then_deletes_finished_workflows() {
+    let url = support::database().await;
+    let storage = PgStorage::connect(&url).await.expect("connect");
+    let engine = Engine::builder(storage)
+        .register(Doubler)
+        .launch()
+        .await
+        .expect("launch");
+    for n in 0..3i64 {
+        engine
+            .start_with_id::<Doubler>(format!("gc-{n}"), n)
+            .await
+            .unwrap()
+            .result()
+            .await
+            .unwrap();
+    }
+    // No queue has a retention: without --older-than nothing goes.
+    let kept = json(&url, &["gc", "--dry-run"]).await;
+    assert_eq!(kept["workflows"], 0, "{kept}");
+    support::sleep(Duration::from_millis(20)).await;
+    let dry = json(&url, &["gc", "--dry-run", "--older-than", "1ms"]).await;
+    assert_eq!(
+        dry,
+        serde_json::json!({ "dry_run": true, "workflows": 3, "steps": 9, "messages": 0, "events": 0 })
+    );
+    assert_eq!(
+        ok(&url, &["gc", "--older-than", "1ms", "--batch", "2"]).await,
+        "deleted 3 workflows, 9 steps, 0 messages, 0 events\n"
+    );
+    assert_eq!(ok(&url, &["workflow", "list"]).await.lines().count(), 1);
+    let stderr = fails(&url, &["gc", "--older-than", "3 weeks"], 2).await;
+    assert!(stderr.contains("is not a duration"), "{stderr}");
+    engine.shutdown().await;
+}
