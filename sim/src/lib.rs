@@ -66,6 +66,10 @@ pub const OPERATIONS: &[&str] = &[
     "workflows_list",
     "workflow_info",
     "steps_info",
+    "schedule_lock",
+    "schedule_advance",
+    "schedule_pause",
+    "workflows_gc",
     "ctx.transaction",
     "ctx.step",
     "ctx.step_with",
@@ -84,6 +88,9 @@ pub const OPERATIONS: &[&str] = &[
     "engine.start_with_id",
     "engine.start_with_timeout",
     "engine.shutdown",
+    "admin.pause_schedule",
+    "admin.resume_schedule",
+    "schedule.tick_run",
 ];
 
 /// What the admission generation must be seen doing in a default-size run
@@ -109,5 +116,10 @@ pub const ADMISSION_OBSERVED: &[&str] = &[
     // of a version its new code does not accept.
     "patch.old_path",
     "patch.new_path_for_v1",
+    // Schedules: a firing that ran missed ticks; retention: a deletion,
+    // one of a child with its parent.
+    "schedule.missed_tick_caught_up",
+    "gc.deleted_workflow",
+    "gc.deleted_child_with_parent",
     "recover.handed_back_version",
 ];

@@ -454,6 +454,12 @@ async fn an_operator_may_read_cancel_resume_fork_and_send_but_not_forge() {
     assert!(admin.pause_schedule("yearly").await.unwrap().paused);
     assert!(!admin.resume_schedule("yearly").await.unwrap().paused);
 
+    // Retention: a dry run only reads; deleting is an executor's.
+    let day = Some(Duration::from_secs(86_400));
+    assert_eq!(admin.gc(day, true, 10).await.unwrap().workflows, 0);
+    let err = admin.gc(day, false, 10).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied, "{err}");
+
     // No forged checkpoint, result or status, no enqueue, and no executor.
     for sql in FORGERIES.into_iter().chain([
         "SELECT tandem.enqueue_workflow('roles_order', '{\"id\": 9}')",

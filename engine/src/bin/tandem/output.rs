@@ -302,7 +302,7 @@ fn role_may(name: &str) -> &'static str {
     match name {
         "tandem_executor" => "run workflows: read and write Tandem's tables",
         "tandem_enqueuer" => "enqueue_workflow and send only",
-        "tandem_operator" => "read; cancel, resume, fork, send",
+        "tandem_operator" => "read; manage workflows and schedules; send",
         _ => "",
     }
 }

@@ -1,0 +1,273 @@
+//! Retention's cost to the work around it: claim latency (one claim of 16
+//! from a backlog of 10^4 ready workflows, rolled back) and workflow
+//! latency (one three-step mixed workflow, started and awaited, one in
+//! flight) measured first with 10^6 finished workflows (two steps each) in
+//! the tables and nothing deleting them, then again in the same run while
+//! a collector deletes them in batches of 500 trees, one transaction after
+//! another, as an executor's retention loop does. Run:
+//! `cargo bench -p benches --bench gc` (about 3 minutes after the build,
+//! most of it filling the tables). Without `--bench` 10^4 finished
+//! workflows are used and each measurement runs once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use benches::server::Server;
+use benches::workloads::{self, Shape, ThreeSteps, ThreeStepsInput};
+use criterion::{Criterion, SamplingMode};
+use tandem::storage::{QueueLimits, Storage, Transaction, Versions, WorkflowsClaim, WorkflowsGc};
+use tandem::{Engine, PgStorage};
+
+const OLD_QUEUE: &str = "bench.old";
+const READY_QUEUE: &str = "bench.ready";
+const READY_NAME: &str = "bench.ready";
+const BATCH: u32 = 500;
+
+/// `n` finished root workflows completed two days ago in a queue that
+/// keeps them a day, each with two checkpoints; and 10^4 ready workflows.
+async fn fill(pool: &sqlx::PgPool, n: i64) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO tandem.queues (name, retention_ms) VALUES ($1, 86400000), ($2, NULL)")
+        .bind(OLD_QUEUE)
+        .bind(READY_QUEUE)
+        .execute(pool)
+        .await?;
+    // In chunks, so that one statement's memory stays small.
+    let chunk = 100_000;
+    let mut from = 0;
+    while from < n {
+        let to = (from + chunk).min(n);
+        sqlx::query(
+            "INSERT INTO tandem.workflows
+                 (id, name, status, input, output, queue, priority, owner_epoch,
+                  created_at, updated_at, completed_at)
+             SELECT 'old-' || i, 'bench.old', 'SUCCESS', '{\"n\": 1}', '2', $3, 0, 1,
+                    now() - interval '3 days', now() - interval '2 days',
+                    now() - interval '2 days' + i * interval '1 microsecond'
+               FROM generate_series($1::bigint, $2::bigint - 1) i",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(OLD_QUEUE)
+        .execute(pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tandem.steps
+                 (workflow_id, step_id, name, kind, output, owner_epoch, attempts,
+                  started_at, completed_at)
+             SELECT 'old-' || i, s, 'step', 'step', '1', 1, 1, now(), now()
+               FROM generate_series($1::bigint, $2::bigint - 1) i, generate_series(0, 1) s",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(pool)
+        .await?;
+        from = to;
+    }
+    sqlx::query(
+        "INSERT INTO tandem.workflows
+             (id, name, status, input, queue, priority, owner_epoch, created_at, updated_at)
+         SELECT 'ready-' || i, $1, 'ENQUEUED', 'null', $2, 0, 0,
+                now() + i * interval '1 microsecond', now()
+           FROM generate_series(0, 9999) i",
+    )
+    .bind(READY_NAME)
+    .bind(READY_QUEUE)
+    .execute(pool)
+    .await?;
+    // One statement each: VACUUM cannot run in a multi-statement query's
+    // implicit transaction.
+    for table in [
+        "VACUUM ANALYZE tandem.workflows",
+        "VACUUM ANALYZE tandem.steps",
+    ] {
+        sqlx::raw_sql(table).execute(pool).await?;
+    }
+    Ok(())
+}
+
+async fn claims(storage: &PgStorage, iters: u64) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut tx = storage.begin().await?;
+        let rows = tx
+            .workflows_claim(WorkflowsClaim {
+                queue: QueueLimits {
+                    name: READY_QUEUE.to_owned(),
+                    concurrency_global: None,
+                    rate_limit: None,
+                    concurrency_per_key: None,
+                    retention_ms: None,
+                },
+                executor_id: "bench-claimer".to_owned(),
+                names: vec![READY_NAME.to_owned()],
+                limit: 16,
+                now_ms: 4_102_444_800_000,
+                versions: Versions::default(),
+            })
+            .await?;
+        anyhow::ensure!(rows.len() == 16, "claimed {}", rows.len());
+        tx.rollback().await?;
+    }
+    Ok(start.elapsed())
+}
+
+async fn workflows(engine: &Engine<PgStorage>, first: u64, iters: u64) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    for n in first..first + iters {
+        engine
+            .start::<ThreeSteps>(ThreeStepsInput::nth(Shape::Mixed, n))
+            .await?
+            .result()
+            .await?;
+    }
+    Ok(start.elapsed())
+}
+
+/// Deletes batches until `stop` or nothing is left; counts the workflows
+/// deleted.
+async fn collect(storage: PgStorage, stop: Arc<AtomicBool>, deleted: Arc<AtomicU64>) {
+    while !stop.load(Ordering::Relaxed) {
+        let result = storage
+            .autocommit(|tx| {
+                Box::pin(async move {
+                    tx.workflows_gc(WorkflowsGc {
+                        limit: BATCH,
+                        older_than_ms: None,
+                        dry_run: false,
+                        now_ms: 0,
+                    })
+                    .await
+                })
+            })
+            .await;
+        match result {
+            Ok(c) => {
+                deleted.fetch_add(c.workflows, Ordering::Relaxed);
+                if c.roots < u64::from(BATCH) {
+                    return;
+                }
+            }
+            Err(e) => {
+                eprintln!("gc batch failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Mean latency of each measurement, by label.
+type Means = Vec<(String, Duration)>;
+
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    criterion: &mut Criterion,
+    storage: &PgStorage,
+    engine: &Engine<PgStorage>,
+    label: &str,
+    means: &mut Means,
+) {
+    let mut group = criterion.benchmark_group(format!("gc/{label}"));
+    group.sampling_mode(SamplingMode::Flat);
+    let mut total = (0u64, Duration::ZERO);
+    group.bench_function("claim_16", |b| {
+        b.iter_custom(|iters| {
+            let elapsed = rt.block_on(claims(storage, iters)).expect("claims");
+            total = (total.0 + iters, total.1 + elapsed);
+            elapsed
+        })
+    });
+    means.push((
+        format!("claim of 16, {label}"),
+        total.1 / total.0.max(1) as u32,
+    ));
+    let mut total = (0u64, Duration::ZERO);
+    let mut next = 0u64;
+    group.bench_function("mixed_workflow", |b| {
+        b.iter_custom(|iters| {
+            let elapsed = rt
+                .block_on(workflows(engine, next, iters))
+                .expect("workflows");
+            next += iters;
+            total = (total.0 + iters, total.1 + elapsed);
+            elapsed
+        })
+    });
+    means.push((
+        format!("mixed workflow, {label}"),
+        total.1 / total.0.max(1) as u32,
+    ));
+    group.finish();
+}
+
+fn main() -> anyhow::Result<()> {
+    let bench_mode = benches::bench_mode();
+    let rt = tokio::runtime::Runtime::new()?;
+    let server = rt.block_on(Server::start())?;
+    println!("{}", rt.block_on(server.describe())?);
+    let url = rt.block_on(server.database())?;
+    let storage = rt.block_on(PgStorage::connect(&url))?;
+    rt.block_on(storage.migrate())?;
+    let pool = storage.pool().clone();
+    rt.block_on(workloads::accounts_create(&pool))?;
+    let finished: i64 = if bench_mode { 1_000_000 } else { 10_000 };
+    let filling = Instant::now();
+    rt.block_on(fill(&pool, finished))?;
+    println!(
+        "filled {finished} finished workflows (+{} steps) in {:.1} s",
+        finished * 2,
+        filling.elapsed().as_secs_f64()
+    );
+    // An engine without retention: the collector below is the only one.
+    let engine = rt.block_on(
+        Engine::builder(storage.clone())
+            .register(ThreeSteps)
+            .launch(),
+    )?;
+    let mut criterion = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    let mut means = Means::new();
+    measure(&rt, &mut criterion, &storage, &engine, "idle", &mut means);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let deleted = Arc::new(AtomicU64::new(0));
+    let collector = rt.spawn(collect(storage.clone(), stop.clone(), deleted.clone()));
+    let started = Instant::now();
+    measure(
+        &rt,
+        &mut criterion,
+        &storage,
+        &engine,
+        "while deleting",
+        &mut means,
+    );
+    let during = deleted.load(Ordering::Relaxed);
+    let measured_for = started.elapsed();
+    let still_running = !collector.is_finished();
+    rt.block_on(collector)?;
+    let total_time = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(engine.shutdown());
+    criterion.final_summary();
+
+    println!(
+        "\ndeleted {during} finished workflows while measuring ({:.1} s; collector still running at the end: {still_running}); all {} in {:.1} s: {:.0} workflows/s with their steps",
+        measured_for.as_secs_f64(),
+        deleted.load(Ordering::Relaxed),
+        total_time.as_secs_f64(),
+        deleted.load(Ordering::Relaxed) as f64 / total_time.as_secs_f64()
+    );
+    println!("mean latency (every criterion iteration), while deleting / idle:");
+    let idle: Vec<Duration> = means.iter().take(2).map(|m| m.1).collect();
+    for (i, (label, mean)) in means.iter().enumerate() {
+        println!(
+            "  {label:<34} {:>8.3} ms  ({:.2}x)",
+            mean.as_secs_f64() * 1000.0,
+            mean.as_secs_f64() / idle[i % 2].as_secs_f64()
+        );
+    }
+    Ok(())
+}
