@@ -550,6 +550,54 @@ mod tests {
         assert_eq!(shown, ["2026-10-24T00:30:00Z", "2026-10-25T00:30:00Z"]);
     }
 
+    proptest::proptest! {
+        /// Any text is a schedule or a clear error, never a panic.
+        #[test]
+        fn any_expression_parses_or_is_refused(cron in "[0-9*/,\\-a-zA-Z ?#LW]{0,40}") {
+            let _ = Schedule::new("n", &cron);
+        }
+
+        /// Whatever the cursor, clock, grace and policy: the ticks are
+        /// ticks, after the cursor, at or before now, in order; every
+        /// on-time tick is in; of the missed ones, the policy's count of
+        /// the newest; and the cursor moves to now.
+        #[test]
+        fn a_plan_takes_the_on_time_ticks_and_the_policys_missed_ones(
+            cursor in 0..600_000i64,
+            span in 0..600_000i64,
+            grace in 0..200_000i64,
+            period in proptest::sample::select(vec![1i64, 2, 5, 7, 30]),
+            policy in 0..3u32,
+            max in 1..6u32,
+        ) {
+            let spec = Spec::parse("t", &format!("*/{period} * * * * *"), "UTC").unwrap();
+            let catch_up = match policy {
+                0 => CatchUp::Skip,
+                1 => CatchUp::Latest,
+                _ => CatchUp::All { max },
+            };
+            let (cursor, now) = (DAY + cursor, DAY + cursor + span);
+            let p = plan(&spec, catch_up, grace, cursor, now);
+            // Every tick of (cursor, now], by arithmetic: seconds of the
+            // minute divisible by the period.
+            let all: Vec<i64> = ((cursor / 1000)..=(now / 1000))
+                .map(|s| s * 1000)
+                .filter(|t| *t > cursor && *t <= now && (t / 1000 % 60) % period == 0)
+                .collect();
+            let (missed, on_time): (Vec<i64>, Vec<i64>) =
+                all.into_iter().partition(|t| *t < now - grace);
+            let keep = match catch_up {
+                CatchUp::Skip => 0,
+                CatchUp::Latest => 1,
+                CatchUp::All { max } => max as usize,
+            };
+            let mut expected = missed[missed.len().saturating_sub(keep)..].to_vec();
+            expected.extend(on_time);
+            proptest::prop_assert_eq!(p.ticks, expected);
+            proptest::prop_assert_eq!(p.cursor_ms, now);
+        }
+    }
+
     #[test]
     fn malformed_declarations_say_what_is_wrong() {
         let e = Schedule::new("n", "every day").unwrap_err().to_string();

@@ -47,7 +47,13 @@ impl<S: Storage> Shared<S> {
                     Ok(Fired::Done { in_ms: None }) => now_ms + 60_000,
                     Ok(Fired::Later) => now_ms + poll_ms,
                     Err(error) => {
-                        tracing::debug!(%error, schedule = schedule.name(), "schedule firing failed");
+                        // Contention and outages are routine; anything else
+                        // (a privilege, a bad declaration) needs a person.
+                        if matches!(error.kind(), ErrorKind::Conflict | ErrorKind::Unavailable) {
+                            tracing::debug!(%error, schedule = schedule.name(), "schedule firing failed");
+                        } else {
+                            tracing::warn!(%error, schedule = schedule.name(), "schedule firing failed");
+                        }
                         failed = true;
                         now_ms
                             + i64::try_from(self.infra_delay(errors + 1).as_millis())
