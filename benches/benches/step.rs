@@ -203,6 +203,22 @@ fn main() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    // What the checkpoint's fence re-check (the trigger
+    // `tandem.steps_fence`, migration 0012) costs: the floor with it and
+    // without it, in alternating rounds.
+    let rounds = if bench_mode { ROUNDS } else { 1 };
+    let (with, without) = rt.block_on(fence_trigger_cost(
+        &engine,
+        &pool,
+        &mut next_step_id,
+        rounds,
+    ))?;
+    println!(
+        "\nfloor with the fence re-check trigger: {:.1} µs/step, without: {:.1} µs/step ({:.3}x)",
+        with.as_secs_f64() * 1e6,
+        without.as_secs_f64() * 1e6,
+        with.as_secs_f64() / without.as_secs_f64()
+    );
     rt.block_on(engine_close(engine));
     print_summary(&measured, &interleaved);
     Ok(())
@@ -234,6 +250,35 @@ async fn interleaved(
         .into_iter()
         .zip(totals.map(|t| t / steps))
         .collect())
+}
+
+/// The floor's mean step with the fence trigger enabled and disabled, in
+/// alternating rounds (the trigger is left enabled).
+async fn fence_trigger_cost(
+    engine: &Engine<PgStorage>,
+    pool: &PgPool,
+    next_step_id: &mut i32,
+    rounds: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut totals = [Duration::ZERO; 2];
+    for round in 0..rounds {
+        for k in 0..2 {
+            let enabled = (round + k) % 2 == 0;
+            let sql = if enabled {
+                "ALTER TABLE tandem.steps ENABLE TRIGGER steps_fence"
+            } else {
+                "ALTER TABLE tandem.steps DISABLE TRIGGER steps_fence"
+            };
+            sqlx::raw_sql(sql).execute(pool).await?;
+            totals[usize::from(!enabled)] +=
+                run(Variant::Floor, ROUND_STEPS, engine, pool, next_step_id).await?;
+        }
+    }
+    sqlx::raw_sql("ALTER TABLE tandem.steps ENABLE TRIGGER steps_fence")
+        .execute(pool)
+        .await?;
+    let steps = u32::try_from(rounds as u64 * ROUND_STEPS)?;
+    Ok((totals[0] / steps, totals[1] / steps))
 }
 
 fn print_summary(measured: &[Measured], interleaved: &[(Variant, Duration)]) {

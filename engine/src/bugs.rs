@@ -122,11 +122,16 @@ pub enum Bug {
     /// Retention collects finished children on their own, while their
     /// ancestors still run: a parent that awaits its child finds it gone.
     GcIgnoresAncestors,
+    /// The checkpoint fence is not checked again after the insert: a
+    /// superseded execution whose checkpoint statement waited while
+    /// retention deleted the finished workflow inserts its step again (and
+    /// a transactional step's writes with it).
+    StepFenceNotRechecked,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 34] = [
+    pub const ALL: [Bug; 35] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -161,6 +166,7 @@ impl Bug {
         Bug::ScheduleTickIsFireTime,
         Bug::GcLeavesSteps,
         Bug::GcIgnoresAncestors,
+        Bug::StepFenceNotRechecked,
     ];
 }
 

@@ -116,11 +116,24 @@ pub fn check(world: &World) -> Vec<String> {
     }
     // No row outlives its workflow.
     let live: BTreeSet<String> = world.mem.workflows().into_iter().map(|r| r.id).collect();
+    let step_csn: BTreeMap<(String, i32), u64> = world
+        .mem
+        .step_history()
+        .into_iter()
+        .map(|(csn, s)| ((s.workflow_id, s.step_id), csn))
+        .collect();
     for s in world.mem.steps() {
         if !live.contains(&s.workflow_id) {
+            let key = (s.workflow_id.clone(), s.step_id);
             v.push(format!(
-                "step {} of {} outlives its workflow",
-                s.step_id, s.workflow_id
+                "step {} ({} {:?}, epoch {}, committed at {:?}) of {} outlives its workflow (deleted at {:?})",
+                s.step_id,
+                s.name,
+                s.kind,
+                s.owner_epoch,
+                step_csn.get(&key),
+                s.workflow_id,
+                deleted_at.get(s.workflow_id.as_str())
             ));
         }
     }

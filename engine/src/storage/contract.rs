@@ -76,6 +76,9 @@ pub fn classify_sqlstate(code: &str) -> ErrorKind {
         }
         // insufficient_privilege
         "42501" => ErrorKind::Denied,
+        // Tandem's own: the checkpoint fence's re-check after the insert
+        // (migrations/0012_step_fence.sql).
+        STEP_FENCED_SQLSTATE => ErrorKind::Fenced,
         _ => ErrorKind::Other,
     }
 }
@@ -103,6 +106,10 @@ pub fn resume_dedup_held(workflow_id: &str) -> String {
          holds the dedup_key of a workflow it would resume; resume it once that one has finished"
     )
 }
+
+/// The SQLSTATE of a checkpoint whose fence failed its re-check after the
+/// insert (the trigger `tandem.steps_fence`).
+pub const STEP_FENCED_SQLSTATE: &str = "TDF01";
 
 /// The error of a write by an execution that no longer owns its workflow.
 pub fn fenced(workflow_id: &str) -> StorageError {

