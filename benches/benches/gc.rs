@@ -4,7 +4,9 @@
 //! flight) measured first with 10^6 finished workflows (two steps each) in
 //! the tables and nothing deleting them, then again in the same run while
 //! a collector deletes them in batches of 500 trees, one transaction after
-//! another, as an executor's retention loop does. Run:
+//! another: paced as an executor's retention loop paces itself (after each
+//! batch it waits as long as the batch took), then back to back as `tandem
+//! gc` runs. Run:
 //! `cargo bench -p benches --bench gc` (about 3 minutes after the build,
 //! most of it filling the tables). Without `--bench` 10^4 finished
 //! workflows are used and each measurement runs once.
@@ -32,6 +34,9 @@ async fn fill(pool: &sqlx::PgPool, n: i64) -> anyhow::Result<()> {
         .bind(READY_QUEUE)
         .execute(pool)
         .await?;
+    sqlx::raw_sql("ALTER TABLE tandem.steps DISABLE TRIGGER steps_fence")
+        .execute(pool)
+        .await?;
     // In chunks, so that one statement's memory stays small.
     let chunk = 100_000;
     let mut from = 0;
@@ -51,6 +56,8 @@ async fn fill(pool: &sqlx::PgPool, n: i64) -> anyhow::Result<()> {
         .bind(OLD_QUEUE)
         .execute(pool)
         .await?;
+        // As history: the steps of finished workflows, which the fence
+        // trigger (a guard for live writers) would refuse.
         sqlx::query(
             "INSERT INTO tandem.steps
                  (workflow_id, step_id, name, kind, output, owner_epoch, attempts,
@@ -64,6 +71,9 @@ async fn fill(pool: &sqlx::PgPool, n: i64) -> anyhow::Result<()> {
         .await?;
         from = to;
     }
+    sqlx::raw_sql("ALTER TABLE tandem.steps ENABLE TRIGGER steps_fence")
+        .execute(pool)
+        .await?;
     sqlx::query(
         "INSERT INTO tandem.workflows
              (id, name, status, input, queue, priority, owner_epoch, created_at, updated_at)
@@ -125,9 +135,11 @@ async fn workflows(engine: &Engine<PgStorage>, first: u64, iters: u64) -> anyhow
 }
 
 /// Deletes batches until `stop` or nothing is left; counts the workflows
-/// deleted.
-async fn collect(storage: PgStorage, stop: Arc<AtomicBool>, deleted: Arc<AtomicU64>) {
+/// deleted. `paced`: after each batch, waits as long as it took, as an
+/// executor's retention loop does; otherwise back to back, as `tandem gc`.
+async fn collect(storage: PgStorage, stop: Arc<AtomicBool>, deleted: Arc<AtomicU64>, paced: bool) {
     while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
         let result = storage
             .autocommit(|tx| {
                 Box::pin(async move {
@@ -146,6 +158,10 @@ async fn collect(storage: PgStorage, stop: Arc<AtomicBool>, deleted: Arc<AtomicU
                 deleted.fetch_add(c.workflows, Ordering::Relaxed);
                 if c.roots < u64::from(BATCH) {
                     return;
+                }
+                if paced {
+                    #[allow(clippy::disallowed_methods)] // bench code, real time
+                    tokio::time::sleep(started.elapsed()).await;
                 }
             }
             Err(e) => {
@@ -232,39 +248,46 @@ fn main() -> anyhow::Result<()> {
     let mut means = Means::new();
     measure(&rt, &mut criterion, &storage, &engine, "idle", &mut means);
 
-    let stop = Arc::new(AtomicBool::new(false));
+    // Paced first (as executors collect), then back to back (as `tandem gc`
+    // does), each measured while its collector still runs.
     let deleted = Arc::new(AtomicU64::new(0));
-    let collector = rt.spawn(collect(storage.clone(), stop.clone(), deleted.clone()));
-    let started = Instant::now();
-    measure(
-        &rt,
-        &mut criterion,
-        &storage,
-        &engine,
-        "while deleting",
-        &mut means,
-    );
-    let during = deleted.load(Ordering::Relaxed);
-    let measured_for = started.elapsed();
-    let still_running = !collector.is_finished();
-    rt.block_on(collector)?;
-    let total_time = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
+    let mut lines = Vec::new();
+    for (paced, label) in [
+        (true, "while deleting, paced"),
+        (false, "while deleting, back to back"),
+    ] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let before = deleted.load(Ordering::Relaxed);
+        let collector = rt.spawn(collect(
+            storage.clone(),
+            stop.clone(),
+            deleted.clone(),
+            paced,
+        ));
+        let started = Instant::now();
+        measure(&rt, &mut criterion, &storage, &engine, label, &mut means);
+        let during = deleted.load(Ordering::Relaxed) - before;
+        let secs = started.elapsed().as_secs_f64();
+        lines.push(format!(
+            "{label}: {during} finished workflows deleted while measuring, {:.0}/s with their steps (collector still running at the end: {})",
+            during as f64 / secs,
+            !collector.is_finished()
+        ));
+        stop.store(true, Ordering::Relaxed);
+        rt.block_on(collector)?;
+    }
     rt.block_on(engine.shutdown());
     criterion.final_summary();
 
-    println!(
-        "\ndeleted {during} finished workflows while measuring ({:.1} s; collector still running at the end: {still_running}); all {} in {:.1} s: {:.0} workflows/s with their steps",
-        measured_for.as_secs_f64(),
-        deleted.load(Ordering::Relaxed),
-        total_time.as_secs_f64(),
-        deleted.load(Ordering::Relaxed) as f64 / total_time.as_secs_f64()
-    );
-    println!("mean latency (every criterion iteration), while deleting / idle:");
+    println!();
+    for line in lines {
+        println!("{line}");
+    }
+    println!("mean latency (every criterion iteration), ratio to idle:");
     let idle: Vec<Duration> = means.iter().take(2).map(|m| m.1).collect();
     for (i, (label, mean)) in means.iter().enumerate() {
         println!(
-            "  {label:<34} {:>8.3} ms  ({:.2}x)",
+            "  {label:<48} {:>8.3} ms  ({:.2}x)",
             mean.as_secs_f64() * 1000.0,
             mean.as_secs_f64() / idle[i % 2].as_secs_f64()
         );

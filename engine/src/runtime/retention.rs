@@ -23,6 +23,7 @@ impl<S: Storage> Shared<S> {
                 if self.is_shutting_down() {
                     break;
                 }
+                let started_ms = self.now_ms();
                 let params = WorkflowsGc {
                     limit: self.config.gc_batch,
                     older_than_ms: None,
@@ -37,6 +38,18 @@ impl<S: Storage> Shared<S> {
                     Ok(batch) => {
                         total.add(batch);
                         if batch.roots < u64::from(self.config.gc_batch) {
+                            break;
+                        }
+                        // Paced: as long again as the batch took, so that a
+                        // backlog is deleted at most half the time and the
+                        // workflows running meanwhile keep most of the
+                        // database (benchmarks.md §8).
+                        let took = self.now_ms().saturating_sub(started_ms).max(1);
+                        if self
+                            .sleep_unless_shutdown(Duration::from_millis(took as u64))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
