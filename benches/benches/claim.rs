@@ -9,12 +9,12 @@
 //! Without `--bench` (as `cargo test --benches` runs it) only the smallest
 //! backlog runs, once per variant.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use benches::server::Server;
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use tandem::PgStorage;
-use tandem::storage::{QueueLimits, Storage, Transaction, Versions, WorkflowsClaim};
+use tandem::storage::{QueueLimits, Storage};
 
 const QUEUE: &str = "bench.claim";
 const NAME: &str = "bench.claimed";
@@ -84,24 +84,7 @@ async fn claims(storage: &PgStorage, variant: Variant, iters: u64) -> anyhow::Re
     sqlx::query("VACUUM tandem.workflows")
         .execute(storage.pool())
         .await?;
-    let start = Instant::now();
-    for _ in 0..iters {
-        let mut tx = storage.begin().await?;
-        let rows = tx
-            .workflows_claim(WorkflowsClaim {
-                queue: variant.limits(),
-                executor_id: "bench-claimer".to_owned(),
-                names: vec![NAME.to_owned()],
-                limit: BATCH,
-                // Far enough ahead that every backlog row is due.
-                now_ms: 4_102_444_800_000,
-                versions: Versions::default(),
-            })
-            .await?;
-        anyhow::ensure!(rows.len() == BATCH as usize, "claimed {}", rows.len());
-        tx.rollback().await?;
-    }
-    Ok(start.elapsed())
+    benches::workloads::claims_rolled_back(storage, &variant.limits(), NAME, BATCH, iters).await
 }
 
 fn main() -> anyhow::Result<()> {

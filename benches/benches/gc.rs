@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use benches::server::Server;
 use benches::workloads::{self, Shape, ThreeSteps, ThreeStepsInput};
 use criterion::{Criterion, SamplingMode};
-use tandem::storage::{QueueLimits, Storage, Transaction, Versions, WorkflowsClaim, WorkflowsGc};
+use tandem::storage::{QueueLimits, Storage, Transaction, WorkflowsGc};
 use tandem::{Engine, PgStorage};
 
 const OLD_QUEUE: &str = "bench.old";
@@ -97,29 +97,14 @@ async fn fill(pool: &sqlx::PgPool, n: i64) -> anyhow::Result<()> {
 }
 
 async fn claims(storage: &PgStorage, iters: u64) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    for _ in 0..iters {
-        let mut tx = storage.begin().await?;
-        let rows = tx
-            .workflows_claim(WorkflowsClaim {
-                queue: QueueLimits {
-                    name: READY_QUEUE.to_owned(),
-                    concurrency_global: None,
-                    rate_limit: None,
-                    concurrency_per_key: None,
-                    retention_ms: None,
-                },
-                executor_id: "bench-claimer".to_owned(),
-                names: vec![READY_NAME.to_owned()],
-                limit: 16,
-                now_ms: 4_102_444_800_000,
-                versions: Versions::default(),
-            })
-            .await?;
-        anyhow::ensure!(rows.len() == 16, "claimed {}", rows.len());
-        tx.rollback().await?;
-    }
-    Ok(start.elapsed())
+    let queue = QueueLimits {
+        name: READY_QUEUE.to_owned(),
+        concurrency_global: None,
+        rate_limit: None,
+        concurrency_per_key: None,
+        retention_ms: None,
+    };
+    workloads::claims_rolled_back(storage, &queue, READY_NAME, 16, iters).await
 }
 
 async fn workflows(engine: &Engine<PgStorage>, first: u64, iters: u64) -> anyhow::Result<Duration> {

@@ -330,3 +330,34 @@ pub fn pgbench(
         transactions: field("number of transactions actually processed")? as u64,
     })
 }
+
+/// `iters` claims of `batch` workflows named `name` from `queue`, each in a
+/// transaction that is rolled back (so the backlog stays), asserting each
+/// took a full batch; their wall time.
+pub async fn claims_rolled_back(
+    storage: &PgStorage,
+    queue: &tandem::storage::QueueLimits,
+    name: &str,
+    batch: u32,
+    iters: u64,
+) -> anyhow::Result<Duration> {
+    use tandem::storage::{Storage as _, Transaction as _, Versions, WorkflowsClaim};
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut tx = storage.begin().await?;
+        let rows = tx
+            .workflows_claim(WorkflowsClaim {
+                queue: queue.clone(),
+                executor_id: "bench-claimer".to_owned(),
+                names: vec![name.to_owned()],
+                limit: batch,
+                // Far enough ahead that every backlog row is due.
+                now_ms: 4_102_444_800_000,
+                versions: Versions::default(),
+            })
+            .await?;
+        anyhow::ensure!(rows.len() == batch as usize, "claimed {}", rows.len());
+        tx.rollback().await?;
+    }
+    Ok(start.elapsed())
+}

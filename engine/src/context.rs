@@ -193,7 +193,11 @@ impl<S: Storage> WorkflowContext<S> {
         &self.workflow_id
     }
 
-    pub(crate) fn owner_epoch(&self) -> i64 {
+    /// The fencing epoch of this execution: every execution of a workflow
+    /// (its start, a recovery, a claim after a takeover) runs under a
+    /// higher one, and writes under an older one are refused. For logs and
+    /// diagnostics.
+    pub fn owner_epoch(&self) -> i64 {
         self.owner_epoch
     }
 

@@ -161,21 +161,33 @@ impl Workflow<SimStorage> for Report {
             }
         }
         ctx.transaction("report", async move |conn| {
-            let seq = {
-                let mut state = world.state();
-                state.ledger_seq += 1;
-                state.ledger_seq
-            };
-            conn.insert(
-                REPORTS,
-                format!("{wf}/{seq}"),
-                json!({ "wf": wf, "tick": at }),
-            )
-            .await?;
-            Ok::<_, tandem::storage::memory::MemError>(at)
+            write_tick(&world, conn, REPORTS, &wf, at).await
         })
         .await
     }
+}
+
+/// A transactional step's write: `{wf, tick}` into `table` under a key
+/// unique per attempt (so an effect applied twice shows as two rows).
+async fn write_tick(
+    world: &World,
+    conn: &mut tandem::storage::memory::MemConn,
+    table: &'static str,
+    wf: &str,
+    at: i64,
+) -> Result<i64, tandem::storage::memory::MemError> {
+    let seq = {
+        let mut state = world.state();
+        state.ledger_seq += 1;
+        state.ledger_seq
+    };
+    conn.insert(
+        table,
+        format!("{wf}/{seq}"),
+        json!({ "wf": wf, "tick": at }),
+    )
+    .await?;
+    Ok(at)
 }
 
 /// A tick's part, a child of its report: writes `report_parts` from a
@@ -198,18 +210,7 @@ impl Workflow<SimStorage> for ReportPart {
         let wf = ctx.workflow_id().to_owned();
         let world = self.world.clone();
         ctx.transaction("part", async move |conn| {
-            let seq = {
-                let mut state = world.state();
-                state.ledger_seq += 1;
-                state.ledger_seq
-            };
-            conn.insert(
-                REPORT_PARTS,
-                format!("{wf}/{seq}"),
-                json!({ "wf": wf, "tick": at }),
-            )
-            .await?;
-            Ok::<_, tandem::storage::memory::MemError>(at)
+            write_tick(&world, conn, REPORT_PARTS, &wf, at).await
         })
         .await
     }

@@ -17,7 +17,7 @@ use tandem::MemStorage;
 use tandem::storage::memory::{MemConn, MemTx};
 use tandem::storage::{
     ErrorKind, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageResult, Transaction,
-    WorkflowComplete, WorkflowRow, WorkflowsClaim,
+    WorkflowComplete, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
 };
 
 use crate::faults::Site;
@@ -209,7 +209,6 @@ impl Transaction for SimTx {
         latency;
         workflow_insert,
         workflow_get,
-        workflows_recover,
         step_get,
         executor_register,
         executor_heartbeat,
@@ -255,8 +254,11 @@ impl Transaction for SimTx {
         let steps = self.tx.steps_load(workflow_id).await?;
         // Remember what this incarnation saw: the next execution of the
         // workflow here starts from exactly this history.
-        self.world.state().loads.insert(
-            (self.node.label.clone(), workflow_id.to_owned()),
+        let mut state = self.world.state();
+        let key = (self.node.label.clone(), workflow_id.to_owned());
+        let epoch = state.granted.get(&key).copied().unwrap_or_default();
+        state.loads.insert(
+            (key.0, key.1, epoch),
             steps.iter().map(|s| s.step_id).collect(),
         );
         Ok(steps)
@@ -331,6 +333,19 @@ impl Transaction for SimTx {
         Ok(cancelled)
     }
 
+    async fn workflows_recover(&mut self, p: WorkflowsRecover) -> StorageResult<Vec<WorkflowRow>> {
+        self.latency("workflows_recover").await;
+        let rows = self.tx.workflows_recover(p).await?;
+        // The epochs granted here: the `steps_load` that follows is theirs.
+        let mut state = self.world.state();
+        for r in &rows {
+            state
+                .granted
+                .insert((self.node.label.clone(), r.id.clone()), r.owner_epoch);
+        }
+        Ok(rows)
+    }
+
     async fn workflows_claim(&mut self, p: WorkflowsClaim) -> StorageResult<Vec<WorkflowRow>> {
         self.latency("workflows_claim").await;
         // No await between this read and the statement.
@@ -358,8 +373,11 @@ impl Transaction for SimTx {
         let steps = self.world.mem.steps();
         let mut state = self.world.state();
         for r in &rows {
+            state
+                .granted
+                .insert((self.node.label.clone(), r.id.clone()), r.owner_epoch);
             state.loads.insert(
-                (self.node.label.clone(), r.id.clone()),
+                (self.node.label.clone(), r.id.clone(), r.owner_epoch),
                 steps
                     .iter()
                     .filter(|s| s.workflow_id == r.id)

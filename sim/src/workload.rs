@@ -641,7 +641,7 @@ impl Workflow<SimStorage> for Bank {
             .world
             .state()
             .loads
-            .remove(&(self.node.label.clone(), wf.clone()))
+            .remove(&(self.node.label.clone(), wf.clone(), ctx.owner_epoch()))
             .unwrap_or_default();
         let index = workflow_index(&wf);
         let mut output = Vec::new();

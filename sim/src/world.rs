@@ -38,9 +38,15 @@ pub struct State {
     pub dead: BTreeMap<String, Instant>,
     /// Workflows whose start some client saw acknowledged.
     pub acked: BTreeSet<String>,
-    /// The step IDs each (node incarnation, workflow) last loaded: the
-    /// history of the execution that starts next there.
-    pub loads: BTreeMap<(String, String), BTreeSet<i32>>,
+    /// The step IDs each (node incarnation, workflow, epoch) last loaded:
+    /// the history of that execution when it starts there. By epoch: an
+    /// incarnation paused past its lease can hold a recovered execution
+    /// that has not started yet when it claims the workflow again (the
+    /// schedules generation's first long run, seed 45040170).
+    pub loads: BTreeMap<(String, String, i64), BTreeSet<i32>>,
+    /// The epoch each (node incarnation, workflow) was last granted (by a
+    /// recovery or a claim): the execution a following `steps_load` is for.
+    pub granted: BTreeMap<(String, String), i64>,
     /// The external service's log.
     pub calls: Vec<ServiceCall>,
     /// Transient failures the service may still inject per (workflow, step):

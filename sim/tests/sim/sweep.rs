@@ -221,6 +221,19 @@ fn a_checkpoint_of_a_superseded_execution_cannot_return_after_retention() {
     seeds_pass(&STEP_FENCE_SEEDS, Generation::Schedules);
 }
 
+/// Regression test of a false positive of the plain-step check (seed
+/// 45040170 of the schedules generation's long run): exec-2#7, paused past
+/// its lease right after its launch recovered wf-2-child-3 (history: step
+/// 0), claimed the workflow again on waking (history: steps 0 and 1)
+/// before the recovered execution's body had started; the checker kept one
+/// history per node incarnation and workflow, so the recovered execution,
+/// rightly calling step 1, was judged by the claim's history. Histories are
+/// now kept per execution epoch (`WorkflowContext::owner_epoch`).
+#[test]
+fn two_executions_of_one_workflow_on_one_node_are_judged_by_their_own_histories() {
+    seeds_pass(&[45_040_170], Generation::Schedules);
+}
+
 /// The seeds of [`a_checkpoint_of_a_superseded_execution_cannot_return_after_retention`].
 pub const STEP_FENCE_SEEDS: [u64; 3] = [44_619_102, 44_629_705, 44_633_119];
 
