@@ -15,8 +15,8 @@ use crate::error::Error;
 use crate::payload;
 use crate::schedule::ScheduleInfo;
 use crate::storage::{
-    ErrorKind, GcCount, StepInfo, Storage, Transaction, WorkflowFilter, WorkflowFork, WorkflowInfo,
-    WorkflowsGc,
+    ErrorKind, EventInfo, ExecutorInfo, GcCount, MessageInfo, QueueInfo, Status, StepInfo, Storage,
+    Transaction, WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowsGc,
 };
 
 /// A workflow with its steps, as management tools show it.
@@ -62,7 +62,8 @@ impl<S: Storage> Admin<S> {
         format!("{id}-fork-{suffix:016x}")
     }
 
-    fn now_ms(&self) -> i64 {
+    /// The current time on its clock (ms since the epoch).
+    pub fn now_ms(&self) -> i64 {
         unix_ms(self.env.now())
     }
 
@@ -71,6 +72,56 @@ impl<S: Storage> Admin<S> {
         Ok(self
             .storage
             .autocommit(move |tx| Box::pin(async move { tx.workflows_list(filter).await }))
+            .await?)
+    }
+
+    /// How many workflows of each status match `filter` (its status, page
+    /// and offset ignored), every status in [`Status::ALL`] order; a count
+    /// stops at `cap`, so it costs at most `cap` rows per status however
+    /// many finished workflows the database keeps.
+    pub async fn count_workflows(
+        &self,
+        filter: WorkflowFilter,
+        cap: u64,
+    ) -> Result<Vec<(Status, u64)>, Error> {
+        Ok(self
+            .storage
+            .autocommit(move |tx| Box::pin(async move { tx.workflows_count(filter, cap).await }))
+            .await?)
+    }
+
+    /// The declared queues, by name, with their limits, how many of their
+    /// workflows wait and run, and how old the oldest waiting one is.
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>, Error> {
+        let now_ms = self.now_ms();
+        Ok(self
+            .storage
+            .autocommit(move |tx| Box::pin(async move { tx.queues_info(now_ms).await }))
+            .await?)
+    }
+
+    /// The registered executors, by ID, with their lease and the workflows
+    /// each runs.
+    pub async fn executors(&self) -> Result<Vec<ExecutorInfo>, Error> {
+        Ok(self
+            .storage
+            .autocommit(move |tx| Box::pin(async move { tx.executors_info().await }))
+            .await?)
+    }
+
+    /// A workflow's messages not yet received, oldest first, and the
+    /// events it published, by key.
+    pub async fn mailbox(&self, id: &str) -> Result<(Vec<MessageInfo>, Vec<EventInfo>), Error> {
+        let id = id.to_owned();
+        Ok(self
+            .storage
+            .autocommit(move |tx| {
+                Box::pin(async move {
+                    let messages = tx.messages_info(&id).await?;
+                    let events = tx.events_info(&id).await?;
+                    Ok((messages, events))
+                })
+            })
             .await?)
     }
 

@@ -127,11 +127,14 @@ pub enum Bug {
     /// retention deleted the finished workflow inserts its step again (and
     /// a transactional step's writes with it).
     StepFenceNotRechecked,
+    /// A step's checkpoint is counted in the metrics before its commit, so
+    /// a commit that fails or is fenced is counted as done work.
+    MetricsCountBeforeCommit,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 35] = [
+    pub const ALL: [Bug; 36] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -167,6 +170,7 @@ impl Bug {
         Bug::GcLeavesSteps,
         Bug::GcIgnoresAncestors,
         Bug::StepFenceNotRechecked,
+        Bug::MetricsCountBeforeCommit,
     ];
 }
 

@@ -262,6 +262,7 @@ impl<S: Storage> WorkflowContext<S> {
                             break (None, Err(message));
                         }
                         let delay = self.shared.with_rng(|rng| policy.delay(attempts, rng));
+                        crate::telemetry::retried("error");
                         tracing::debug!(workflow_id = %self.workflow_id, step_id, name, attempts, ?delay, error = %message, "step attempt failed, retrying");
                         self.pause(delay).await?;
                     }
@@ -286,6 +287,10 @@ impl<S: Storage> WorkflowContext<S> {
             let recorded = self
                 .storage_retry(|| storage.step_record(params.clone()))
                 .await?;
+            if recorded == StepRecorded::Recorded {
+                let took = self.shared.now_ms() - started_ms;
+                crate::telemetry::step_committed(StepKind::Plain, value.is_some(), Duration::from_millis(took.max(0) as u64));
+            }
             match (recorded, value, outcome) {
                 (StepRecorded::Recorded, Some(value), _) => Ok(value),
                 (StepRecorded::Recorded, None, Err(message)) => {
@@ -363,6 +368,7 @@ impl<S: Storage> WorkflowContext<S> {
                                 .await;
                         }
                         tracing::debug!(workflow_id = %self.workflow_id, step_id, name, attempts = st.attempts, error = %e, "transaction rolled back, retrying");
+                        crate::telemetry::retried("conflict");
                         self.pause(self.shared.infra_delay(st.attempts)).await?;
                         st.failed();
                         continue;
@@ -824,6 +830,12 @@ impl<S: Storage> WorkflowContext<S> {
             .await?
         {
             StepRecorded::Recorded => {
+                let took = self.shared.now_ms() - started_ms;
+                crate::telemetry::step_committed(
+                    kind,
+                    true,
+                    Duration::from_millis(took.max(0) as u64),
+                );
                 payload::decode(&json, || format!("output of step {step_id} ({name:?})"))
                     .map_err(Into::into)
             }
@@ -1010,20 +1022,30 @@ impl<S: Storage> WorkflowContext<S> {
         params: StepRecord,
         attempts: u32,
     ) -> Result<Finished, Error> {
+        let (kind, ok) = (params.kind, params.output.is_some());
+        let took = Duration::from_millis((params.now_ms - params.started_ms).max(0) as u64);
         match tx.step_record(params).await {
-            Ok(StepRecorded::Recorded) => match tx.commit().await {
-                Ok(()) => Ok(Finished::Committed),
-                Err(e) => {
-                    if crate::bugs::active(crate::bugs::Bug::CommitAssumedOnError)
-                        && e.kind() == ErrorKind::Unavailable
-                    {
-                        return Ok(Finished::Committed);
-                    }
-                    let maybe_committed = e.kind() == ErrorKind::Unavailable;
-                    self.backoff_after(e, attempts).await?;
-                    Ok(Finished::Retry { maybe_committed })
+            Ok(StepRecorded::Recorded) => {
+                if crate::bugs::active(crate::bugs::Bug::MetricsCountBeforeCommit) {
+                    crate::telemetry::step_counted(kind, ok, took);
                 }
-            },
+                match tx.commit().await {
+                    Ok(()) => {
+                        crate::telemetry::step_committed(kind, ok, took);
+                        Ok(Finished::Committed)
+                    }
+                    Err(e) => {
+                        if crate::bugs::active(crate::bugs::Bug::CommitAssumedOnError)
+                            && e.kind() == ErrorKind::Unavailable
+                        {
+                            return Ok(Finished::Committed);
+                        }
+                        let maybe_committed = e.kind() == ErrorKind::Unavailable;
+                        self.backoff_after(e, attempts).await?;
+                        Ok(Finished::Retry { maybe_committed })
+                    }
+                }
+            }
             Ok(StepRecorded::Exists) => {
                 let _ = tx.rollback().await;
                 Ok(Finished::Exists)
@@ -1183,6 +1205,9 @@ impl<S: Storage> WorkflowContext<S> {
     /// unknown commit outcome), or turns it into the error to return.
     async fn backoff_after(&mut self, error: StorageError, attempts: u32) -> Result<(), Error> {
         let result = self.shared.backoff_after(error, attempts).await;
+        if result.is_ok() {
+            crate::telemetry::retried("storage");
+        }
         self.note(result)
     }
 
@@ -1202,9 +1227,12 @@ impl<S: Storage> WorkflowContext<S> {
     fn note<R>(&mut self, result: Result<R, Error>) -> Result<R, Error> {
         result.map_err(|error| {
             let error = match error {
-                Error::Storage(e) if e.kind() == ErrorKind::Fenced => Error::Fenced {
-                    workflow_id: self.workflow_id.clone(),
-                },
+                Error::Storage(e) if e.kind() == ErrorKind::Fenced => {
+                    crate::telemetry::fenced();
+                    Error::Fenced {
+                        workflow_id: self.workflow_id.clone(),
+                    }
+                }
                 other => other,
             };
             if error.is_interrupt() {

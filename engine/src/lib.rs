@@ -117,8 +117,11 @@ pub mod retry;
 mod runtime;
 pub mod schedule;
 pub mod storage;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "ui")]
+pub mod ui;
 pub mod workflow;
 
 pub use admin::{Admin, WorkflowDetail};

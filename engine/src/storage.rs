@@ -48,6 +48,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 5] = [
+        Status::Enqueued,
+        Status::Running,
+        Status::Success,
+        Status::Error,
+        Status::Cancelled,
+    ];
+
     /// The persisted name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -250,10 +259,69 @@ pub struct WorkflowFilter {
     pub created_from_ms: Option<i64>,
     /// Created before.
     pub created_until_ms: Option<i64>,
+    /// Only the children of this workflow.
+    pub parent_id: Option<String>,
     /// Page size.
     pub limit: u32,
     /// Rows to skip.
     pub offset: u64,
+}
+
+/// A queue as management tools show it ([`Transaction::queues_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Its name and the limits its executors last declared.
+    pub limits: QueueLimits,
+    /// Its workflows waiting to be claimed (including delayed ones).
+    pub enqueued: i64,
+    /// Its workflows owned by an executor.
+    pub running: i64,
+    /// When the oldest of its workflows that could be claimed now (not
+    /// delayed) was created (ms since the epoch): how far behind the queue
+    /// is. `None` when none waits.
+    pub oldest_ready_ms: Option<i64>,
+}
+
+/// An executor as management tools show it ([`Transaction::executors_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorInfo {
+    /// Its ID.
+    pub id: String,
+    /// The application version its code is.
+    pub version: Option<String>,
+    /// The versions whose runs it accepts.
+    pub accepts: Vec<String>,
+    /// When it first registered (ms since the epoch).
+    pub started_ms: i64,
+    /// Its last heartbeat.
+    pub heartbeat_ms: i64,
+    /// When its lease runs out: past that, another executor may take its
+    /// workflows back.
+    pub lease_expires_ms: i64,
+    /// The workflows it owns now (`RUNNING` under its ID).
+    pub running: i64,
+}
+
+/// A message waiting for its workflow to receive it ([`Transaction::messages_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// The topic.
+    pub topic: String,
+    /// The payload, as JSON text.
+    pub payload: String,
+    /// When it was sent (ms since the epoch).
+    pub created_ms: i64,
+}
+
+/// An event a workflow published ([`Transaction::events_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventInfo {
+    /// The key.
+    pub key: String,
+    /// Its latest value, as JSON text.
+    pub value: String,
+    /// When it was last set (ms since the epoch).
+    pub updated_ms: i64,
 }
 
 /// Parameters of [`Transaction::workflow_fork`].
@@ -1115,6 +1183,38 @@ pub trait Transaction: Send + Sized {
         &mut self,
         workflow_id: &str,
     ) -> impl Future<Output = StorageResult<Vec<StepInfo>>> + Send;
+
+    /// How many workflows of each status match `filter` (its status, page
+    /// size and offset ignored), each count stopping at `cap` so that a
+    /// count costs at most `cap` rows whatever the table holds: every
+    /// status, in [`Status::ALL`] order.
+    fn workflows_count(
+        &mut self,
+        filter: WorkflowFilter,
+        cap: u64,
+    ) -> impl Future<Output = StorageResult<Vec<(Status, u64)>>> + Send;
+
+    /// The declared queues, by name, with their depth.
+    fn queues_info(
+        &mut self,
+        now_ms: i64,
+    ) -> impl Future<Output = StorageResult<Vec<QueueInfo>>> + Send;
+
+    /// The registered executors (live or with an expired lease not yet
+    /// reclaimed), by ID.
+    fn executors_info(&mut self) -> impl Future<Output = StorageResult<Vec<ExecutorInfo>>> + Send;
+
+    /// The messages sent to a workflow and not yet received, oldest first.
+    fn messages_info(
+        &mut self,
+        workflow_id: &str,
+    ) -> impl Future<Output = StorageResult<Vec<MessageInfo>>> + Send;
+
+    /// The events a workflow published, by key.
+    fn events_info(
+        &mut self,
+        workflow_id: &str,
+    ) -> impl Future<Output = StorageResult<Vec<EventInfo>>> + Send;
 
     /// Locks a schedule's row for firing (`FOR UPDATE SKIP LOCKED`) and
     /// reads it with the database clock. `None` if there is no such

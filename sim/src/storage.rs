@@ -229,7 +229,12 @@ impl Transaction for SimTx {
         schedule_advance,
         schedule_pause,
         schedules_list,
-        workflows_gc
+        workflows_gc,
+        workflows_count,
+        queues_info,
+        executors_info,
+        messages_info,
+        events_info
     );
 
     async fn workflow_complete(&mut self, params: WorkflowComplete) -> StorageResult<()> {

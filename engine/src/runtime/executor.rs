@@ -106,6 +106,7 @@ impl<S: Storage> Shared<S> {
                 match self.storage.workflows_reclaim(now_ms).await {
                     Ok(n) => {
                         reclaimed_ms = now_ms;
+                        crate::telemetry::taken_over("reclaim", n);
                         if n > 0 {
                             tracing::info!(
                                 requeued = n,
@@ -146,6 +147,7 @@ impl<S: Storage> Shared<S> {
                 };
                 match self.storage.workflows_claim(params).await {
                     Ok(rows) => {
+                        crate::telemetry::claimed(queue.name(), rows.len());
                         let mut saturated = self.lock_saturated();
                         if rows.len() >= free {
                             saturated.insert(queue.name().to_owned());
@@ -292,6 +294,7 @@ impl<S: Storage> Shared<S> {
         let rows = self
             .retry(|| self.storage.workflows_recover(params.clone()))
             .await?;
+        crate::telemetry::taken_over("recovery", rows.len() as u64);
         let mut count = 0;
         for row in rows {
             let row = crate::bugs::stale_epoch(row);

@@ -423,6 +423,7 @@ impl<S: Storage> Shared<S> {
             .await
         {
             Ok(()) => {
+                crate::telemetry::workflow_finished(&row.name, status);
                 sender.send_replace(Some(outcome));
             }
             Err(Error::Storage(e)) if e.kind() == ErrorKind::Fenced => {

@@ -219,4 +219,34 @@ macro_rules! forward_transaction {
             self.$inner.steps_info(workflow_id).await
         }
     };
+    (@one $inner:ident, [$($before:ident)?], workflows_count) => {
+        async fn workflows_count(&mut self, filter: $crate::storage::WorkflowFilter, cap: u64) -> $crate::storage::StorageResult<::std::vec::Vec<($crate::storage::Status, u64)>> {
+            $( self.$before("workflows_count").await; )?
+            self.$inner.workflows_count(filter, cap).await
+        }
+    };
+    (@one $inner:ident, [$($before:ident)?], queues_info) => {
+        async fn queues_info(&mut self, now_ms: i64) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::QueueInfo>> {
+            $( self.$before("queues_info").await; )?
+            self.$inner.queues_info(now_ms).await
+        }
+    };
+    (@one $inner:ident, [$($before:ident)?], executors_info) => {
+        async fn executors_info(&mut self) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::ExecutorInfo>> {
+            $( self.$before("executors_info").await; )?
+            self.$inner.executors_info().await
+        }
+    };
+    (@one $inner:ident, [$($before:ident)?], messages_info) => {
+        async fn messages_info(&mut self, workflow_id: &str) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::MessageInfo>> {
+            $( self.$before("messages_info").await; )?
+            self.$inner.messages_info(workflow_id).await
+        }
+    };
+    (@one $inner:ident, [$($before:ident)?], events_info) => {
+        async fn events_info(&mut self, workflow_id: &str) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::EventInfo>> {
+            $( self.$before("events_info").await; )?
+            self.$inner.events_info(workflow_id).await
+        }
+    };
 }

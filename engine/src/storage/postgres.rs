@@ -26,11 +26,12 @@ use std::time::Duration;
 
 use super::intercept::{Hook, Interceptor, Phase, Tap, Verdict};
 use super::{
-    ErrorKind, ExecutorRegister, GcCount, Listener, QueueLimits, ScheduleDecl, ScheduleState,
-    Status, StepInfo, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError,
-    StorageResult, Transaction, WorkflowComplete, WorkflowEnqueue, WorkflowFilter, WorkflowFork,
-    WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsGc,
-    WorkflowsRecover, classify_sqlstate, contract, fenced,
+    ErrorKind, EventInfo, ExecutorInfo, ExecutorRegister, GcCount, Listener, MessageInfo,
+    QueueInfo, QueueLimits, ScheduleDecl, ScheduleState, Status, StepInfo, StepKind, StepRecord,
+    StepRecorded, StepRow, Storage, StorageError, StorageResult, Transaction, WorkflowComplete,
+    WorkflowEnqueue, WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted,
+    WorkflowRow, WorkflowsClaim, WorkflowsGc, WorkflowsRecover, classify_sqlstate, contract,
+    fenced,
 };
 use std::sync::Arc;
 
@@ -110,6 +111,19 @@ macro_rules! prefixed_workflow_columns {
 }
 
 /// The management columns after the workflow columns.
+/// The WHERE conditions of a [`WorkflowFilter`] but its status, on
+/// parameters $2..$7 (bound by [`bind_filter`]).
+macro_rules! filter_where {
+    () => {
+        "($2::text IS NULL OR name = $2)
+         AND ($3::text IS NULL OR queue = $3)
+         AND ($4::bigint IS NULL OR created_at >= to_timestamp($4::float8 / 1000))
+         AND ($5::bigint IS NULL OR created_at < to_timestamp($5::float8 / 1000))
+         AND ($6::text IS NULL OR app_version = $6)
+         AND ($7::text IS NULL OR parent_id = $7)"
+    };
+}
+
 macro_rules! info_columns {
     () => {
         concat!(
@@ -184,46 +198,6 @@ impl PgStorage {
     /// The pool, for the application's own queries.
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    /// The declared queues, by name, with their limits and how many
-    /// workflows wait in or run from each (for the `tandem` CLI). Not part
-    /// of the [`Storage`] seam: the engine never needs it.
-    pub async fn queues_info(&self) -> StorageResult<Vec<QueueInfo>> {
-        // One scalar subquery per count, so that each reads its partial
-        // index (`workflows_ready`, `workflows_running_by_queue`) instead of
-        // scanning the finished workflows, the vast majority.
-        let rows: Vec<QueueTuple> = sqlx::query_as(
-            "SELECT q.name, q.concurrency_global, q.rate_limit_count, q.rate_limit_period_ms,
-                    q.concurrency_per_key, q.retention_ms,
-                    (SELECT count(*) FROM tandem.workflows w
-                      WHERE w.queue = q.name AND w.status = 'ENQUEUED'),
-                    (SELECT count(*) FROM tandem.workflows w
-                      WHERE w.queue = q.name AND w.status = 'RUNNING')
-               FROM tandem.queues q
-              ORDER BY q.name",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(name, global, count, period_ms, per_key, retention_ms, enqueued, running)| {
-                    QueueInfo {
-                        limits: QueueLimits {
-                            name,
-                            concurrency_global: global.map(|n| n as u32),
-                            rate_limit: count.zip(period_ms).map(|(n, ms)| (n as u32, ms)),
-                            concurrency_per_key: per_key.map(|n| n as u32),
-                            retention_ms,
-                        },
-                        enqueued,
-                        running,
-                    }
-                },
-            )
-            .collect())
     }
 }
 
@@ -357,30 +331,6 @@ pub struct VersionInfo {
     pub executors_accepting: i64,
     /// Live executors whose code is this version.
     pub executors_running: i64,
-}
-
-/// A `queues_info` row: name, global concurrency, rate limit count and
-/// period, per-key concurrency, retention, enqueued and running counts.
-type QueueTuple = (
-    String,
-    Option<i32>,
-    Option<i32>,
-    Option<i64>,
-    Option<i32>,
-    Option<i64>,
-    i64,
-    i64,
-);
-
-/// A queue as management tools show it (see [`PgStorage::queues_info`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueInfo {
-    /// Its name and the limits its executors last declared.
-    pub limits: QueueLimits,
-    /// Its workflows waiting to be claimed (including delayed ones).
-    pub enqueued: i64,
-    /// Its workflows owned by an executor.
-    pub running: i64,
 }
 
 /// A transaction on [`PgStorage`]; the application sees its connection.
@@ -1024,31 +974,198 @@ impl Transaction for PgTx {
 
     async fn workflows_list(&mut self, f: WorkflowFilter) -> StorageResult<Vec<WorkflowInfo>> {
         self.at("workflows_list", None, None).await?;
-        let rows: Vec<PgRow> = sqlx::query(concat!(
-            "SELECT ",
-            info_columns!(),
-            " FROM tandem.workflows
-             WHERE ($1::text IS NULL OR status = $1)
-               AND ($2::text IS NULL OR name = $2)
-               AND ($3::text IS NULL OR queue = $3)
-               AND ($4::bigint IS NULL OR created_at >= to_timestamp($4::float8 / 1000))
-               AND ($5::bigint IS NULL OR created_at < to_timestamp($5::float8 / 1000))
-               AND ($8::text IS NULL OR app_version = $8)
-             ORDER BY created_at DESC, id
-             LIMIT $6 OFFSET $7"
-        ))
-        .bind(f.status.map(Status::as_str))
-        .bind(&f.name)
-        .bind(&f.queue)
-        .bind(f.created_from_ms)
-        .bind(f.created_until_ms)
+        let rows: Vec<PgRow> = bind_filter(
+            sqlx::query(concat!(
+                "SELECT ",
+                info_columns!(),
+                " FROM tandem.workflows WHERE ($1::text IS NULL OR status = $1) AND ",
+                filter_where!(),
+                " ORDER BY created_at DESC, id LIMIT $8 OFFSET $9"
+            ))
+            .bind(f.status.map(Status::as_str)),
+            &f,
+        )
         .bind(i64::from(f.limit))
         .bind(i64::try_from(f.offset).unwrap_or(i64::MAX))
-        .bind(&f.version)
         .fetch_all(&mut *self.tx)
         .await
         .map_err(map_err)?;
         rows.iter().map(info_from_row).collect()
+    }
+
+    async fn workflows_count(
+        &mut self,
+        f: WorkflowFilter,
+        cap: u64,
+    ) -> StorageResult<Vec<(Status, u64)>> {
+        self.at("workflows_count", None, None).await?;
+        // One capped subquery per status, so that each reads at most `cap`
+        // rows (through the status's partial index where there is one).
+        let statuses: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        let rows: Vec<(String, i64)> = bind_filter(
+            sqlx::query_as(concat!(
+                "SELECT s.status, (SELECT count(*) FROM (SELECT 1 FROM tandem.workflows
+                                    WHERE status = s.status AND ",
+                filter_where!(),
+                " LIMIT $8) c)
+                   FROM unnest($1::text[]) WITH ORDINALITY AS s(status, ord)
+                  ORDER BY s.ord"
+            ))
+            .bind(statuses),
+            &f,
+        )
+        .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter()
+            .map(|(status, n)| {
+                let status = Status::parse(&status).ok_or_else(|| {
+                    StorageError::new(
+                        ErrorKind::Other,
+                        format!("unknown workflow status {status:?}"),
+                    )
+                })?;
+                Ok((status, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    async fn queues_info(&mut self, now_ms: i64) -> StorageResult<Vec<QueueInfo>> {
+        self.at("queues_info", None, None).await?;
+        // One scalar subquery per figure, so that each reads its partial
+        // index (`workflows_ready`, `workflows_running_by_queue`) instead of
+        // scanning the finished workflows, the vast majority.
+        let rows: Vec<QueueTuple> = sqlx::query_as(
+            "SELECT q.name, q.concurrency_global, q.rate_limit_count, q.rate_limit_period_ms,
+                    q.concurrency_per_key, q.retention_ms,
+                    (SELECT count(*) FROM tandem.workflows w
+                      WHERE w.queue = q.name AND w.status = 'ENQUEUED'),
+                    (SELECT count(*) FROM tandem.workflows w
+                      WHERE w.queue = q.name AND w.status = 'RUNNING'),
+                    (SELECT (extract(epoch FROM min(w.created_at)) * 1000)::bigint
+                       FROM tandem.workflows w
+                      WHERE w.queue = q.name AND w.status = 'ENQUEUED'
+                        AND (w.run_after IS NULL
+                             OR w.run_after <= to_timestamp($1::float8 / 1000)))
+               FROM tandem.queues q
+              ORDER BY q.name COLLATE \"C\"",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    name,
+                    global,
+                    count,
+                    period_ms,
+                    per_key,
+                    retention_ms,
+                    enqueued,
+                    running,
+                    oldest,
+                )| {
+                    QueueInfo {
+                        limits: QueueLimits {
+                            name,
+                            concurrency_global: global.map(|n| n as u32),
+                            rate_limit: count.zip(period_ms).map(|(n, ms)| (n as u32, ms)),
+                            concurrency_per_key: per_key.map(|n| n as u32),
+                            retention_ms,
+                        },
+                        enqueued,
+                        running,
+                        oldest_ready_ms: oldest,
+                    }
+                },
+            )
+            .collect())
+    }
+
+    async fn executors_info(&mut self) -> StorageResult<Vec<ExecutorInfo>> {
+        self.at("executors_info", None, None).await?;
+        type Tuple = (
+            String,
+            Option<String>,
+            Option<Vec<String>>,
+            i64,
+            i64,
+            i64,
+            i64,
+        );
+        let rows: Vec<Tuple> = sqlx::query_as(
+            "SELECT e.id, e.app_version, e.accepts,
+                    (extract(epoch FROM e.started_at) * 1000)::bigint,
+                    (extract(epoch FROM e.heartbeat_at) * 1000)::bigint,
+                    (extract(epoch FROM e.lease_expires_at) * 1000)::bigint,
+                    (SELECT count(*) FROM tandem.workflows w
+                      WHERE w.status = 'RUNNING' AND w.executor_id = e.id)
+               FROM tandem.executors e
+              ORDER BY e.id COLLATE \"C\"",
+        )
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, version, accepts, started_ms, heartbeat_ms, lease_expires_ms, running)| {
+                    ExecutorInfo {
+                        id,
+                        version,
+                        accepts: accepts.unwrap_or_default(),
+                        started_ms,
+                        heartbeat_ms,
+                        lease_expires_ms,
+                        running,
+                    }
+                },
+            )
+            .collect())
+    }
+
+    async fn messages_info(&mut self, workflow_id: &str) -> StorageResult<Vec<MessageInfo>> {
+        self.at("messages_info", Some(workflow_id), None).await?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT topic, payload::text, (extract(epoch FROM created_at) * 1000)::bigint
+               FROM tandem.messages WHERE workflow_id = $1 ORDER BY id",
+        )
+        .bind(workflow_id)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(topic, payload, created_ms)| MessageInfo {
+                topic,
+                payload,
+                created_ms,
+            })
+            .collect())
+    }
+
+    async fn events_info(&mut self, workflow_id: &str) -> StorageResult<Vec<EventInfo>> {
+        self.at("events_info", Some(workflow_id), None).await?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT key, value::text, (extract(epoch FROM updated_at) * 1000)::bigint
+               FROM tandem.events WHERE workflow_id = $1 ORDER BY key COLLATE \"C\"",
+        )
+        .bind(workflow_id)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, value, updated_ms)| EventInfo {
+                key,
+                value,
+                updated_ms,
+            })
+            .collect())
     }
 
     async fn workflow_info(&mut self, id: &str) -> StorageResult<Option<WorkflowInfo>> {
@@ -1510,6 +1627,56 @@ fn step_row(
         error,
     })
 }
+
+/// Binds parameters $2..$7 of `filter_where!()`.
+fn bind_filter<'q, Q: BindFilter<'q>>(query: Q, f: &'q WorkflowFilter) -> Q {
+    query
+        .bind_str(f.name.as_deref())
+        .bind_str(f.queue.as_deref())
+        .bind_i64(f.created_from_ms)
+        .bind_i64(f.created_until_ms)
+        .bind_str(f.version.as_deref())
+        .bind_str(f.parent_id.as_deref())
+}
+
+/// The two query types `bind_filter` binds on.
+trait BindFilter<'q>: Sized {
+    fn bind_str(self, v: Option<&'q str>) -> Self;
+    fn bind_i64(self, v: Option<i64>) -> Self;
+}
+
+impl<'q> BindFilter<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    fn bind_str(self, v: Option<&'q str>) -> Self {
+        self.bind(v)
+    }
+    fn bind_i64(self, v: Option<i64>) -> Self {
+        self.bind(v)
+    }
+}
+
+impl<'q, O> BindFilter<'q> for sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
+    fn bind_str(self, v: Option<&'q str>) -> Self {
+        self.bind(v)
+    }
+    fn bind_i64(self, v: Option<i64>) -> Self {
+        self.bind(v)
+    }
+}
+
+/// A `queues_info` row: name, global concurrency, rate limit count and
+/// period, per-key concurrency, retention, enqueued and running counts,
+/// and the oldest ready workflow's creation.
+type QueueTuple = (
+    String,
+    Option<i32>,
+    Option<i32>,
+    Option<i64>,
+    Option<i32>,
+    Option<i64>,
+    i64,
+    i64,
+    Option<i64>,
+);
 
 /// A row of `info_columns!()`: the workflow columns (decoded by position,
 /// as `WorkflowTuple`), then priority and the four timestamps. Too many

@@ -10,6 +10,7 @@ mod conformance;
 mod crash;
 mod crash_doc_example;
 mod crash_harness;
+mod dashboard;
 mod debounce;
 mod deploy_check;
 mod executors;

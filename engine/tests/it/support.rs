@@ -811,7 +811,12 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
         schedule_advance,
         schedule_pause,
         schedules_list,
-        workflows_gc
+        workflows_gc,
+        workflows_count,
+        queues_info,
+        executors_info,
+        messages_info,
+        events_info
     );
 
     async fn commit(self) -> StorageResult<()> {

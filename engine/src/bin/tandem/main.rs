@@ -74,10 +74,34 @@ enum Command {
     /// roles exist, as the schema's owner) when the migrating role may not
     /// create roles; docs/security.md.
     SetupRoles,
+    /// Serve the web dashboard (workflows, steps, queues, executors,
+    /// schedules, and Prometheus metrics at /metrics) until interrupted.
+    /// Read-only unless --write; docs/ui.md.
+    Ui(UiArgs),
     /// Replaying unfinished runs against new code needs that code: this
     /// generic binary has none. Explains how to run the check from your
     /// service's binary.
     Check,
+}
+
+#[derive(Debug, clap::Args)]
+struct UiArgs {
+    /// The address to listen on. The default answers this machine only;
+    /// put a TLS-terminating proxy in front before exposing it.
+    #[arg(long, default_value = "127.0.0.1:4780")]
+    bind: std::net::SocketAddr,
+    /// Allow cancel, resume, fork and schedule pause/resume, to browsers
+    /// signed in with the write token.
+    #[arg(long)]
+    write: bool,
+    /// The write token (default: a random one, printed at start).
+    #[arg(
+        long,
+        env = "TANDEM_UI_TOKEN",
+        hide_env_values = true,
+        requires = "write"
+    )]
+    token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +163,9 @@ struct ListArgs {
     /// Only workflows created before this time (same formats as --since).
     #[arg(long, value_parser = time::parse_time)]
     until: Option<i64>,
+    /// Only the children of this workflow.
+    #[arg(long)]
+    parent: Option<String>,
     /// At most this many workflows (a page).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     limit: u32,
@@ -228,6 +255,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// `tandem ui`: serves the dashboard until Ctrl-C.
+async fn serve_ui(admin: Admin<PgStorage>, args: UiArgs) -> anyhow::Result<()> {
+    use rand::Rng;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    let mut options = tandem::ui::UiOptions::read_only().metrics(handle);
+    let mut token_note = String::new();
+    if args.write {
+        let token = args.token.unwrap_or_else(|| {
+            let bytes: [u8; 16] = rand::rngs::OsRng.r#gen();
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            token_note = format!("; write token: {token}");
+            token
+        });
+        options = options.write_token(token);
+    }
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.bind))?;
+    let addr = listener.local_addr()?;
+    let mode = if args.write {
+        "write mode"
+    } else {
+        "read-only"
+    };
+    eprintln!("Tandem dashboard on http://{addr}/ ({mode}{token_note})");
+    axum::serve(listener, tandem::ui::router(admin, options))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
 /// Runs one command and returns what it prints on stdout.
 async fn run(url: &str, json: bool, command: Command) -> anyhow::Result<String> {
     let storage = connect(url).await?;
@@ -267,6 +329,7 @@ async fn run(url: &str, json: bool, command: Command) -> anyhow::Result<String> 
                 version: args.app_version,
                 created_from_ms: args.since,
                 created_until_ms: args.until,
+                parent_id: args.parent,
                 limit: args.limit,
                 offset: args.offset,
             };
@@ -324,7 +387,7 @@ async fn run(url: &str, json: bool, command: Command) -> anyhow::Result<String> 
             )
         }
         Command::Queue(QueueCommand::List) => {
-            let queues = storage.queues_info().await.map_err(storage_error)?;
+            let queues = admin.queues().await.map_err(explain)?;
             render(
                 json,
                 queues.iter().map(output::queue_json).collect::<Vec<_>>(),
@@ -399,6 +462,10 @@ async fn run(url: &str, json: bool, command: Command) -> anyhow::Result<String> 
             )
         }
         Command::Check => unreachable!("answered before connecting"),
+        Command::Ui(args) => {
+            serve_ui(admin, args).await?;
+            String::new()
+        }
     })
 }
 

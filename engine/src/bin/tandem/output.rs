@@ -6,7 +6,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tandem::WorkflowDetail;
 use tandem::schedule::ScheduleInfo;
-use tandem::storage::postgres::{QueueInfo, RoleInfo, VersionInfo};
+use tandem::storage::QueueInfo;
+use tandem::storage::postgres::{RoleInfo, VersionInfo};
 use tandem::storage::{StepInfo, WorkflowInfo};
 
 use crate::time::{format_duration_ms, format_ms};
@@ -160,6 +161,8 @@ pub struct QueueJson<'a> {
     retention_ms: Option<i64>,
     enqueued: i64,
     running: i64,
+    /// When the oldest workflow that could start now was created.
+    oldest_ready_ms: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -234,6 +237,7 @@ pub fn queue_json(q: &QueueInfo) -> QueueJson<'_> {
         retention_ms: q.limits.retention_ms,
         enqueued: q.enqueued,
         running: q.running,
+        oldest_ready_ms: q.oldest_ready_ms,
     }
 }
 

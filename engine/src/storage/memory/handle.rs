@@ -758,6 +758,35 @@ impl Transaction for MemTx {
         Ok(self.conn.schedules_list(now_ms).await?)
     }
 
+    async fn workflows_count(
+        &mut self,
+        filter: WorkflowFilter,
+        cap: u64,
+    ) -> StorageResult<Vec<(Status, u64)>> {
+        self.at("workflows_count", None, None).await?;
+        Ok(self.conn.workflows_count(filter, cap).await?)
+    }
+
+    async fn queues_info(&mut self, now_ms: i64) -> StorageResult<Vec<QueueInfo>> {
+        self.at("queues_info", None, None).await?;
+        Ok(self.conn.queues_info(now_ms).await?)
+    }
+
+    async fn executors_info(&mut self) -> StorageResult<Vec<ExecutorInfo>> {
+        self.at("executors_info", None, None).await?;
+        Ok(self.conn.executors_info().await?)
+    }
+
+    async fn messages_info(&mut self, workflow_id: &str) -> StorageResult<Vec<MessageInfo>> {
+        self.at("messages_info", Some(workflow_id), None).await?;
+        Ok(self.conn.messages_info(workflow_id).await?)
+    }
+
+    async fn events_info(&mut self, workflow_id: &str) -> StorageResult<Vec<EventInfo>> {
+        self.at("events_info", Some(workflow_id), None).await?;
+        Ok(self.conn.events_info(workflow_id).await?)
+    }
+
     async fn commit(mut self) -> StorageResult<()> {
         match self.tap.commit(Phase::Commit).await {
             Verdict::Proceed => {}

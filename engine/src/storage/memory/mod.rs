@@ -65,9 +65,10 @@ use session::*;
 
 use super::intercept::{Hook, Interceptor, Phase, Tap, Verdict};
 use super::{
-    DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, ErrorKind, ExecutorRegister, GcCount, Listener,
-    ScheduleState, Status, StepInfo, StepRecord, StepRecorded, StepRow, Storage, StorageError,
-    StorageResult, Transaction, WORKFLOW_ID_MAX_CHARS, WorkflowComplete, WorkflowEnqueue,
-    WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow,
-    WorkflowsClaim, WorkflowsGc, WorkflowsRecover, classify_sqlstate, fenced, jsonb_refuses,
+    DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, ErrorKind, EventInfo, ExecutorInfo,
+    ExecutorRegister, GcCount, Listener, MessageInfo, QueueInfo, QueueLimits, ScheduleState,
+    Status, StepInfo, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
+    Transaction, WORKFLOW_ID_MAX_CHARS, WorkflowComplete, WorkflowEnqueue, WorkflowFilter,
+    WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim,
+    WorkflowsGc, WorkflowsRecover, classify_sqlstate, fenced, jsonb_refuses,
 };

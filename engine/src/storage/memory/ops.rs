@@ -271,6 +271,17 @@ impl MemConn {
     pub(super) async fn executor_register(&mut self, p: ExecutorRegister) -> Result<(), MemError> {
         self.executor_heartbeat(&p.executor_id, p.now_ms, p.lease_ms)
             .await?;
+        // UPDATE tandem.executors SET app_version = $2, accepts = $3.
+        let snap = self.start("executor_register")?;
+        let versions = p.versions.clone();
+        self.update_row(&Executors, &snap, &p.executor_id, |e| {
+            Some(ExecutorRecord {
+                version: Some(versions.version.clone()),
+                accepts: versions.accepts.clone(),
+                ..e.clone()
+            })
+        })
+        .await?;
         // In name order, as on PostgreSQL, so that executors launching at
         // once lock the shared rows in the same order.
         let mut workflows = p.workflows;
@@ -581,6 +592,8 @@ impl MemConn {
             started_ms: now_ms,
             heartbeat_ms: now_ms,
             lease_expires_ms,
+            version: None,
+            accepts: Vec::new(),
         };
         self.upsert_row(&Executors, &snap, executor_id.to_owned(), row, |e| {
             ExecutorRecord {
@@ -1225,16 +1238,7 @@ impl MemConn {
         let mut rows: Vec<&WorkflowRecord> = t
             .scan(txs, &snap, ..)
             .map(|(k, i)| t.data(k, i))
-            .filter(|w| {
-                f.status.is_none_or(|s| w.status == s)
-                    && f.name.as_ref().is_none_or(|n| w.name == *n)
-                    && f.queue.as_ref().is_none_or(|q| w.queue == *q)
-                    && f.version
-                        .as_ref()
-                        .is_none_or(|v| w.version.as_ref() == Some(v))
-                    && f.created_from_ms.is_none_or(|ms| w.created_ms >= ms)
-                    && f.created_until_ms.is_none_or(|ms| w.created_ms < ms)
-            })
+            .filter(|w| filter_matches(&f, w))
             .collect();
         // ORDER BY created_at DESC, id
         rows.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
@@ -1276,6 +1280,164 @@ impl MemConn {
             })
             .collect())
     }
+}
+
+impl MemConn {
+    pub(super) async fn workflows_count(
+        &mut self,
+        f: WorkflowFilter,
+        cap: u64,
+    ) -> Result<Vec<(Status, u64)>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "workflows_count")?;
+        let (t, txs) = Workflows.split(&mut db);
+        let mut counts: Vec<(Status, u64)> = Status::ALL.iter().map(|s| (*s, 0)).collect();
+        let f = WorkflowFilter { status: None, ..f };
+        for (k, i) in t.scan(txs, &snap, ..) {
+            let w = t.data(k, i);
+            if filter_matches(&f, w)
+                && let Some(c) = counts.iter_mut().find(|(s, _)| *s == w.status)
+            {
+                c.1 = (c.1 + 1).min(cap);
+            }
+        }
+        Ok(counts)
+    }
+
+    pub(super) async fn queues_info(&mut self, now_ms: i64) -> Result<Vec<QueueInfo>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "queues_info")?;
+        let mut queues: Vec<QueueInfo> = {
+            let (t, txs) = Queues.split(&mut db);
+            t.scan(txs, &snap, ..)
+                .map(|(k, i)| {
+                    let q = t.data(k, i);
+                    QueueInfo {
+                        limits: QueueLimits {
+                            name: k.clone(),
+                            concurrency_global: q.concurrency_global,
+                            rate_limit: q.rate_limit,
+                            concurrency_per_key: q.concurrency_per_key,
+                            retention_ms: q.retention_ms,
+                        },
+                        enqueued: 0,
+                        running: 0,
+                        oldest_ready_ms: None,
+                    }
+                })
+                .collect()
+        };
+        let (t, txs) = Workflows.split(&mut db);
+        for (k, i) in t.scan(txs, &snap, ..) {
+            let w = t.data(k, i);
+            let Some(q) = queues.iter_mut().find(|q| q.limits.name == w.queue) else {
+                continue;
+            };
+            match w.status {
+                Status::Enqueued => {
+                    q.enqueued += 1;
+                    if w.run_after_ms.is_none_or(|ms| ms <= now_ms) {
+                        q.oldest_ready_ms = Some(
+                            q.oldest_ready_ms
+                                .map_or(w.created_ms, |ms| ms.min(w.created_ms)),
+                        );
+                    }
+                }
+                Status::Running => q.running += 1,
+                _ => {}
+            }
+        }
+        Ok(queues)
+    }
+
+    pub(super) async fn executors_info(&mut self) -> Result<Vec<ExecutorInfo>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "executors_info")?;
+        let mut executors: Vec<ExecutorInfo> = {
+            let (t, txs) = Executors.split(&mut db);
+            t.scan(txs, &snap, ..)
+                .map(|(k, i)| {
+                    let e = t.data(k, i);
+                    ExecutorInfo {
+                        id: k.clone(),
+                        version: e.version.clone(),
+                        accepts: e.accepts.clone(),
+                        started_ms: e.started_ms,
+                        heartbeat_ms: e.heartbeat_ms,
+                        lease_expires_ms: e.lease_expires_ms,
+                        running: 0,
+                    }
+                })
+                .collect()
+        };
+        let (t, txs) = Workflows.split(&mut db);
+        for (k, i) in t.scan(txs, &snap, ..) {
+            let w = t.data(k, i);
+            if w.status == Status::Running
+                && let Some(e) = executors
+                    .iter_mut()
+                    .find(|e| w.executor_id.as_deref() == Some(e.id.as_str()))
+            {
+                e.running += 1;
+            }
+        }
+        Ok(executors)
+    }
+
+    pub(super) async fn messages_info(
+        &mut self,
+        workflow_id: &str,
+    ) -> Result<Vec<MessageInfo>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "messages_info")?;
+        let (t, txs) = Messages.split(&mut db);
+        // ORDER BY id: the identity is the send order.
+        Ok(t.scan(txs, &snap, ..)
+            .map(|(k, i)| t.data(k, i))
+            .filter(|m| m.workflow_id == workflow_id)
+            .map(|m| MessageInfo {
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                created_ms: m.created_ms,
+            })
+            .collect())
+    }
+
+    pub(super) async fn events_info(
+        &mut self,
+        workflow_id: &str,
+    ) -> Result<Vec<EventInfo>, MemError> {
+        let mut db = self.storage.db();
+        let snap = self.s.statement(&mut db, "events_info")?;
+        let (t, txs) = Events.split(&mut db);
+        let range = (workflow_id.to_owned(), String::new())..;
+        Ok(t.scan(txs, &snap, range)
+            .take_while(|(k, _)| k.0 == workflow_id)
+            .map(|(k, i)| {
+                let e = t.data(k, i);
+                EventInfo {
+                    key: k.1.clone(),
+                    value: e.value.clone(),
+                    updated_ms: e.updated_ms,
+                }
+            })
+            .collect())
+    }
+}
+
+/// Whether `w` matches `f` (the WHERE clause of `workflows_list`).
+fn filter_matches(f: &WorkflowFilter, w: &WorkflowRecord) -> bool {
+    f.status.is_none_or(|s| w.status == s)
+        && f.name.as_ref().is_none_or(|n| w.name == *n)
+        && f.queue.as_ref().is_none_or(|q| w.queue == *q)
+        && f.version
+            .as_ref()
+            .is_none_or(|v| w.version.as_ref() == Some(v))
+        && f.created_from_ms.is_none_or(|ms| w.created_ms >= ms)
+        && f.created_until_ms.is_none_or(|ms| w.created_ms < ms)
+        && f.parent_id
+            .as_ref()
+            .is_none_or(|p| w.parent_id.as_ref() == Some(p))
 }
 
 fn schedule_state(s: &ScheduleRecord, now_ms: i64) -> ScheduleState {

@@ -61,6 +61,10 @@ pub struct ExecutorRecord {
     pub heartbeat_ms: i64,
     /// The lease's end (database clock).
     pub lease_expires_ms: i64,
+    /// `app_version`: the version its code is (set by the registration).
+    pub version: Option<String>,
+    /// `accepts`: the versions whose runs it may run.
+    pub accepts: Vec<String>,
 }
 
 /// A row of `tandem.queues`: the declared limits.
