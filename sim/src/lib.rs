@@ -19,6 +19,7 @@ pub mod debounce;
 pub mod env;
 pub mod faults;
 pub mod history;
+pub mod metrics;
 pub mod retention;
 pub mod run;
 pub mod schedules;

@@ -145,6 +145,9 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
     let trace2 = trace.clone();
     let joined = std::thread::spawn(move || {
         tandem::bugs::set(options.bug);
+        crate::metrics::reset();
+        let recorder = crate::metrics::SimRecorder;
+        let _metrics = metrics::set_default_local_recorder(&recorder);
         let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
         rt.block_on(simulate(seed, options, trace2))
     })
@@ -452,6 +455,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         .chain(crate::debounce::check_history(&world))
         .chain(crate::schedules::check(&world))
         .chain(crate::retention::check(&world))
+        .chain(crate::metrics::check(&world))
     {
         world.violation(v);
     }

@@ -68,7 +68,7 @@ use super::{
     DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN, ErrorKind, EventInfo, ExecutorInfo,
     ExecutorRegister, GcCount, Listener, MessageInfo, QueueInfo, QueueLimits, ScheduleState,
     Status, StepInfo, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
-    Transaction, WORKFLOW_ID_MAX_CHARS, WorkflowComplete, WorkflowEnqueue, WorkflowFilter,
-    WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim,
-    WorkflowsGc, WorkflowsRecover, classify_sqlstate, fenced, jsonb_refuses,
+    Transaction, Versions, WORKFLOW_ID_MAX_CHARS, WorkflowComplete, WorkflowEnqueue,
+    WorkflowFilter, WorkflowFork, WorkflowInfo, WorkflowInsert, WorkflowInserted, WorkflowRow,
+    WorkflowsClaim, WorkflowsGc, WorkflowsRecover, classify_sqlstate, fenced, jsonb_refuses,
 };

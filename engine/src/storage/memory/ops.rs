@@ -269,19 +269,10 @@ impl MemConn {
     }
 
     pub(super) async fn executor_register(&mut self, p: ExecutorRegister) -> Result<(), MemError> {
-        self.executor_heartbeat(&p.executor_id, p.now_ms, p.lease_ms)
+        // The heartbeat's upsert, then UPDATE ... SET app_version, accepts:
+        // one modelled statement (the same rows end the same way).
+        self.executor_upsert(&p.executor_id, p.now_ms, p.lease_ms, Some(&p.versions))
             .await?;
-        // UPDATE tandem.executors SET app_version = $2, accepts = $3.
-        let snap = self.start("executor_register")?;
-        let versions = p.versions.clone();
-        self.update_row(&Executors, &snap, &p.executor_id, |e| {
-            Some(ExecutorRecord {
-                version: Some(versions.version.clone()),
-                accepts: versions.accepts.clone(),
-                ..e.clone()
-            })
-        })
-        .await?;
         // In name order, as on PostgreSQL, so that executors launching at
         // once lock the shared rows in the same order.
         let mut workflows = p.workflows;
@@ -585,6 +576,19 @@ impl MemConn {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<(), MemError> {
+        self.executor_upsert(executor_id, now_ms, lease_ms, None)
+            .await
+    }
+
+    /// `executor_heartbeat`'s upsert; with `versions` (a registration) it
+    /// also sets the executor's versions.
+    async fn executor_upsert(
+        &mut self,
+        executor_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        versions: Option<&Versions>,
+    ) -> Result<(), MemError> {
         let snap = self.start("executor_heartbeat")?;
         // clock_timestamp() + lease: the engine's clock is the database's.
         let lease_expires_ms = now_ms.saturating_add(lease_ms);
@@ -592,15 +596,20 @@ impl MemConn {
             started_ms: now_ms,
             heartbeat_ms: now_ms,
             lease_expires_ms,
-            version: None,
-            accepts: Vec::new(),
+            version: versions.map(|v| v.version.clone()),
+            accepts: versions.map(|v| v.accepts.clone()).unwrap_or_default(),
         };
         self.upsert_row(&Executors, &snap, executor_id.to_owned(), row, |e| {
-            ExecutorRecord {
+            let mut e = ExecutorRecord {
                 heartbeat_ms: now_ms,
                 lease_expires_ms,
                 ..e.clone()
+            };
+            if let Some(v) = versions {
+                e.version = Some(v.version.clone());
+                e.accepts = v.accepts.clone();
             }
+            e
         })
         .await
     }
