@@ -124,6 +124,10 @@ fn engine_op() -> impl Strategy<Value = Op> {
         // depends on `completed_at`, PostgreSQL's clock.)
         Just(Op::Gc(100)),
         Just(Op::GcDry),
+        prop_oneof![Just(1u64), Just(100)].prop_map(Op::Counts),
+        Just(Op::Queues),
+        Just(Op::Executors),
+        workflow().prop_map(Op::Mailbox),
         executor().prop_map(Op::RegisterSchedule),
         prop_oneof![Just("s"), Just("t")].prop_map(Op::ScheduleLock),
         prop_oneof![Just(2_000_000_000_000i64), Just(2_000_000_001_000)]

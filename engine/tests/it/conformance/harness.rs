@@ -150,6 +150,14 @@ pub enum Op {
     Gc(u32),
     /// The same, dry: counts only.
     GcDry,
+    /// `workflows_count` of everything, each status's count stopping at `.0`.
+    Counts(u64),
+    /// `queues_info`: each queue's depth, and whether one is ready.
+    Queues,
+    /// `executors_info`: each executor's versions and running count.
+    Executors,
+    /// Workflow `.0`'s waiting messages and events.
+    Mailbox(&'static str),
     /// Sets workflow `.0`'s event `k` to `.1`.
     EventSet(&'static str, &'static str),
     /// Records (or reads) when workflow `.0`'s receive at step `.2` times
@@ -561,6 +569,62 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 )
             },
         ),
+        Op::Counts(cap) => label(
+            tx.workflows_count(tandem::storage::WorkflowFilter::default(), cap)
+                .await,
+            |counts| {
+                let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+                counts.join(" ")
+            },
+        ),
+        Op::Queues => label(tx.queues_info(0).await, |queues| {
+            let queues: Vec<String> = queues
+                .iter()
+                .map(|q| {
+                    format!(
+                        "{}:{}/{}{}",
+                        q.limits.name,
+                        q.enqueued,
+                        q.running,
+                        if q.oldest_ready_ms.is_some() {
+                            ":ready"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .collect();
+            queues.join(" ")
+        }),
+        Op::Executors => label(tx.executors_info().await, |executors| {
+            let executors: Vec<String> = executors
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}:{}:{:?}:{}",
+                        e.id,
+                        e.version.as_deref().unwrap_or("-"),
+                        e.accepts,
+                        e.running
+                    )
+                })
+                .collect();
+            executors.join(" ")
+        }),
+        Op::Mailbox(id) => {
+            let messages = label(tx.messages_info(id).await, |m| {
+                let m: Vec<String> = m
+                    .iter()
+                    .map(|m| format!("{}={}", m.topic, m.payload))
+                    .collect();
+                m.join(",")
+            });
+            let events = label(tx.events_info(id).await, |e| {
+                let e: Vec<String> = e.iter().map(|e| format!("{}={}", e.key, e.value)).collect();
+                e.join(",")
+            });
+            format!("messages [{messages}] events [{events}]")
+        }
         Op::MsgSend(id, payload) => match tx.message_send(id, "t", payload, 0).await {
             Ok(()) => "ok".to_owned(),
             Err(e) => raised_label(&e),
