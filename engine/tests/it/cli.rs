@@ -836,3 +836,91 @@ async fn gc_counts_then_deletes_finished_workflows() {
     assert!(stderr.contains("is not a duration"), "{stderr}");
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn ui_serves_the_dashboard_and_metrics_and_acts_with_its_printed_token() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let url = support::database().await;
+    let engine = engine(&url).await;
+    let handle = engine.start::<Doubler>(1).await.unwrap();
+    handle.result().await.unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "--database-url",
+            &url,
+            "ui",
+            "--bind",
+            "127.0.0.1:0",
+            "--write",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("TANDEM_UI_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run tandem ui");
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let banner = support::timeout(Duration::from_secs(30), stderr.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a banner");
+    // "Tandem dashboard on http://127.0.0.1:PORT/ (write mode; write token: T)"
+    let addr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .to_owned();
+    let token = banner
+        .split("write token: ")
+        .nth(1)
+        .map(|t| t.trim_end_matches(')').to_owned())
+        .unwrap_or_else(|| panic!("no token in {banner:?}"));
+    assert_eq!(token.len(), 32, "a random 128-bit token: {banner}");
+    let request = |method: &str, path: &str, auth: Option<&str>| {
+        let mut text = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        );
+        if let Some(token) = auth {
+            text.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        text.push_str("\r\n");
+        let addr = addr.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            stream.write_all(text.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            stream.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    let page = request("GET", "/workflows", None).await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains(handle.workflow_id()));
+    let metrics = request("GET", "/metrics", None).await;
+    assert!(
+        metrics.contains("tandem_queue_enqueued{queue=\"default\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tandem_executors_live 1"), "{metrics}");
+    // Cancel a waiting (delayed) workflow with the printed token.
+    let held = engine
+        .enqueue::<Doubler>(
+            2,
+            EnqueueOptions::default().delay(Duration::from_secs(3_600)),
+        )
+        .await
+        .unwrap();
+    let cancel = format!("/workflows/{}/cancel", held.workflow_id());
+    let refused = request("POST", &cancel, Some("wrong")).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let done = request("POST", &cancel, Some(&token)).await;
+    assert!(done.starts_with("HTTP/1.1 303"), "{done}");
+    assert_eq!(
+        held.status().await.unwrap(),
+        Some(tandem::Status::Cancelled)
+    );
+    child.kill().await.unwrap();
+    engine.shutdown().await;
+}
