@@ -15,10 +15,15 @@ use tandem::storage::Status;
 
 use crate::world::World;
 
+/// A counter's name and its labels, sorted.
+type CounterKey = (String, Vec<(String, String)>);
+
+/// Step rows by kind and outcome: each row's workflow, step, epoch, start.
+type StepRows<'a> = BTreeMap<(String, &'a str), BTreeSet<(String, i32, i64, i64)>>;
+
 thread_local! {
-    /// This seed's counters, by name and sorted labels.
-    static COUNTS: RefCell<BTreeMap<(String, Vec<(String, String)>), u64>> =
-        const { RefCell::new(BTreeMap::new()) };
+    /// This seed's counters.
+    static COUNTS: RefCell<BTreeMap<CounterKey, u64>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// Counts into [`COUNTS`]; gauges and histograms are dropped.
@@ -84,7 +89,7 @@ pub fn check(world: &World) -> Vec<String> {
     let mut v = Vec::new();
     // Step rows ever committed, by kind and outcome (a row is written once;
     // retention may delete it and a re-run write another).
-    let mut rows: BTreeMap<(String, &str), BTreeSet<(String, i32, i64, i64)>> = BTreeMap::new();
+    let mut rows: StepRows = BTreeMap::new();
     for (_, s) in world.mem.step_history() {
         let outcome = if s.output.is_some() { "ok" } else { "error" };
         rows.entry((s.kind.as_str().to_owned(), outcome))
