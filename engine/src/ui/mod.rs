@@ -307,13 +307,7 @@ async fn pause_schedule<S: Storage>(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = ui.authorize(&headers) {
-        return refused;
-    }
-    match ui.admin.pause_schedule(&name).await {
-        Ok(_) => ui.done("/schedules", &format!("Paused {name}.")),
-        Err(e) => ui.failure(e),
-    }
+    set_paused(&ui, &name, &headers, true).await
 }
 
 async fn resume_schedule<S: Storage>(
@@ -321,11 +315,32 @@ async fn resume_schedule<S: Storage>(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = ui.authorize(&headers) {
+    set_paused(&ui, &name, &headers, false).await
+}
+
+async fn set_paused<S: Storage>(
+    ui: &Ui<S>,
+    name: &str,
+    headers: &HeaderMap,
+    pause: bool,
+) -> Response {
+    if let Err(refused) = ui.authorize(headers) {
         return refused;
     }
-    match ui.admin.resume_schedule(&name).await {
-        Ok(_) => ui.done("/schedules", &format!("Resumed {name}.")),
+    match ui.admin.schedules().await {
+        Ok(all) if !all.iter().any(|s| s.name == name) => {
+            return ui.error_page(StatusCode::NOT_FOUND, &format!("no schedule {name:?}"));
+        }
+        Ok(_) => {}
+        Err(e) => return ui.failure(e),
+    }
+    let (done, verb) = if pause {
+        (ui.admin.pause_schedule(name).await, "Paused")
+    } else {
+        (ui.admin.resume_schedule(name).await, "Resumed")
+    };
+    match done {
+        Ok(_) => ui.done("/schedules", &format!("{verb} {name}.")),
         Err(e) => ui.failure(e),
     }
 }

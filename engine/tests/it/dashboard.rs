@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tandem::storage::{Status, Storage, WorkflowFilter};
 use tandem::ui::{self, UiOptions};
-use tandem::{Admin, Engine, EnqueueOptions, Queue, Workflow, WorkflowContext, WorkflowError};
+use tandem::{
+    Admin, Engine, EnqueueOptions, Queue, Schedule, ScheduledTick, Workflow, WorkflowContext,
+    WorkflowError,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{self, App, PgApp, both};
@@ -92,6 +95,19 @@ impl<S: Storage> Workflow<S> for Ship {
     }
 }
 
+/// A nightly report (its schedule is what the schedules page shows).
+struct Nightly;
+
+impl<S: Storage> Workflow<S> for Nightly {
+    const NAME: &'static str = "nightly";
+    type Input = ScheduledTick;
+    type Output = ();
+
+    async fn run(&self, _: &mut WorkflowContext<S>, _: ScheduledTick) -> Result<(), WorkflowError> {
+        Ok(())
+    }
+}
+
 /// The workflows of the fixture, by state.
 struct Fixture<S: Storage> {
     engine: Engine<S>,
@@ -116,6 +132,7 @@ async fn fixture<S: Storage>(storage: S) -> Fixture<S> {
     let engine = Engine::builder(storage)
         .register(Shop)
         .register(Ship)
+        .schedule(Nightly, Schedule::new("nightly", "0 0 3 * * *").unwrap())
         .queue(Queue::new("orders"))
         .poll_interval(Duration::from_millis(50))
         .queue_poll_interval(Duration::from_millis(50))
@@ -445,6 +462,27 @@ async fn actions_need_write_mode_and_the_token<A: App>() {
     assert!(head.contains("/workflows/order-declined-fork-"), "{head}");
     let (status, _, _) = http(writable, "POST", &fork, &both, "from_step=abc").await;
     assert_eq!(status, 400);
+
+    // Pause and resume the schedule from its page's actions.
+    let paused = || async {
+        let all = admin.schedules().await.unwrap();
+        all.iter().find(|s| s.name == "nightly").unwrap().paused
+    };
+    let (_, page) = get(writable, "/schedules").await;
+    assert!(page.contains("/schedules/nightly/pause"), "{page}");
+    let (status, _, _) = http(writable, "POST", "/schedules/nightly/pause", &wrong, "").await;
+    assert_eq!(status, 401);
+    assert!(!paused().await);
+    let (status, _, _) = http(writable, "POST", "/schedules/nightly/pause", &bearer, "").await;
+    assert_eq!(status, 303);
+    assert!(paused().await);
+    let (_, page) = get(writable, "/schedules").await;
+    assert!(page.contains("/schedules/nightly/resume") && page.contains("paused"));
+    let (status, _, _) = http(writable, "POST", "/schedules/nightly/resume", &bearer, "").await;
+    assert_eq!(status, 303);
+    assert!(!paused().await);
+    let (status, _, _) = http(writable, "POST", "/schedules/nope/pause", &bearer, "").await;
+    assert_eq!(status, 404);
     f.engine.shutdown().await;
 }
 
