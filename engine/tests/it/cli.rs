@@ -206,7 +206,7 @@ async fn before_migrate_the_cli_says_to_migrate_and_bad_urls_fail_clearly() {
         queues,
         serde_json::json!([{
             "name": "default", "concurrency_global": null, "concurrency_per_key": null, "rate_limit": null,
-            "retention_ms": null, "enqueued": 0, "running": 0,
+            "retention_ms": null, "enqueued": 0, "running": 0, "oldest_ready_ms": null,
         }])
     );
 
@@ -466,10 +466,11 @@ async fn cancel_and_resume_a_running_workflow_and_count_queues() {
         queues,
         serde_json::json!([
             { "name": "default", "concurrency_global": null, "concurrency_per_key": null, "rate_limit": null,
-              "retention_ms": null, "enqueued": 0, "running": 1 },
+              "retention_ms": null, "enqueued": 0, "running": 1, "oldest_ready_ms": null },
+            // Delayed an hour: waiting, but none could start now.
             { "name": "emails", "concurrency_global": 2, "concurrency_per_key": 1,
               "rate_limit": { "count": 10, "period_ms": 1000 }, "retention_ms": 604_800_000_i64,
-              "enqueued": 2, "running": 0 },
+              "enqueued": 2, "running": 0, "oldest_ready_ms": null },
         ])
     );
     assert_eq!(
