@@ -40,7 +40,12 @@ pub(super) fn enc(s: &str) -> String {
 
 /// The link to a workflow's page.
 pub(super) fn workflow_link(base: &str, id: &str) -> String {
-    format!("<a href=\"{base}/workflows/{}\">{}</a>", enc(id), esc(id))
+    format!("<a href=\"{base}{}\">{}</a>", workflow_path(id), esc(id))
+}
+
+/// A workflow page's path below the base path.
+pub(super) fn workflow_path(id: &str) -> String {
+    format!("/workflows/{}", enc(id))
 }
 
 /// An instant (ms since the epoch) in UTC, to the second.

@@ -248,11 +248,11 @@ async fn cancel<S: Storage>(
     }
     match ui.admin.cancel(&id).await {
         Ok(cancelled) if cancelled.is_empty() => ui.done(
-            &format!("/workflows/{}", html::enc(&id)),
+            &html::workflow_path(&id),
             "Already finished: nothing to cancel.",
         ),
         Ok(cancelled) => ui.done(
-            &format!("/workflows/{}", html::enc(&id)),
+            &html::workflow_path(&id),
             &format!("Cancelled {} workflow(s).", cancelled.len()),
         ),
         Err(e) => ui.failure(e),
@@ -268,7 +268,7 @@ async fn resume<S: Storage>(
         return refused;
     }
     match ui.admin.resume(&id).await {
-        Ok(()) => ui.done(&format!("/workflows/{}", html::enc(&id)), "Resumed."),
+        Ok(()) => ui.done(&html::workflow_path(&id), "Resumed."),
         Err(e) => ui.failure(e),
     }
 }
@@ -295,7 +295,7 @@ async fn fork<S: Storage>(
     };
     match ui.admin.fork(&id, from_step).await {
         Ok(new_id) => ui.done(
-            &format!("/workflows/{}", html::enc(&new_id)),
+            &html::workflow_path(&new_id),
             &format!("Forked from {id} at step {from_step}."),
         ),
         Err(e) => ui.failure(e),

@@ -288,7 +288,7 @@ pub(super) async fn workflow<S: Storage>(
     let base = ui.base();
     let now_ms = ui.admin.now_ms();
     let w = &detail.workflow;
-    let href = format!("{base}/workflows/{}", enc(&id));
+    let href = format!("{base}{}", html::workflow_path(&id));
     let mut body = format!(
         "<h1>Workflow <code id=\"workflow-id\">{}</code> {}</h1>",
         esc(&id),
