@@ -130,11 +130,15 @@ pub enum Bug {
     /// A step's checkpoint is counted in the metrics before its commit, so
     /// a commit that fails or is fenced is counted as done work.
     MetricsCountBeforeCommit,
+    /// A recovery runs the workflow without its stored trace context: the
+    /// recovered execution starts a trace of its own instead of continuing
+    /// the caller's.
+    TraceParentDroppedOnRecovery,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 36] = [
+    pub const ALL: [Bug; 37] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -171,6 +175,7 @@ impl Bug {
         Bug::GcIgnoresAncestors,
         Bug::StepFenceNotRechecked,
         Bug::MetricsCountBeforeCommit,
+        Bug::TraceParentDroppedOnRecovery,
     ];
 }
 

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -51,6 +52,8 @@ pub struct WorkflowContext<S: Storage> {
     replay_only: bool,
     /// The application version the run records (`None`: never ran).
     run_version: Option<String>,
+    /// The trace context stored with the run.
+    trace_parent: Option<String>,
 }
 
 /// A started child workflow; await it with
@@ -165,7 +168,14 @@ impl<S: Storage> WorkflowContext<S> {
             interrupted: false,
             replay_only: false,
             run_version,
+            trace_parent: None,
         }
+    }
+
+    /// The same context, for a run stored with this trace context.
+    pub(crate) fn with_trace_parent(mut self, trace_parent: Option<String>) -> Self {
+        self.trace_parent = trace_parent;
+        self
     }
 
     /// A context that only replays `history` (see `Engine::replay`): it
@@ -191,6 +201,15 @@ impl<S: Storage> WorkflowContext<S> {
     /// This workflow's ID.
     pub fn workflow_id(&self) -> &str {
         &self.workflow_id
+    }
+
+    /// The W3C `traceparent` stored with this run: the trace context of
+    /// whoever started or enqueued it (`None`: it was given none). The
+    /// same in every execution of the run, on whichever executor; with the
+    /// feature `otel` the execution's span is already its child, so this
+    /// is for passing the caller's trace on by other means.
+    pub fn trace_parent(&self) -> Option<&str> {
+        self.trace_parent.as_deref()
     }
 
     /// The fencing epoch of this execution: every execution of a workflow
@@ -242,15 +261,17 @@ impl<S: Storage> WorkflowContext<S> {
             Replay::Run(step_id) => step_id,
         };
         let span = self.step_span(step_id, name, StepKind::Plain);
-        let attempt_span = span.clone();
-        async move {
+        // The attempts taken, for the span (recorded once, at the end:
+        // OpenTelemetry keeps every value recorded).
+        let tried = &AtomicU32::new(0);
+        let result = async move {
             self.check_shutdown()?;
             self.check_deadline().await?;
             let started_ms = self.shared.now_ms();
             let mut attempts = 0u32;
             let (value, outcome) = loop {
                 attempts += 1;
-                attempt_span.record("attempt", attempts);
+                tried.store(attempts, Ordering::Relaxed);
                 match f().await {
                     Ok(value) => match self.encode(&value, step_id, name) {
                         Ok(json) => break (Some(value), Ok(json)),
@@ -302,8 +323,11 @@ impl<S: Storage> WorkflowContext<S> {
                 (StepRecorded::Recorded, None, Ok(_)) => unreachable!("an encoded output has a value"),
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        span.record("step.attempts", tried.load(Ordering::Relaxed));
+        step_outcome(&span, &result);
+        result
     }
 
     /// Runs a transactional step: the closure's database writes and the
@@ -328,12 +352,17 @@ impl<S: Storage> WorkflowContext<S> {
             Replay::Run(step_id) => step_id,
         };
         let span = self.step_span(step_id, name, StepKind::Transaction);
-        async move {
+        // The attempts taken, for the span (recorded once, at the end:
+        // OpenTelemetry keeps every value recorded).
+        let tried = &AtomicU32::new(0);
+        let result = async move {
             self.check_deadline().await?;
             let started_ms = self.shared.now_ms();
             let mut st = StepTx::new(step_id, StepKind::Transaction, started_ms);
             loop {
-                let mut tx = match self.step_begin(&mut st).await? {
+                let begun = self.step_begin(&mut st).await;
+                tried.store(st.attempts, Ordering::Relaxed);
+                let mut tx = match begun? {
                     Begun::Tx(tx) => tx,
                     Begun::Recorded(row) => return self.check_and_decode(row, name),
                 };
@@ -381,8 +410,11 @@ impl<S: Storage> WorkflowContext<S> {
                 }
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        span.record("step.attempts", tried.load(Ordering::Relaxed));
+        step_outcome(&span, &result);
+        result
     }
 
     /// Sleeps durably: the wake-up time is recorded, so a workflow recovered
@@ -740,12 +772,17 @@ impl<S: Storage> WorkflowContext<S> {
                 let json = self
                     .shared
                     .encode(&input, || format!("input of workflow {:?}", W::NAME))?;
+                // The child continues this execution's span (feature
+                // `otel`), or else the trace this run was given.
+                let trace_parent =
+                    crate::telemetry::current_trace_parent().or_else(|| self.trace_parent.clone());
                 let start = self.shared.start(
                     W::NAME,
                     child_id.clone(),
                     json,
                     Some((self.workflow_id.clone(), self.owner_epoch)),
                     self.deadline_ms,
+                    trace_parent,
                 );
                 let result = start.await;
                 self.note(result)?;
@@ -959,7 +996,6 @@ impl<S: Storage> WorkflowContext<S> {
                 }
                 st.maybe_committed = false;
             }
-            tracing::Span::current().record("attempt", st.attempts);
             match self.shared.storage().begin().await {
                 Ok(tx) => return Ok(Begun::Tx(tx)),
                 Err(e) => {
@@ -1071,11 +1107,14 @@ impl<S: Storage> WorkflowContext<S> {
     fn step_span(&self, step_id: i32, name: &str, kind: StepKind) -> tracing::Span {
         tracing::info_span!(
             "step",
-            workflow_id = %self.workflow_id,
-            step_id,
-            name,
-            kind = kind.as_str(),
-            attempt = tracing::field::Empty,
+            otel.name = format!("step {name}"),
+            workflow.id = %self.workflow_id,
+            step.id = step_id,
+            step.name = name,
+            step.kind = kind.as_str(),
+            step.attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         )
     }
 
@@ -1241,6 +1280,18 @@ impl<S: Storage> WorkflowContext<S> {
             error
         })
     }
+}
+
+/// Records a step's end on its span: `ok`, `error` (its recorded failure,
+/// also the OpenTelemetry status) or `interrupted` (fenced, shut down:
+/// nothing recorded by this execution).
+fn step_outcome<T>(span: &tracing::Span, result: &Result<T, WorkflowError>) {
+    let (outcome, failed) = match result {
+        Ok(_) => ("ok", false),
+        Err(e) if e.is_interrupt() => ("interrupted", false),
+        Err(_) => ("error", true),
+    };
+    crate::telemetry::record_outcome(span, outcome, failed);
 }
 
 fn check_name(row: &StepRow, name: &str) -> Result<(), Error> {

@@ -22,6 +22,44 @@ use crate::workflow::{ErasedWorkflow, Workflow};
 
 pub use crate::storage::{PAYLOAD_MAX_BYTES_DEFAULT, WORKFLOW_ID_MAX_CHARS};
 
+/// Options of [`Engine::start_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    workflow_id: Option<String>,
+    timeout: Option<Duration>,
+    trace_parent: Option<String>,
+}
+
+impl StartOptions {
+    /// A generated ID, no deadline, the current span's trace context.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run under this ID: if a run with it exists, nothing new starts and
+    /// the handle attaches to that run.
+    pub fn workflow_id(mut self, id: impl Into<String>) -> Self {
+        self.workflow_id = Some(id.into());
+        self
+    }
+
+    /// Cancel the workflow (and its children) once the engine's clock
+    /// passes `timeout` from now, at its next step boundary.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Store this W3C `traceparent` with the workflow instead of the
+    /// current span's (feature `otel`): every execution of the run
+    /// continues that trace. Checked: a malformed one fails the start with
+    /// [`Error::InvalidTraceParent`].
+    pub fn trace_parent(mut self, traceparent: impl Into<String>) -> Self {
+        self.trace_parent = Some(traceparent.into());
+        self
+    }
+}
+
 /// A started (or attached-to) workflow run; await its result.
 pub struct WorkflowHandle<O> {
     id: String,
@@ -374,8 +412,7 @@ impl<S: Storage> Engine<S> {
         &self,
         input: W::Input,
     ) -> Result<WorkflowHandle<W::Output>, Error> {
-        let id = self.shared.generate_id();
-        self.start_with_id::<W>(id, input).await
+        self.start_with::<W>(input, StartOptions::new()).await
     }
 
     /// Starts workflow `W` under the given ID. If a run with this ID exists,
@@ -387,11 +424,8 @@ impl<S: Storage> Engine<S> {
         id: impl Into<String>,
         input: W::Input,
     ) -> Result<WorkflowHandle<W::Output>, Error> {
-        let json = self
-            .shared
-            .encode(&input, || format!("input of workflow {:?}", W::NAME))?;
-        let id = self.start_json_inner(W::NAME, id.into(), json).await?;
-        Ok(self.handle(id))
+        self.start_with::<W>(input, StartOptions::new().workflow_id(id))
+            .await
     }
 
     /// Starts workflow `W` with a deadline: once the engine's clock passes
@@ -403,18 +437,25 @@ impl<S: Storage> Engine<S> {
         timeout: Duration,
         input: W::Input,
     ) -> Result<WorkflowHandle<W::Output>, Error> {
+        let options = StartOptions {
+            workflow_id: id,
+            ..StartOptions::new().timeout(timeout)
+        };
+        self.start_with::<W>(input, options).await
+    }
+
+    /// Starts workflow `W` with the given options: its ID (attaching to an
+    /// existing run of it, as [`start_with_id`](Self::start_with_id)), a
+    /// deadline, and the trace context stored with it.
+    pub async fn start_with<W: Workflow<S>>(
+        &self,
+        input: W::Input,
+        options: StartOptions,
+    ) -> Result<WorkflowHandle<W::Output>, Error> {
         let json = self
             .shared
             .encode(&input, || format!("input of workflow {:?}", W::NAME))?;
-        let id = id.unwrap_or_else(|| self.shared.generate_id());
-        let deadline_ms = self
-            .shared
-            .now_ms()
-            .saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
-        let id = self
-            .shared
-            .start(W::NAME, id, json, None, Some(deadline_ms))
-            .await?;
+        let id = self.start_json_inner(W::NAME, json, options).await?;
         Ok(self.handle(id))
     }
 
@@ -476,18 +517,32 @@ impl<S: Storage> Engine<S> {
         let json = self
             .shared
             .check_size(input.to_owned(), || format!("input of workflow {name:?}"))?;
-        let id = id.unwrap_or_else(|| self.shared.generate_id());
-        let id = self.start_json_inner(name, id, json).await?;
+        let options = StartOptions {
+            workflow_id: id,
+            ..StartOptions::new()
+        };
+        let id = self.start_json_inner(name, json, options).await?;
         Ok(self.handle(id))
     }
 
     async fn start_json_inner(
         &self,
         name: &str,
-        id: String,
         input: String,
+        options: StartOptions,
     ) -> Result<String, Error> {
-        self.shared.start(name, id, input, None, None).await
+        let trace_parent = crate::telemetry::trace_parent_for(options.trace_parent)?;
+        let id = options
+            .workflow_id
+            .unwrap_or_else(|| self.shared.generate_id());
+        let deadline_ms = options.timeout.map(|timeout| {
+            self.shared
+                .now_ms()
+                .saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX))
+        });
+        self.shared
+            .start(name, id, input, None, deadline_ms, trace_parent)
+            .await
     }
 
     /// Enqueues workflow `W` (in its own transaction) for any executor that
@@ -503,6 +558,8 @@ impl<S: Storage> Engine<S> {
         let input = self
             .shared
             .encode(&input, || format!("input of workflow {:?}", W::NAME))?;
+        // A malformed trace parent is refused by the SQL function's rule,
+        // with its message, as every other option is.
         let params = options.into_params(W::NAME, input);
         let shared = &self.shared;
         let id = shared

@@ -167,6 +167,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A trace context given to a start or an enqueue is not a W3C
+    /// `traceparent`.
+    #[error("invalid trace parent {value:?}: {reason}")]
+    InvalidTraceParent {
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The storage failed in a way the engine could not retry around.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -183,6 +192,7 @@ impl Error {
             | Error::InvalidWorkflowId { .. }
             | Error::InvalidTransition { .. }
             | Error::InvalidSchedule { .. }
+            | Error::InvalidTraceParent { .. }
             | Error::PayloadTooLarge { .. }
             | Error::UnstorablePayload { .. }
             | Error::Encode { .. }

@@ -96,6 +96,7 @@ pub struct EnqueueOptions {
     pub(crate) dedup_error: bool,
     pub(crate) concurrency_key: Option<String>,
     pub(crate) debounce: Option<(String, Duration)>,
+    pub(crate) trace_parent: Option<String>,
 }
 
 impl Default for EnqueueOptions {
@@ -109,6 +110,7 @@ impl Default for EnqueueOptions {
             dedup_error: false,
             concurrency_key: None,
             debounce: None,
+            trace_parent: None,
         }
     }
 }
@@ -133,7 +135,20 @@ impl EnqueueOptions {
                 .as_ref()
                 .map(|(_, max)| i64::try_from(max.as_millis()).unwrap_or(i64::MAX)),
             debounce_key: self.debounce.map(|(key, _)| key),
+            // The current span's, if none was given.
+            trace_parent: self
+                .trace_parent
+                .or_else(crate::telemetry::current_trace_parent),
         }
+    }
+
+    /// Store this W3C `traceparent` with the workflow instead of the
+    /// current span's (feature `otel`): every execution of the run
+    /// continues that trace. A debounced enqueue replaces the pending
+    /// workflow's, as it replaces the input.
+    pub fn trace_parent(mut self, traceparent: impl Into<String>) -> Self {
+        self.trace_parent = Some(traceparent.into());
+        self
     }
 
     /// Enqueue into `queue` (default: `default`).

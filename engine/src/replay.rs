@@ -375,7 +375,8 @@ impl<S: Storage> Shared<S> {
             row.owner_epoch,
             history.clone(),
             row.version.clone(),
-        );
+        )
+        .with_trace_parent(row.trace_parent.clone());
         let result = workflow.run_json(&mut ctx, &row.input).await;
         let called = ctx.steps_called();
         let finished = matches!(row.status, Status::Success | Status::Error);

@@ -173,6 +173,9 @@ pub struct WorkflowRow {
     /// The application version of the code that first ran it; `None` for a
     /// run that never ran (the claim that starts it stamps one).
     pub version: Option<String>,
+    /// The W3C `traceparent` of whoever started or enqueued it: every
+    /// execution's span continues that trace (docs/observability.md).
+    pub trace_parent: Option<String>,
 }
 
 /// The application version an executor runs and the versions it accepts
@@ -374,6 +377,9 @@ pub struct WorkflowInsert {
     pub deadline_ms: Option<i64>,
     /// The application version of the starting executor's code.
     pub version: String,
+    /// The starter's trace context, a W3C `traceparent` (checked by
+    /// [`check_trace_parent`]).
+    pub trace_parent: Option<String>,
     /// The engine's clock.
     pub now_ms: i64,
 }
@@ -576,6 +582,36 @@ pub struct WorkflowEnqueue {
     /// The longest a debounced workflow's start is pushed back, counted
     /// from its first enqueue.
     pub debounce_max_wait_ms: Option<i64>,
+    /// The enqueuer's trace context, a W3C `traceparent`; a debounced
+    /// enqueue replaces the pending workflow's with it, as it replaces the
+    /// input.
+    pub trace_parent: Option<String>,
+}
+
+/// Why `traceparent` is not a W3C trace context (version 00 form:
+/// `00-<32 hex trace ID>-<16 hex parent ID>-<2 hex flags>`, lower case, IDs
+/// not all zeros), in the words `tandem.enqueue_workflow` raises; `None`
+/// if it is one. Only the version-00 form is accepted: it is the one every
+/// OpenTelemetry SDK writes, and a stored context must be readable by the
+/// executor that runs the workflow later.
+pub fn check_trace_parent(traceparent: &str) -> Option<&'static str> {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zeros = |s: &str| s.bytes().all(|b| b == b'0');
+    match parts.as_slice() {
+        ["00", trace, parent, flags] if hex(trace, 32) && hex(parent, 16) && hex(flags, 2) => {
+            if zeros(trace) || zeros(parent) {
+                Some("trace_parent must not have an all-zero trace or parent ID")
+            } else {
+                None
+            }
+        }
+        _ => Some("trace_parent must be a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>"),
+    }
 }
 
 /// A schedule as declared in code, registered by every executor that

@@ -146,6 +146,7 @@ struct EnqueueArgs {
     /// does not follow (docs/queues.md, and the simulator, check it).
     debounce_key: Option<String>,
     debounce_max_wait_ms: Option<i64>,
+    trace_parent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -271,6 +272,22 @@ fn enqueue_args(u: &mut Unstructured<'_>, used: &[String]) -> arbitrary::Result<
     if debounce_valid {
         (debounce_key, debounce_max_wait_ms) = (None, None);
     }
+    let trace_parent = match u8::arbitrary(u)? % 10 {
+        0..=4 => None,
+        5 | 6 => Some(VALID_TRACE_PARENT.to_owned()),
+        7 => Some(
+            [
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+                "",
+            ][usize::from(u8::arbitrary(u)?) % 6]
+                .to_owned(),
+        ),
+        _ => Some(String::arbitrary(u)?),
+    };
     Ok(EnqueueArgs {
         name,
         input,
@@ -283,7 +300,30 @@ fn enqueue_args(u: &mut Unstructured<'_>, used: &[String]) -> arbitrary::Result<
         concurrency_key,
         debounce_key,
         debounce_max_wait_ms,
+        trace_parent,
     })
+}
+
+/// A well-formed W3C traceparent (the specification's example).
+const VALID_TRACE_PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Whether `tp` is a version-00 traceparent with non-zero IDs: an oracle
+/// of its own, not the engine's parser.
+fn trace_parent_ok(tp: &str) -> Option<bool> {
+    let b = tp.as_bytes();
+    let lower_hex =
+        |r: std::ops::Range<usize>| b[r].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let form = b.len() == 55
+        && tp.starts_with("00-")
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && lower_hex(3..35)
+        && lower_hex(36..52)
+        && lower_hex(53..55);
+    if !form {
+        return None;
+    }
+    Some(tp[3..35] != "0".repeat(32) && tp[36..52] != "0".repeat(16))
 }
 
 fn ops(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<Op>> {
@@ -419,6 +459,7 @@ fn enqueue_violations(
     texts.extend(args.dedup_key.as_deref());
     texts.extend(args.concurrency_key.as_deref());
     texts.extend(args.debounce_key.as_deref());
+    texts.extend(args.trace_parent.as_deref());
     // The text arguments are refused first, then the input's cast, then the
     // function's own checks: any of them may be reported, but only those.
     if let Some(e) = text_error(&texts) {
@@ -496,6 +537,19 @@ fn enqueue_violations(
             "22023",
             format!("{F}debounce_max_wait must not be negative"),
         ));
+    }
+    if let Some(tp) = &args.trace_parent {
+        match trace_parent_ok(tp) {
+            None => v.push((
+                "22023",
+                format!("{F}trace_parent must be a W3C traceparent"),
+            )),
+            Some(false) => v.push((
+                "22023",
+                format!("{F}trace_parent must not have an all-zero trace or parent ID"),
+            )),
+            Some(true) => {}
+        }
     }
     if let Some(id) = &args.workflow_id
         && !(1..=256).contains(&id.chars().count())
@@ -617,6 +671,7 @@ async fn drive(ops: Vec<Op>) {
                         concurrency_key: args.concurrency_key.clone(),
                         debounce_key: args.debounce_key.clone(),
                         debounce_max_wait_ms: args.debounce_max_wait_ms,
+                        trace_parent: args.trace_parent.clone(),
                     })
                     .await;
                 let expected = expect_enqueue(&oracle, args, &done);
@@ -653,6 +708,9 @@ async fn drive(ops: Vec<Op>) {
                 }
                 if let Some(delay) = delay {
                     options = options.delay(*delay);
+                }
+                if let Some(tp) = &args.trace_parent {
+                    options = options.trace_parent(tp.clone());
                 }
                 let mut args = args.clone();
                 args.input = n.to_string();
@@ -895,6 +953,7 @@ fn record(oracle: &mut Oracle, args: &EnqueueArgs, id: String, storage: &MemStor
     );
     assert_eq!(row.dedup_key, args.dedup_key, "{what}");
     assert_eq!(row.concurrency_key, args.concurrency_key, "{what}");
+    assert_eq!(row.trace_parent, args.trace_parent, "{what}: trace_parent");
     assert_eq!(row.status, Status::Enqueued, "{what}");
     assert_eq!(
         row.run_after_ms,

@@ -391,6 +391,7 @@ async fn write_history(storage: &MemStorage, case: &Case) {
         parent_epoch: None,
         deadline_ms: None,
         version: tandem::storage::DEFAULT_VERSION.to_owned(),
+        trace_parent: None,
         now_ms: start_ms() - 60_000,
     })
     .await

@@ -130,6 +130,7 @@ pub async fn client(world: Arc<World>) {
                     concurrency_key: None,
                     debounce_key: Some(c.key.clone()),
                     debounce_max_wait_ms: Some(MAX_WAIT_MS),
+                    trace_parent: Some(crate::traces::trace_parent_of(&c.ops)),
                 })
                 .await
                 .map_err(|e| e.to_string())?;

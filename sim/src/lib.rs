@@ -24,6 +24,7 @@ pub mod retention;
 pub mod run;
 pub mod schedules;
 pub mod storage;
+pub mod traces;
 pub mod versions;
 pub mod workload;
 pub mod world;

@@ -14,7 +14,7 @@ use madsim::runtime::{Handle, Runtime};
 use madsim::time::{Instant, sleep};
 use tandem::bugs::Bug;
 use tandem::storage::memory::{Fault, FaultPoint};
-use tandem::{Engine, Queue};
+use tandem::{Engine, Queue, StartOptions};
 
 use crate::env::MadsimEnv;
 use crate::faults::{Faults, Plan, Site};
@@ -456,6 +456,7 @@ pub async fn simulate(seed: u64, options: Options, trace: Arc<Mutex<Vec<String>>
         .chain(crate::schedules::check(&world))
         .chain(crate::retention::check(&world))
         .chain(crate::metrics::check(&world))
+        .chain(crate::traces::check(&world))
     {
         world.violation(v);
     }
@@ -626,6 +627,7 @@ async fn enqueue_for_dead_clients(world: &World) -> bool {
                     concurrency_key: None,
                     debounce_key: None,
                     debounce_max_wait_ms: None,
+                    trace_parent: Some(crate::traces::trace_parent_of(&spec.ops)),
                 })
                 .await?;
                 tx.commit().await
@@ -779,22 +781,18 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
                 madsim::rand::thread_rng().gen_range(0..20),
             ))
             .await;
+            let options = StartOptions::new()
+                .workflow_id(spec.id.clone())
+                .trace_parent(crate::traces::trace_parent_of(&spec.ops));
             let started = match spec.deadline_ms {
                 None => {
                     world.faults.count("engine.start_with_id");
-                    engine
-                        .start_with_id::<Bank>(spec.id.clone(), spec.ops.clone())
-                        .await
+                    engine.start_with::<Bank>(spec.ops.clone(), options).await
                 }
                 Some(ms) => {
                     world.faults.count("engine.start_with_timeout");
-                    engine
-                        .start_with_timeout::<Bank>(
-                            Some(spec.id.clone()),
-                            Duration::from_millis(ms),
-                            spec.ops.clone(),
-                        )
-                        .await
+                    let options = options.timeout(Duration::from_millis(ms));
+                    engine.start_with::<Bank>(spec.ops.clone(), options).await
                 }
             };
             match started {

@@ -635,6 +635,7 @@ impl Workflow<SimStorage> for Bank {
         ops: Vec<Op>,
     ) -> Result<Vec<i64>, WorkflowError> {
         let wf = ctx.workflow_id().to_owned();
+        crate::traces::check_execution(&self.world, &self.node.label, &wf, ctx.trace_parent());
         // The checkpoints this execution started from (empty on a first
         // execution, which loads nothing).
         let history = self
@@ -1369,6 +1370,7 @@ pub async fn app_client(world: Arc<World>) {
                         concurrency_key: o.concurrency_key.clone(),
                         debounce_key: None,
                         debounce_max_wait_ms: None,
+                        trace_parent: Some(crate::traces::trace_parent_of(&o.ops)),
                     })
                     .await
                     .map_err(|e| e.to_string())?;

@@ -297,7 +297,10 @@ impl<S: Storage> Shared<S> {
         crate::telemetry::taken_over("recovery", rows.len() as u64);
         let mut count = 0;
         for row in rows {
-            let row = crate::bugs::stale_epoch(row);
+            let mut row = crate::bugs::stale_epoch(row);
+            if crate::bugs::active(crate::bugs::Bug::TraceParentDroppedOnRecovery) {
+                row.trace_parent = None;
+            }
             // Always run the new epoch, even if an execution of this
             // workflow is registered here (it registered while the bump was
             // in flight): the bump fenced that execution, which stops at its

@@ -332,12 +332,13 @@ impl<S: Storage> Shared<S> {
             },
         );
         let shared = Arc::clone(self);
-        let span = tracing::info_span!("workflow", workflow_id = %row.id, name = %row.name, epoch = row.owner_epoch);
+        let span = crate::telemetry::run_span(&row, &self.config.executor_id);
         self.spawn(
             async move {
                 let id = row.id.clone();
                 let queue = row.queue.clone();
-                shared.run_to_completion(row, history, &sender).await;
+                let (outcome, failed) = shared.run_to_completion(row, history, &sender).await;
+                crate::telemetry::record_outcome(&tracing::Span::current(), outcome, failed);
                 // Only our own entry: a newer execution of the same workflow
                 // (after a cancel and resume, say) may have replaced it.
                 let mut running = shared.lock_running();
@@ -358,15 +359,17 @@ impl<S: Storage> Shared<S> {
         );
     }
 
+    /// Runs an execution to its end; returns how it ended (its span's
+    /// `outcome`) and whether that is a failure.
     async fn run_to_completion(
         self: &Arc<Self>,
         row: WorkflowRow,
         history: Option<Vec<StepRow>>,
         sender: &OutcomeSender,
-    ) {
+    ) -> (&'static str, bool) {
         let Some(workflow) = self.registry.get(row.name.as_str()).cloned() else {
             tracing::warn!(workflow_id = %row.id, name = %row.name, "workflow not registered on this executor; leaving it");
-            return;
+            return ("not_registered", true);
         };
         let history = match history {
             Some(history) => history,
@@ -374,10 +377,11 @@ impl<S: Storage> Shared<S> {
                 Ok(history) => history,
                 Err(error) => {
                     tracing::warn!(workflow_id = %row.id, %error, "could not load workflow history");
-                    return;
+                    return ("history_unavailable", true);
                 }
             },
         };
+        tracing::Span::current().record("replayed_steps", history.len());
         let mut ctx = WorkflowContext::new(
             Arc::clone(self),
             row.id.clone(),
@@ -385,13 +389,14 @@ impl<S: Storage> Shared<S> {
             row.deadline_ms,
             history,
             row.version.clone(),
-        );
+        )
+        .with_trace_parent(row.trace_parent.clone());
         let result = workflow.run_json(&mut ctx, &row.input).await;
         if (ctx.was_interrupted() || result.as_ref().is_err_and(|e| e.is_interrupt()))
             && !crate::bugs::shutdown_fails(&result)
         {
             tracing::debug!(workflow_id = %row.id, "execution interrupted");
-            return;
+            return ("interrupted", false);
         }
         let outcome = match result {
             Ok(json) => {
@@ -425,6 +430,10 @@ impl<S: Storage> Shared<S> {
             Ok(()) => {
                 crate::telemetry::workflow_finished(&row.name, status);
                 sender.send_replace(Some(outcome));
+                match status {
+                    Status::Success => ("success", false),
+                    _ => ("error", true),
+                }
             }
             Err(Error::Storage(e)) if e.kind() == ErrorKind::Fenced => {
                 // Either a retry after a lost acknowledgement of our own
@@ -433,11 +442,15 @@ impl<S: Storage> Shared<S> {
                     && stored.owner_epoch == params.owner_epoch
                     && let Some(outcome) = Outcome::from_row(&stored)
                 {
+                    let failed = !matches!(outcome, Outcome::Success(_));
                     sender.send_replace(Some(outcome));
+                    return (if failed { "error" } else { "success" }, failed);
                 }
+                ("fenced", false)
             }
             Err(error) => {
-                tracing::warn!(workflow_id = %row.id, %error, "could not complete workflow")
+                tracing::warn!(workflow_id = %row.id, %error, "could not complete workflow");
+                ("unfinished", true)
             }
         }
     }
@@ -462,6 +475,7 @@ impl<S: Storage> Shared<S> {
         input: String,
         parent: Option<(String, i64)>,
         deadline_ms: Option<i64>,
+        trace_parent: Option<String>,
     ) -> Result<String, Error> {
         let (parent_id, parent_epoch) = parent.unzip();
         let Some((&name, workflow)) = self.registry.get_key_value(name) else {
@@ -480,6 +494,7 @@ impl<S: Storage> Shared<S> {
             parent_epoch,
             deadline_ms,
             version: self.config.version.clone(),
+            trace_parent: trace_parent.clone(),
             now_ms: self.now_ms(),
         };
         match self
@@ -500,6 +515,7 @@ impl<S: Storage> Shared<S> {
                     parent_id,
                     deadline_ms,
                     version: Some(self.config.version.clone()),
+                    trace_parent,
                 };
                 // A brand-new workflow has no history: skip reading it.
                 self.execute(row, Some(Vec::new()));

@@ -136,6 +136,8 @@ impl<S: Storage> Shared<S> {
                 concurrency_key: None,
                 debounce_key: None,
                 debounce_max_wait_ms: None,
+                // No caller: each scheduled run is a trace of its own.
+                trace_parent: None,
             })
             .await?;
         }

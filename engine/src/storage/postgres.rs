@@ -97,7 +97,7 @@ macro_rules! schedule_select {
 macro_rules! workflow_columns {
     () => {
         "id, name, status, input::text, output::text, error, executor_id, owner_epoch, queue, \
-         parent_id, (extract(epoch FROM deadline_at) * 1000)::bigint, app_version"
+         parent_id, (extract(epoch FROM deadline_at) * 1000)::bigint, app_version, trace_parent"
     };
 }
 
@@ -106,7 +106,7 @@ macro_rules! prefixed_workflow_columns {
     () => {
         "w.id, w.name, w.status, w.input::text, w.output::text, w.error, w.executor_id, \
          w.owner_epoch, w.queue, w.parent_id, (extract(epoch FROM w.deadline_at) * 1000)::bigint, \
-         w.app_version"
+         w.app_version, w.trace_parent"
     };
 }
 
@@ -1391,6 +1391,7 @@ type WorkflowTuple = (
     Option<String>,
     Option<i64>,
     Option<String>,
+    Option<String>,
 );
 
 fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
@@ -1407,6 +1408,7 @@ fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
         parent_id,
         deadline_ms,
         version,
+        trace_parent,
     ) = row;
     let status = Status::parse(&status).ok_or_else(|| {
         StorageError::new(
@@ -1427,6 +1429,7 @@ fn workflow_from_row(row: WorkflowTuple) -> StorageResult<WorkflowRow> {
         parent_id,
         deadline_ms,
         version,
+        trace_parent,
     })
 }
 
@@ -1445,10 +1448,10 @@ async fn workflow_insert(
         () => {
             "INSERT INTO tandem.workflows
                  (id, name, status, input, executor_id, owner_epoch, created_at, updated_at,
-                  started_at, parent_id, deadline_at, app_version)
+                  started_at, parent_id, deadline_at, app_version, trace_parent)
              SELECT $1, $2, 'RUNNING', $3::jsonb, $4, 1, to_timestamp($5::float8 / 1000),
                     to_timestamp($5::float8 / 1000), clock_timestamp(), $6,
-                    to_timestamp($7::float8 / 1000), $9"
+                    to_timestamp($7::float8 / 1000), $9, $10"
         };
     }
     let sql = if p.parent_epoch.is_some() {
@@ -1476,6 +1479,7 @@ async fn workflow_insert(
         .bind(p.deadline_ms)
         .bind(p.parent_epoch)
         .bind(&p.version)
+        .bind(&p.trace_parent)
         .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?;
@@ -1684,7 +1688,7 @@ type QueueTuple = (
 fn info_from_row(row: &PgRow) -> StorageResult<WorkflowInfo> {
     let info = || -> Result<_, sqlx::Error> {
         let w = <WorkflowTuple as sqlx::FromRow<PgRow>>::from_row(row)?;
-        let n = 12;
+        let n = 13;
         Ok((
             w,
             row.try_get::<i32, _>(n)?,
@@ -2093,7 +2097,8 @@ async fn workflows_claim_per_key(
         .await
         .map_err(map_err)?;
         let scanned = match rows.first() {
-            Some(row) => row.try_get::<i64, _>(12).map_err(map_err)?,
+            // The column after the workflow's (`WorkflowTuple`'s 13).
+            Some(row) => row.try_get::<i64, _>(13).map_err(map_err)?,
             // Nothing claimed: whether the prefix held every ready row is
             // one more, cheap, look (the saturated queue's usual case).
             None => match prefix {
@@ -2177,7 +2182,7 @@ pub(crate) async fn workflow_enqueue(
     sqlx::query_scalar(
         "SELECT tandem.enqueue_workflow($1, $2::jsonb, $3, $4, $5, $6,
                                         $7::bigint * interval '1 millisecond', $8, $9, $10,
-                                        $11::bigint * interval '1 millisecond')",
+                                        $11::bigint * interval '1 millisecond', $12)",
     )
     .bind(&p.name)
     .bind(&p.input)
@@ -2190,6 +2195,7 @@ pub(crate) async fn workflow_enqueue(
     .bind(&p.concurrency_key)
     .bind(&p.debounce_key)
     .bind(p.debounce_max_wait_ms)
+    .bind(&p.trace_parent)
     .fetch_one(conn)
     .await
     .map_err(map_err)

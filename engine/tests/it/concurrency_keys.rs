@@ -206,6 +206,7 @@ async fn keyed_backlog<S: Storage>(storage: &S, ids: &[(String, Option<String>)]
             concurrency_key: key.clone(),
             debounce_key: None,
             debounce_max_wait_ms: None,
+            trace_parent: None,
         })
         .await
         .unwrap();

@@ -192,6 +192,7 @@ async fn a_history_with_a_hole_is_incompatible_even_unfinished() {
     storage
         .workflow_insert(WorkflowInsert {
             version: tandem::storage::DEFAULT_VERSION.to_owned(),
+            trace_parent: None,
             id: "abc".into(),
             name: "deploy.abc".into(),
             input: "null".into(),

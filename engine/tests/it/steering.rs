@@ -1004,6 +1004,7 @@ async fn a_cancel_racing_a_child_start_cancels_the_child_or_keeps_it_from_existi
     let (storage, _app) = A::create(0, 0).await;
     let insert = |id: &str, parent: Option<&str>| tandem::storage::WorkflowInsert {
         version: tandem::storage::DEFAULT_VERSION.to_owned(),
+        trace_parent: None,
         id: id.to_owned(),
         name: "napper".to_owned(),
         input: "1".to_owned(),
@@ -1076,6 +1077,7 @@ async fn a_superseded_execution_cannot_cancel_for_its_deadline<A: App>() {
     let (storage, _app) = A::create(0, 0).await;
     let insert = tandem::storage::WorkflowInsert {
         version: tandem::storage::DEFAULT_VERSION.to_owned(),
+        trace_parent: None,
         id: "w".to_owned(),
         name: "napper".to_owned(),
         input: "1".to_owned(),
@@ -1214,21 +1216,21 @@ async fn workflow_runs_and_steps_emit_tracing_spans() {
     let spans = log.spans.lock().unwrap().clone();
     assert!(
         spans.iter().any(|s| s.starts_with("workflow")
-            && s.contains("workflow_id=traced")
-            && s.contains("name=counted")),
+            && s.contains("workflow.id=traced")
+            && s.contains("workflow.name=counted")),
         "{spans:#?}"
     );
     for (step_id, name) in [(0, "a"), (1, "b"), (2, "c")] {
         assert!(
             spans.iter().any(|s| s.starts_with("step")
-                && s.contains("workflow_id=traced")
-                && s.contains(&format!("step_id={step_id}"))
-                && s.contains(&format!("name=\"{name}\""))),
+                && s.contains("workflow.id=traced")
+                && s.contains(&format!("step.id={step_id}"))
+                && s.contains(&format!("step.name=\"{name}\""))),
             "step {name}: {spans:#?}"
         );
     }
     assert!(
-        spans.iter().any(|s| s == "record attempt=1"),
+        spans.iter().any(|s| s == "record step.attempts=1"),
         "attempts are recorded"
     );
 }

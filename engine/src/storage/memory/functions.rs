@@ -2,7 +2,7 @@
 //! their validation, messages and SQLSTATEs, statement by statement.
 
 use super::*;
-use crate::storage::CONCURRENCY_KEY_MAX_CHARS;
+use crate::storage::{CONCURRENCY_KEY_MAX_CHARS, check_trace_parent};
 
 impl MemConn {
     /// `tandem.enqueue_workflow`, statement by statement.
@@ -145,6 +145,7 @@ impl MemConn {
                 .update_all(&Workflows, &snap, |w| {
                     pending(w).then(|| WorkflowRecord {
                         input: row.input.clone(),
+                        trace_parent: row.trace_parent.clone(),
                         run_after_ms: Some(
                             now_ms
                                 .saturating_add(delay)
@@ -283,7 +284,8 @@ pub(super) fn enqueue_checked(
             .chain(p.workflow_id.as_ref())
             .chain(p.dedup_key.as_ref())
             .chain(p.concurrency_key.as_ref())
-            .chain(p.debounce_key.as_ref()),
+            .chain(p.debounce_key.as_ref())
+            .chain(p.trace_parent.as_ref()),
     )?;
     // The `$2::jsonb` cast happens before the function runs.
     let input = jsonb_text(&p.input)?;
@@ -393,6 +395,9 @@ pub(super) fn enqueue_checked(
             "debounce_max_wait must not be negative".to_owned(),
         ));
     }
+    if let Some(reason) = p.trace_parent.as_deref().and_then(check_trace_parent) {
+        return Err(raise("22023", F, reason.to_owned()));
+    }
     // now(): the database clock.
     let now_ms = db.clock_ms;
     let row = WorkflowRecord {
@@ -425,6 +430,7 @@ pub(super) fn enqueue_checked(
         wait_step: None,
         wait_until_ms: None,
         version: None,
+        trace_parent: p.trace_parent.clone(),
     };
     Ok((id, row, notify_on_enqueue(db, snap)))
 }

@@ -38,6 +38,7 @@ impl MemConn {
             wait_step: None,
             wait_until_ms: None,
             version: Some(p.version.clone()),
+            trace_parent: p.trace_parent.clone(),
         };
         // A child's row comes from its parent's, locked (FOR NO KEY UPDATE,
         // re-checked after a wait) while it runs at the starting epoch.
@@ -1193,6 +1194,8 @@ impl MemConn {
             wait_until_ms: None,
             // Its copied steps were recorded under the source's version.
             version: source.version,
+            // A fork is a new run, on an operator's behalf: a trace of its own.
+            trace_parent: None,
         };
         self.insert_row(&Workflows, &snap, p.new_id.clone(), || row.clone(), false)
             .await?;
@@ -1515,5 +1518,6 @@ pub(super) fn workflow_row(w: &WorkflowRecord) -> WorkflowRow {
         parent_id: w.parent_id.clone(),
         deadline_ms: w.deadline_ms,
         version: w.version.clone(),
+        trace_parent: w.trace_parent.clone(),
     }
 }

@@ -50,6 +50,8 @@ pub struct WorkflowRecord {
     pub wait_until_ms: Option<i64>,
     /// `app_version`: the version of the code that first ran it.
     pub version: Option<String>,
+    /// `trace_parent`: the starter's or enqueuer's W3C trace context.
+    pub trace_parent: Option<String>,
 }
 
 /// A row of `tandem.executors`.

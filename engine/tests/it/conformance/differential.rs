@@ -70,6 +70,7 @@ fn engine_op() -> impl Strategy<Value = Op> {
         (workflow(), executor()).prop_map(|(w, e)| Op::WfInsert(w, e)),
         executor().prop_map(|e| Op::WfInsertChild("w2", "w1", e)),
         workflow().prop_map(Op::WfGet),
+        prop_oneof![Just("w3"), Just("w4"), Just("w5")].prop_map(Op::WfTrace),
         (workflow(), epoch()).prop_map(|(w, e)| Op::WfComplete(w, e)),
         (executor(), prop::option::of(workflow())).prop_map(|(e, w)| Op::WfRecover(e, w)),
         (workflow(), 0..2i32, epoch()).prop_map(|(w, s, e)| Op::StepRecord(w, s, e)),

@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Op {
     WfInsert(&'static str, &'static str),
     WfGet(&'static str),
+    /// The trace context stored with a workflow.
+    WfTrace(&'static str),
     WfComplete(&'static str, i64),
     /// Executor, and optionally one workflow.
     WfRecover(&'static str, Option<&'static str>),
@@ -285,6 +287,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
         Op::WfInsert(id, executor) | Op::WfInsertV2(id, executor) => label(
             tx.workflow_insert(WorkflowInsert {
                 version: versions_of(op).version,
+                trace_parent: Some(trace_of(id)),
                 id: id.to_owned(),
                 name: "wf".to_owned(),
                 input: "null".to_owned(),
@@ -305,6 +308,10 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 ),
             },
         ),
+        Op::WfTrace(id) => label(tx.workflow_get(id).await, |r| match r {
+            None => "none".to_owned(),
+            Some(w) => format!("trace {:?}", w.trace_parent),
+        }),
         Op::WfGet(id) => label(tx.workflow_get(id).await, |r| match r {
             None => "none".to_owned(),
             Some(w) => format!(
@@ -375,6 +382,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
         Op::WfInsertChild(id, parent, executor) => label(
             tx.workflow_insert(WorkflowInsert {
                 version: DEFAULT_VERSION.to_owned(),
+                trace_parent: None,
                 id: id.to_owned(),
                 name: "wf".to_owned(),
                 input: "null".to_owned(),
@@ -468,6 +476,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 concurrency_key: None,
                 debounce_key: None,
                 debounce_max_wait_ms: None,
+                trace_parent: Some(trace_of(id)),
             })
             .await
         {
@@ -487,6 +496,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 concurrency_key: Some(key.to_owned()),
                 debounce_key: None,
                 debounce_max_wait_ms: None,
+                trace_parent: None,
             })
             .await
         {
@@ -506,11 +516,24 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 concurrency_key: None,
                 debounce_key: Some(key.to_owned()),
                 debounce_max_wait_ms: Some(3_600_000),
+                trace_parent: Some(trace_of(input)),
             })
             .await
         {
             Ok(id) => label(tx.workflow_get(&id).await, |w| {
-                w.map_or_else(|| "missing".to_owned(), |w| shown_id(&w.id, &w.input))
+                w.map_or_else(
+                    || "missing".to_owned(),
+                    |w| {
+                        // The trace context is replaced with the input.
+                        let traced = w.trace_parent == Some(trace_of(&w.input));
+                        let shown = shown_id(&w.id, &w.input);
+                        if traced {
+                            shown
+                        } else {
+                            format!("{shown} (another trace)")
+                        }
+                    },
+                )
             }),
             Err(e) => raised_label(&e),
         },
@@ -666,6 +689,15 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
 /// A workflow ID as the scenarios show it: a generated one (a debounced
 /// enqueue's; PostgreSQL's are random UUIDs, the model's a counter) by its
 /// input, which the scenarios keep unique.
+/// A trace context per text: the ID of an inserted or enqueued workflow,
+/// or the input of a debounced enqueue (which replaces the pending one's).
+fn trace_of(text: &str) -> String {
+    let n = text
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    format!("00-{:032x}-{:016x}-01", u128::from(n) + 1, n | 1)
+}
+
 fn shown_id(id: &str, input: &str) -> String {
     let generated = id.len() == 36 && id.as_bytes()[14] == b'4' && id.matches('-').count() == 4;
     if generated {
@@ -1050,11 +1082,15 @@ impl Backend for Pg {
         .fetch_all(&self.admin)
         .await
         .expect("waits");
-        let versions: Vec<(String, Option<String>)> =
-            sqlx::query_as("SELECT id, app_version FROM tandem.workflows ORDER BY id")
+        let versions: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT id, input::text, app_version FROM tandem.workflows")
                 .fetch_all(&self.admin)
                 .await
                 .expect("versions");
+        let versions = versions
+            .into_iter()
+            .map(|(id, input, v)| (shown_id(&id, &input), v))
+            .collect();
         dump(
             jobs,
             workflows
@@ -1077,6 +1113,7 @@ async fn seed_workflows<S: Storage>(storage: &S, setup: &Setup) {
         storage
             .workflow_insert(WorkflowInsert {
                 version: DEFAULT_VERSION.to_owned(),
+                trace_parent: None,
                 id: id.to_owned(),
                 name: "wf".to_owned(),
                 input: "null".to_owned(),
@@ -1161,6 +1198,9 @@ fn dump_more(
         .iter()
         .any(|(_, v)| v.as_deref().is_some_and(|v| v != DEFAULT_VERSION))
     {
+        // Sorted here: generated IDs show by their input.
+        let mut versions = versions;
+        versions.sort();
         let versions: Vec<String> = versions
             .into_iter()
             .map(|(id, v)| format!("{id}:{}", v.as_deref().unwrap_or("-")))
@@ -1534,7 +1574,7 @@ impl Backend for Mem {
             .storage
             .workflows()
             .into_iter()
-            .map(|w| (w.id, w.version))
+            .map(|w| (shown_id(&w.id, &w.input), w.version))
             .collect();
         dump(jobs, workflows, steps) + &dump_more(executors, messages, events, waits, versions)
     }
