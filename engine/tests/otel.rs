@@ -94,6 +94,9 @@ async fn pause(ms: u64) {
 /// the body goes on), a step that waits at a gate (where the first executor
 /// crashes), then a child. Returns the trace context its run carries.
 struct Traced {
+    /// Set when an execution reaches the gate: every earlier step's span
+    /// has ended by then.
+    reached: Arc<AtomicBool>,
     gate: Arc<AtomicBool>,
     flaky: Arc<AtomicU32>,
 }
@@ -126,6 +129,7 @@ impl<S: Storage> Workflow<S> for Traced {
             .await;
         assert!(doomed.is_err());
         ctx.step("gate", || async {
+            self.reached.store(true, Ordering::SeqCst);
             while !self.gate.load(Ordering::SeqCst) {
                 pause(5).await;
             }
@@ -215,6 +219,7 @@ async fn mem_a_run_and_its_recovery_elsewhere_continue_the_callers_trace() {
 async fn a_run_and_its_recovery_elsewhere_continue_the_callers_trace<S: Storage>(storage: S) {
     exporter();
     let gate = Arc::new(AtomicBool::new(false));
+    let reached = Arc::new(AtomicBool::new(false));
     let flaky = Arc::new(AtomicU32::new(0));
     let crash = CrashEnv::default();
     let first = Engine::builder(storage.clone())
@@ -222,6 +227,7 @@ async fn a_run_and_its_recovery_elsewhere_continue_the_callers_trace<S: Storage>
         .env(crash.clone())
         .lease(Duration::from_millis(300))
         .register(Traced {
+            reached: reached.clone(),
             gate: gate.clone(),
             flaky: flaky.clone(),
         })
@@ -243,14 +249,16 @@ async fn a_run_and_its_recovery_elsewhere_continue_the_callers_trace<S: Storage>
         .await
         .unwrap();
     // It runs to the gate on the first executor, which then crashes.
-    let admin = first.admin();
-    for _ in 0..2000 {
-        let detail = admin.get_workflow("traced-1").await.unwrap();
-        if detail.is_some_and(|d| d.steps.len() == 3) {
+    for _ in 0..6000 {
+        if reached.load(Ordering::SeqCst) {
             break;
         }
         pause(5).await;
     }
+    assert!(
+        reached.load(Ordering::SeqCst),
+        "the first executor reached the gate"
+    );
     crash.crash();
     drop(first);
     gate.store(true, Ordering::SeqCst);
@@ -259,6 +267,7 @@ async fn a_run_and_its_recovery_elsewhere_continue_the_callers_trace<S: Storage>
     let second = Engine::builder(storage.clone())
         .executor_id("second")
         .register(Traced {
+            reached: reached.clone(),
             gate: gate.clone(),
             flaky: flaky.clone(),
         })

@@ -635,7 +635,13 @@ impl Workflow<SimStorage> for Bank {
         ops: Vec<Op>,
     ) -> Result<Vec<i64>, WorkflowError> {
         let wf = ctx.workflow_id().to_owned();
-        crate::traces::check_execution(&self.world, &self.node.label, &wf, ctx.trace_parent());
+        crate::traces::check_execution(
+            &self.world,
+            &self.node.label,
+            &wf,
+            ctx.owner_epoch(),
+            ctx.trace_parent(),
+        );
         // The checkpoints this execution started from (empty on a first
         // execution, which loads nothing).
         let history = self
