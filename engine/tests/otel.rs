@@ -8,19 +8,18 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use opentelemetry::trace::{
     SpanContext, Status as OtelStatus, TraceContextExt as _, TracerProvider as _,
 };
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use tandem::env::BoxFuture;
 use tandem::storage::Storage;
-use tandem::testing::PgCluster;
+use tandem::testing::{CrashEnv, PgCluster};
 use tandem::{
-    Engine, EnqueueOptions, Env, Error, MemStorage, PgStorage, RetryPolicy, StartOptions, TokioEnv,
-    Workflow, WorkflowContext, WorkflowError,
+    Engine, EnqueueOptions, Error, MemStorage, PgStorage, RetryPolicy, StartOptions, Workflow,
+    WorkflowContext, WorkflowError,
 };
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -158,41 +157,6 @@ impl<S: Storage> Workflow<S> for Leaf {
         ctx.step("leaf", || async move { Ok::<_, Infallible>(n) })
             .await?;
         Ok(ctx.trace_parent().map(str::to_owned))
-    }
-}
-
-/// A tokio environment whose spawned tasks can all be aborted at once: an
-/// in-process crash at whatever await point each task is parked.
-#[derive(Clone, Default)]
-struct CrashEnv {
-    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl CrashEnv {
-    fn crash(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-}
-
-#[allow(clippy::disallowed_methods)] // a test environment wraps the real runtime
-impl Env for CrashEnv {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-
-    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
-        TokioEnv::new().sleep(duration)
-    }
-
-    fn spawn(&self, task: BoxFuture<()>) {
-        let handle = tokio::spawn(task);
-        self.tasks.lock().unwrap().push(handle.abort_handle());
-    }
-
-    fn seed(&self) -> u64 {
-        42
     }
 }
 

@@ -564,14 +564,18 @@ impl Interceptor for Director {
 }
 
 /// The real runtime, with every spawned task abortable at once: an
-/// in-process crash at whatever await point each task is parked.
+/// in-process crash at whatever await point each task is parked. Give it to
+/// an engine (`EngineBuilder::env`) to crash that engine in a test, then
+/// launch another on the same storage to see the work recovered.
 #[derive(Clone, Default)]
-struct CrashEnv {
+pub struct CrashEnv {
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl CrashEnv {
-    fn crash(&self) {
+    /// Aborts every task spawned so far: the engine stops where it is, as
+    /// its process would in a crash (nothing more is written).
+    pub fn crash(&self) {
         for task in self
             .tasks
             .lock()

@@ -22,8 +22,8 @@ use tokio::sync::OnceCell;
 mod crash;
 
 pub use crash::{
-    CrashScenario, CrashStorage, CrashTest, Failure, FaultKind, PgSource, PointId, Report,
-    Schedule, TestFuture,
+    CrashEnv, CrashScenario, CrashStorage, CrashTest, Failure, FaultKind, PgSource, PointId,
+    Report, Schedule, TestFuture,
 };
 
 /// Environment variable naming an existing server to use instead of starting one.
