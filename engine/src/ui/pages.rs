@@ -334,7 +334,7 @@ pub(super) async fn workflow<S: Storage>(
          <dt>Name</dt><dd id=\"name\">{}</dd><dt>Queue</dt><dd>{}</dd><dt>Parent</dt><dd>{parent}</dd>\
          <dt>Executor</dt><dd>{}</dd><dt>Execution epoch</dt><dd>{}</dd><dt>Version</dt><dd>{}</dd>\
          <dt>Priority</dt><dd>{}</dd><dt>Concurrency key</dt><dd>{}</dd>\
-         <dt>Created (UTC)</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd>\
+         <dt>Trace</dt><dd id=\"trace\">{}</dd><dt>Created (UTC)</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd>\
          <dt>Duration</dt><dd>{took}</dd><dt>Deadline</dt><dd>{}</dd></dl>",
         esc(&w.row.name),
         esc(&w.row.queue),
@@ -343,6 +343,7 @@ pub(super) async fn workflow<S: Storage>(
         esc(w.row.version.as_deref().unwrap_or("-")),
         w.priority,
         esc(w.concurrency_key.as_deref().unwrap_or("-")),
+        esc(w.row.trace_parent.as_deref().unwrap_or("-")),
         html::time(w.created_ms),
         html::time_or_dash(w.started_ms),
         html::time_or_dash(w.completed_ms),

@@ -270,8 +270,14 @@ async fn before_migrate_the_cli_says_to_migrate_and_bad_urls_fail_clearly() {
 async fn list_get_steps_and_fork_show_what_ran() {
     let url = support::database().await;
     let engine = engine(&url).await;
+    // "second" continues a caller's trace; "first" has none.
+    const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for (id, x) in [("first", 1), ("second", 2)] {
-        let handle = engine.start_with_id::<Doubler>(id, x).await.unwrap();
+        let mut options = tandem::StartOptions::new().workflow_id(id);
+        if id == "second" {
+            options = options.trace_parent(TRACE);
+        }
+        let handle = engine.start_with::<Doubler>(x, options).await.unwrap();
         assert_eq!(handle.result().await.unwrap(), x * 8);
     }
     let declined = engine.start_with_id::<Declined>("pay-7", ()).await.unwrap();
@@ -331,6 +337,15 @@ async fn list_get_steps_and_fork_show_what_ran() {
     assert_eq!(first["executor_id"], engine.executor_id());
     assert_eq!(first["steps"].as_array().unwrap().len(), 3);
     assert!(first["completed_ms"].as_i64() >= first["created_ms"].as_i64());
+    assert_eq!(first["trace_parent"], Value::Null);
+    let second = json(&url, &["workflow", "get", "second"]).await;
+    assert_eq!(second["trace_parent"], TRACE);
+    let text = ok(&url, &["workflow", "get", "second"]).await;
+    assert!(
+        text.lines()
+            .any(|l| l == format!("trace            {TRACE}")),
+        "{text}"
+    );
     let text = ok(&url, &["workflow", "get", "first"]).await;
     for line in [
         "id               first",
@@ -338,6 +353,7 @@ async fn list_get_steps_and_fork_show_what_ran() {
         "status           SUCCESS",
         "queue            default",
         "epoch            1",
+        "trace            -",
         "steps            3",
         "input            1",
         "output           8",

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tandem::storage::{Status, Storage, WorkflowFilter};
 use tandem::ui::{self, UiOptions};
 use tandem::{
-    Admin, Engine, EnqueueOptions, Queue, Schedule, ScheduledTick, Workflow, WorkflowContext,
-    WorkflowError,
+    Admin, Engine, EnqueueOptions, Queue, Schedule, ScheduledTick, StartOptions, Workflow,
+    WorkflowContext, WorkflowError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -128,6 +128,9 @@ fn order(item: &str) -> Order {
     }
 }
 
+/// The W3C `traceparent` the big order is started with.
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 async fn fixture<S: Storage>(storage: S) -> Fixture<S> {
     let engine = Engine::builder(storage)
         .register(Shop)
@@ -145,13 +148,16 @@ async fn fixture<S: Storage>(storage: S) -> Fixture<S> {
         .await
         .unwrap();
     success.result().await.expect("order 1 succeeds");
+    // The big order continues a caller's trace.
     let big = engine
-        .start_with_id::<Shop>(
-            "order-big",
+        .start_with::<Shop>(
             Order {
                 big: true,
                 ..order("crate")
             },
+            StartOptions::new()
+                .workflow_id("order-big")
+                .trace_parent(TRACE),
         )
         .await
         .unwrap();
@@ -367,12 +373,17 @@ async fn pages_show_every_state_and_count_what_the_filter_selects<A: App>() {
         "the event"
     );
     assert!(!page.contains("cancel\""), "no actions in read-only mode");
+    assert!(page.contains("<dd id=\"trace\">-</dd>"), "no trace: {page}");
     let (_, first) = get(addr, "/workflows/order-%3Cb%3E1%3C%2Fb%3E").await;
     assert!(first.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(!first.contains("<script>"));
     // A long output is cut, and shown whole at its link.
     let (_, big) = get(addr, &format!("/workflows/{}", f.big)).await;
     assert!(big.contains("Show it whole"));
+    assert!(
+        big.contains(&format!("<dd id=\"trace\">{TRACE}</dd>")),
+        "the stored trace context: {big}"
+    );
     let (status, whole) = get(addr, &format!("/workflows/{}/output", f.big)).await;
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_str::<String>(&whole).unwrap().len(), 6_000);
