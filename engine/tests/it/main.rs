@@ -17,6 +17,7 @@ mod executors;
 mod faults;
 mod outbox;
 mod pg_restart;
+mod plans;
 mod retention;
 mod roles;
 mod schedules;
