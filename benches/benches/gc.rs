@@ -34,66 +34,9 @@ async fn fill(pool: &sqlx::PgPool, n: i64) -> anyhow::Result<()> {
         .bind(READY_QUEUE)
         .execute(pool)
         .await?;
-    sqlx::raw_sql("ALTER TABLE tandem.steps DISABLE TRIGGER steps_fence")
-        .execute(pool)
-        .await?;
-    // In chunks, so that one statement's memory stays small.
-    let chunk = 100_000;
-    let mut from = 0;
-    while from < n {
-        let to = (from + chunk).min(n);
-        sqlx::query(
-            "INSERT INTO tandem.workflows
-                 (id, name, status, input, output, queue, priority, owner_epoch,
-                  created_at, updated_at, completed_at)
-             SELECT 'old-' || i, 'bench.old', 'SUCCESS', '{\"n\": 1}', '2', $3, 0, 1,
-                    now() - interval '3 days', now() - interval '2 days',
-                    now() - interval '2 days' + i * interval '1 microsecond'
-               FROM generate_series($1::bigint, $2::bigint - 1) i",
-        )
-        .bind(from)
-        .bind(to)
-        .bind(OLD_QUEUE)
-        .execute(pool)
-        .await?;
-        // As history: the steps of finished workflows, which the fence
-        // trigger (a guard for live writers) would refuse.
-        sqlx::query(
-            "INSERT INTO tandem.steps
-                 (workflow_id, step_id, name, kind, output, owner_epoch, attempts,
-                  started_at, completed_at)
-             SELECT 'old-' || i, s, 'step', 'step', '1', 1, 1, now(), now()
-               FROM generate_series($1::bigint, $2::bigint - 1) i, generate_series(0, 1) s",
-        )
-        .bind(from)
-        .bind(to)
-        .execute(pool)
-        .await?;
-        from = to;
-    }
-    sqlx::raw_sql("ALTER TABLE tandem.steps ENABLE TRIGGER steps_fence")
-        .execute(pool)
-        .await?;
-    sqlx::query(
-        "INSERT INTO tandem.workflows
-             (id, name, status, input, queue, priority, owner_epoch, created_at, updated_at)
-         SELECT 'ready-' || i, $1, 'ENQUEUED', 'null', $2, 0, 0,
-                now() + i * interval '1 microsecond', now()
-           FROM generate_series(0, 9999) i",
-    )
-    .bind(READY_NAME)
-    .bind(READY_QUEUE)
-    .execute(pool)
-    .await?;
-    // One statement each: VACUUM cannot run in a multi-statement query's
-    // implicit transaction.
-    for table in [
-        "VACUUM ANALYZE tandem.workflows",
-        "VACUUM ANALYZE tandem.steps",
-    ] {
-        sqlx::raw_sql(table).execute(pool).await?;
-    }
-    Ok(())
+    workloads::history_fill(pool, OLD_QUEUE, 0, n).await?;
+    workloads::backlog_fill(pool, READY_QUEUE, READY_NAME, 10_000).await?;
+    workloads::vacuum_analyze(pool).await
 }
 
 async fn claims(storage: &PgStorage, iters: u64) -> anyhow::Result<Duration> {

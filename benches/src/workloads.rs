@@ -361,3 +361,82 @@ pub async fn claims_rolled_back(
     }
     Ok(start.elapsed())
 }
+
+/// Appends finished root workflows `from..to` (IDs `old-<i>`, status
+/// SUCCESS, completed two days ago, in `queue`), two checkpoints each: the
+/// history a month of production leaves behind. In statements of 10^5
+/// workflows, so that one statement's memory stays small. The queue's row
+/// is the caller's.
+pub async fn history_fill(pool: &PgPool, queue: &str, from: i64, to: i64) -> anyhow::Result<()> {
+    // The fence trigger guards live writers; history is written as is.
+    sqlx::raw_sql("ALTER TABLE tandem.steps DISABLE TRIGGER steps_fence")
+        .execute(pool)
+        .await?;
+    let chunk = 100_000;
+    let mut at = from;
+    while at < to {
+        let end = (at + chunk).min(to);
+        sqlx::query(
+            "INSERT INTO tandem.workflows
+                 (id, name, status, input, output, queue, priority, owner_epoch,
+                  created_at, updated_at, completed_at)
+             SELECT 'old-' || i, 'bench.old', 'SUCCESS', '{\"n\": 1}', '2', $3, 0, 1,
+                    now() - interval '3 days', now() - interval '2 days',
+                    now() - interval '2 days' + i * interval '1 microsecond'
+               FROM generate_series($1::bigint, $2::bigint - 1) i",
+        )
+        .bind(at)
+        .bind(end)
+        .bind(queue)
+        .execute(pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tandem.steps
+                 (workflow_id, step_id, name, kind, output, owner_epoch, attempts,
+                  started_at, completed_at)
+             SELECT 'old-' || i, s, 'step', 'step', '1', 1, 1, now(), now()
+               FROM generate_series($1::bigint, $2::bigint - 1) i, generate_series(0, 1) s",
+        )
+        .bind(at)
+        .bind(end)
+        .execute(pool)
+        .await?;
+        at = end;
+    }
+    sqlx::raw_sql("ALTER TABLE tandem.steps ENABLE TRIGGER steps_fence")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// `n` ready workflows named `name` in `queue` (IDs `ready-<i>`), in
+/// claim order: a backlog no executor runs unless it registers `name`.
+pub async fn backlog_fill(pool: &PgPool, queue: &str, name: &str, n: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO tandem.workflows
+             (id, name, status, input, queue, priority, owner_epoch, created_at, updated_at)
+         SELECT 'ready-' || i, $1, 'ENQUEUED', 'null', $2, 0, 0,
+                now() + i * interval '1 microsecond', now()
+           FROM generate_series(0, $3::bigint - 1) i",
+    )
+    .bind(name)
+    .bind(queue)
+    .bind(n)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// `VACUUM ANALYZE` of the tables a history fill writes, as autovacuum
+/// would have left them.
+pub async fn vacuum_analyze(pool: &PgPool) -> anyhow::Result<()> {
+    // One statement each: VACUUM cannot run in a multi-statement query's
+    // implicit transaction.
+    for table in [
+        "VACUUM ANALYZE tandem.workflows",
+        "VACUUM ANALYZE tandem.steps",
+    ] {
+        sqlx::raw_sql(table).execute(pool).await?;
+    }
+    Ok(())
+}
