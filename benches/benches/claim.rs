@@ -14,7 +14,7 @@ use std::time::Duration;
 use benches::server::Server;
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use tandem::PgStorage;
-use tandem::storage::{QueueLimits, Storage};
+use tandem::storage::QueueLimits;
 
 const QUEUE: &str = "bench.claim";
 const NAME: &str = "bench.claimed";
@@ -92,9 +92,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let server = rt.block_on(Server::start())?;
     println!("{}", rt.block_on(server.describe())?);
-    let url = rt.block_on(server.database())?;
-    let storage = rt.block_on(PgStorage::connect(&url))?;
-    rt.block_on(storage.migrate())?;
+    let storage = rt.block_on(server.migrated_storage())?;
     let pool = storage.pool().clone();
     rt.block_on(
         sqlx::query("INSERT INTO tandem.queues (name) VALUES ($1)")

@@ -149,9 +149,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let server = rt.block_on(Server::start())?;
     println!("{}", rt.block_on(server.describe())?);
-    let url = rt.block_on(server.database())?;
-    let storage = rt.block_on(PgStorage::connect(&url))?;
-    rt.block_on(storage.migrate())?;
+    let storage = rt.block_on(server.migrated_storage())?;
     let pool = storage.pool().clone();
     rt.block_on(workloads::accounts_create(&pool))?;
     let finished: i64 = if bench_mode { 1_000_000 } else { 10_000 };

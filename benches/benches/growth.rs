@@ -22,7 +22,7 @@ use benches::workloads::{self, Shape, StepLoop, StepLoopInput, ThreeSteps, Three
 use criterion::{Criterion, SamplingMode};
 use serde::{Deserialize, Serialize};
 use tandem::storage::QueueLimits;
-use tandem::{Engine, PgStorage, Storage, Workflow, WorkflowContext, WorkflowError};
+use tandem::{Engine, PgStorage, Workflow, WorkflowContext, WorkflowError};
 
 const HISTORY_QUEUE: &str = "bench.history";
 const READY_QUEUE: &str = "bench.ready";
@@ -311,9 +311,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let server = rt.block_on(Server::start())?;
     println!("{}", rt.block_on(server.describe())?);
-    let url = rt.block_on(server.database())?;
-    let storage = rt.block_on(PgStorage::connect(&url))?;
-    rt.block_on(storage.migrate())?;
+    let storage = rt.block_on(server.migrated_storage())?;
     let pool = storage.pool().clone();
     rt.block_on(async {
         workloads::accounts_create(&pool).await?;

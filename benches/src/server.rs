@@ -33,6 +33,15 @@ impl Server {
         Ok(self.cluster.create_database().await?)
     }
 
+    /// A fresh database with the tandem schema migrated, and a storage
+    /// on it set up as `PgStorage::connect` does.
+    pub async fn migrated_storage(&self) -> anyhow::Result<tandem::PgStorage> {
+        use tandem::Storage as _;
+        let storage = tandem::PgStorage::connect(&self.database().await?).await?;
+        storage.migrate().await?;
+        Ok(storage)
+    }
+
     /// The admin database's URL. Counters are read through it so that the
     /// reads do not count as commits of the database under test.
     pub fn admin_url(&self) -> &str {
