@@ -9,9 +9,11 @@
 //! smallest size and writes the plot `docs/growth.svg` reproduces. Last,
 //! the executor's memory with 10^4 workflows waiting in `ctx.recv` (held
 //! by the executor) and 10^4 suspended in a long `ctx.sleep` (handed back
-//! to their queue). Run: `cargo bench -p benches --bench growth` (about 8
+//! to their queue), and the database transactions per second that each
+//! waiting `recv` costs at the default `queue_poll_interval`. Run: `cargo bench -p benches --bench growth` (about 8
 //! minutes after the build, most of it filling 10^7 workflows; about 6 GB
-//! of disk). `TANDEM_BENCH_GROWTH_MAX=1000000` stops at 10^6. Without
+//! of disk). `TANDEM_BENCH_GROWTH_MAX=1000000` stops at 10^6;
+//! `TANDEM_BENCH_GROWTH_MEMORY=0` skips the memory part. Without
 //! `--bench`: 10^3 and 10^4 finished, a backlog of 10^3, 200 parked.
 
 use std::time::{Duration, Instant};
@@ -243,15 +245,32 @@ async fn wait_count(pool: &sqlx::PgPool, sql: &'static str, n: i64) -> anyhow::R
     }
 }
 
-/// RSS growth per workflow, in KiB: `n` runs suspended in a long sleep,
-/// then `n` runs waiting for a message.
-async fn memory(storage: &PgStorage, n: u64) -> anyhow::Result<(f64, f64)> {
+/// The database's transactions (commits and rollbacks) so far, as its
+/// backends have reported them.
+async fn transactions(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database
+          WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// What waiting costs: RSS growth per workflow, in KiB, of `n` runs
+/// suspended in a long sleep, then of `n` runs waiting for a message; and
+/// the database transactions per second per waiting run, with the
+/// default `queue_poll_interval` (a waiting `recv` looks for its message
+/// that often), measured on `n / 10` of them.
+async fn memory(storage: &PgStorage, n: u64) -> anyhow::Result<(f64, f64, f64)> {
     let pool = storage.pool().clone();
+    // The polls of 10^4 waiting runs at the default interval (10^4
+    // transactions a second) would starve the starts measured here.
     let engine = Engine::builder(storage.clone())
         .executor_id("bench-memory")
         .register(Parked)
         .register(Sleeper)
         .sleep_suspend_after(Duration::from_millis(100))
+        .queue_poll_interval(Duration::from_secs(600))
         .launch()
         .await?;
     let before = rss_kib();
@@ -284,9 +303,36 @@ async fn memory(storage: &PgStorage, n: u64) -> anyhow::Result<(f64, f64)> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let parked = rss_kib();
     engine.shutdown().await;
+
+    let polled = (n / 10).max(1);
+    let engine = Engine::builder(storage.clone())
+        .executor_id("bench-polling")
+        .register(Parked)
+        .launch()
+        .await?;
+    for i in 0..polled {
+        engine
+            .start_with_id::<Parked>(&format!("polled-{i}"), i)
+            .await?;
+    }
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM tandem.steps WHERE workflow_id LIKE 'polled-%' AND name = 'ready'",
+        polled as i64,
+    )
+    .await?;
+    // Past the backends' once-a-second statistics reports.
+    #[allow(clippy::disallowed_methods)] // bench code, real time
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (t0, started) = (transactions(&pool).await?, Instant::now());
+    #[allow(clippy::disallowed_methods)] // bench code, real time
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let per_second = (transactions(&pool).await? - t0) as f64 / started.elapsed().as_secs_f64();
+    engine.shutdown().await;
     Ok((
         suspended.saturating_sub(before) as f64 / n as f64,
         parked.saturating_sub(suspended) as f64 / n as f64,
+        per_second / polled as f64,
     ))
 }
 
@@ -341,7 +387,13 @@ fn main() -> anyhow::Result<()> {
         let filling = Instant::now();
         rt.block_on(async {
             workloads::history_fill(&pool, HISTORY_QUEUE, filled, size).await?;
-            workloads::vacuum_analyze(&pool).await
+            workloads::vacuum_analyze(&pool).await?;
+            // The fill leaves gigabytes of dirty pages at 10^7; written back
+            // while measuring, they made every commit's flush wait behind
+            // them (2-10x latencies in a first run). Written out first, the
+            // measurements see the tables, not the fill.
+            sqlx::raw_sql("CHECKPOINT").execute(&pool).await?;
+            anyhow::Ok(())
         })?;
         println!(
             "history now {size} finished workflows (+{} steps): filled and vacuumed in {:.1} s",
@@ -367,7 +419,12 @@ fn main() -> anyhow::Result<()> {
         points.push(point);
     }
     rt.block_on(engine.shutdown());
-    let (suspended, waiting) = rt.block_on(memory(&storage, parked))?;
+    let measure_memory = std::env::var("TANDEM_BENCH_GROWTH_MEMORY").map_or(true, |v| v != "0");
+    let (suspended, waiting, polls) = if measure_memory {
+        rt.block_on(memory(&storage, parked))?
+    } else {
+        (f64::NAN, f64::NAN, f64::NAN)
+    };
     criterion.final_summary();
 
     println!();
@@ -411,6 +468,10 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "executor memory: {suspended:.2} KiB per workflow suspended in a sleep, {waiting:.2} KiB per workflow waiting in recv ({parked} each)"
+    );
+    println!(
+        "database transactions per second per workflow waiting in recv (default queue_poll_interval, {} waiting): {polls:.2}",
+        (parked / 10).max(1)
     );
     let xs: Vec<f64> = points.iter().map(|p| p.finished as f64).collect();
     let series =

@@ -156,6 +156,20 @@ macro_rules! ready_rows {
 pub struct PgStorage {
     pool: PgPool,
     hook: Hook,
+    wakeups: Wakeups,
+}
+
+/// Where an executor listens for `NOTIFY tandem_work`.
+#[derive(Debug, Clone)]
+enum Wakeups {
+    /// On a connection of the pool: a direct connection to the server.
+    Pool,
+    /// On a connection of its own to this URL: the pool goes through a
+    /// pooler in transaction mode, where a session's LISTEN does not
+    /// survive its transaction.
+    Url(Arc<str>),
+    /// Nowhere: executors poll every `queue_poll_interval`.
+    Off,
 }
 
 impl PgStorage {
@@ -180,7 +194,28 @@ impl PgStorage {
         Self {
             pool,
             hook: Hook::default(),
+            wakeups: Wakeups::Pool,
         }
+    }
+
+    /// Listens for wake-ups (`NOTIFY tandem_work`, sent by every enqueue)
+    /// on a connection of its own to `url` instead of one of the pool's:
+    /// for a pool that goes through a pooler in transaction mode (PgBouncer's
+    /// `pool_mode = transaction`), where LISTEN does not outlive the
+    /// statement's transaction. `url` is a direct connection to the server,
+    /// or a pooler database in session mode (docs/deployment.md).
+    pub fn listen_url(mut self, url: &str) -> Self {
+        self.wakeups = Wakeups::Url(url.into());
+        self
+    }
+
+    /// Does not listen for wake-ups: executors find new work by polling
+    /// every `queue_poll_interval` (a claim statement each time), and work
+    /// enqueued elsewhere starts up to that late. For a pool behind a
+    /// transaction-mode pooler with no direct connection to the server.
+    pub fn without_listen(mut self) -> Self {
+        self.wakeups = Wakeups::Off;
+        self
     }
 
     /// This storage with every engine statement and commit reported to
@@ -192,6 +227,7 @@ impl PgStorage {
         Self {
             pool: self.pool.clone(),
             hook: Hook::new(interceptor),
+            wakeups: self.wakeups.clone(),
         }
     }
 
@@ -477,15 +513,19 @@ macro_rules! intercepted {
 /// The channel `tandem.enqueue_workflow` notifies (payload: the queue).
 const WORK_CHANNEL: &str = "tandem_work";
 
-/// Wake-ups from `NOTIFY tandem_work` on a dedicated connection.
+/// Wake-ups from `NOTIFY tandem_work` on a dedicated connection, or none
+/// ([`PgStorage::without_listen`]).
 #[derive(Debug)]
 pub struct PgWakeups {
-    listener: sqlx::postgres::PgListener,
+    listener: Option<sqlx::postgres::PgListener>,
 }
 
 impl Listener for PgWakeups {
     async fn recv(&mut self) -> StorageResult<()> {
-        self.listener.recv().await.map(drop).map_err(map_err)
+        match &mut self.listener {
+            Some(listener) => listener.recv().await.map(drop).map_err(map_err),
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -495,11 +535,16 @@ impl Storage for PgStorage {
     type Listener = PgWakeups;
 
     async fn listen(&self) -> StorageResult<PgWakeups> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let mut listener = match &self.wakeups {
+            Wakeups::Pool => sqlx::postgres::PgListener::connect_with(&self.pool).await,
+            Wakeups::Url(url) => sqlx::postgres::PgListener::connect(url).await,
+            Wakeups::Off => return Ok(PgWakeups { listener: None }),
+        }
+        .map_err(map_err)?;
         listener.listen(WORK_CHANNEL).await.map_err(map_err)?;
-        Ok(PgWakeups { listener })
+        Ok(PgWakeups {
+            listener: Some(listener),
+        })
     }
 
     async fn begin(&self) -> StorageResult<PgTx> {
@@ -531,9 +576,24 @@ impl Storage for PgStorage {
             };
             migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
             migrator.create_schema("tandem");
-            // sqlx takes a session advisory lock before touching anything, so
-            // several processes starting at once apply each migration once.
-            migrator.run(&self.pool).await.map_err(|e| match e {
+            // Every pending migration in one transaction (each in a
+            // savepoint of it), under a transaction-level advisory lock, so
+            // that several processes starting at once apply each migration
+            // once. sqlx's own lock is a session lock, taken and released
+            // by separate statements: through a transaction-mode pooler the
+            // release can run on another server connection and leave the
+            // lock held, stalling every later migration.
+            migrator.set_locking(false);
+            let migrated = async {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tandem migrations'))")
+                    .execute(&mut *tx)
+                    .await?;
+                migrator.run_direct(None, &mut *tx, false).await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::migrate::MigrateError>(())
+            };
+            migrated.await.map_err(|e| match e {
                 sqlx::migrate::MigrateError::Execute(e) if kind_of(&e) == ErrorKind::Denied => {
                     StorageError::new(
                         ErrorKind::Denied,

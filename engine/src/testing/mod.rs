@@ -29,6 +29,27 @@ pub use crash::{
 /// Environment variable naming an existing server to use instead of starting one.
 const DATABASE_URL: &str = "DATABASE_URL";
 
+/// Environment variable naming a `pgbouncer` binary (1.21 or later): the
+/// shared cluster then puts it in front of the server in transaction
+/// pooling mode, and every database URL it hands out goes through it.
+pub const PGBOUNCER: &str = "TANDEM_TEST_PGBOUNCER";
+
+/// The PgBouncer setup for [`PGBOUNCER`]: transaction pooling, with
+/// protocol-level prepared statements tracked (sqlx prepares every
+/// statement it runs), and idle server connections closed soon, since
+/// every test has a database (a pool) of its own.
+const PGBOUNCER_SETTINGS: &str = "\
+pool_mode = transaction
+max_prepared_statements = 500
+max_client_conn = 2000
+default_pool_size = 10
+server_idle_timeout = 2
+auth_type = trust
+ignore_startup_parameters = extra_float_digits
+listen_addr = 127.0.0.1
+unix_socket_dir =
+";
+
 /// How many fresh ports to try when another process grabs the one we picked.
 const START_ATTEMPTS: usize = 5;
 
@@ -60,6 +81,7 @@ data=$2
 shift 2
 trap '' HUP INT TERM
 cat >/dev/null
+[ -f "$dir/pooler/pgbouncer.pid" ] && kill "$(cat "$dir/pooler/pgbouncer.pid")" 2>/dev/null
 "$@" -D "$data" -m immediate -w stop >/dev/null 2>&1
 rm -rf -- "$dir"
 "#;
@@ -138,6 +160,8 @@ struct Owned {
     dir: tempfile::TempDir,
     /// Its stdin is the pipe whose closing tells it to clean up.
     watchdog: Child,
+    /// The port of the PgBouncer in front of the server ([`PGBOUNCER`]).
+    pooler_port: Option<u16>,
 }
 
 /// Everything needed to run `pg_ctl` against one data directory.
@@ -218,7 +242,80 @@ impl PgCluster {
                     owned: None,
                 })
             }
-            None => PgCluster::start_owned().await,
+            None => {
+                let mut cluster = PgCluster::start_owned().await?;
+                if let Some(pgbouncer) = std::env::var_os(PGBOUNCER).filter(|v| !v.is_empty()) {
+                    cluster.start_pooler(Path::new(&pgbouncer)).await?;
+                }
+                Ok(cluster)
+            }
+        }
+    }
+
+    /// Starts PgBouncer (`bin`) in front of this owned server, in
+    /// transaction pooling mode; from then on [`PgCluster::create_database`]
+    /// returns URLs through it. The admin URL stays direct.
+    async fn start_pooler(&mut self, bin: &Path) -> Result<(), TestingError> {
+        let owned = self.owned.as_mut().ok_or(TestingError::NotOwned)?;
+        // A directory of its own, which the `postgres` user can write to
+        // when PgBouncer runs as it.
+        let dir = owned.dir.path().join("pooler");
+        std::fs::create_dir(&dir).map_err(io_error("creating the pooler dir"))?;
+        let (ini, users) = (dir.join("pgbouncer.ini"), dir.join("pgbouncer.users"));
+        let port = free_port()?;
+        let mut config = format!(
+            "[databases]\n* = host=127.0.0.1 port={}\n[pgbouncer]\n{PGBOUNCER_SETTINGS}",
+            owned.port
+        );
+        writeln!(config, "listen_port = {port}").expect("string write");
+        for (key, file) in [
+            ("auth_file", &users),
+            ("logfile", &dir.join("pgbouncer.log")),
+            ("pidfile", &dir.join("pgbouncer.pid")),
+        ] {
+            writeln!(config, "{key} = {}", file.display()).expect("string write");
+        }
+        std::fs::write(&ini, config).map_err(io_error("writing pgbouncer.ini"))?;
+        std::fs::write(&users, "\"postgres\" \"\"\n")
+            .map_err(io_error("writing the users file"))?;
+        // PgBouncer refuses to run as root, like the server.
+        let mut command = if owned.ctl.as_postgres {
+            let (uid, gid) = postgres_ids()?;
+            for path in [&dir, &ini, &users] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .map_err(io_error(format!("chowning {} to postgres", path.display())))?;
+            }
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(bin);
+            command
+        } else {
+            Command::new(bin)
+        };
+        // Daemonized, so it outlives nothing: the watchdog kills it by its
+        // pidfile before it stops the server.
+        command.arg("-d").arg(&ini);
+        run_async(command).await?;
+        owned.pooler_port = Some(port);
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        wait_until_ready(&url, &owned.ctl).await
+    }
+
+    /// Whether database URLs go through PgBouncer ([`PGBOUNCER`]).
+    pub fn is_pooled(&self) -> bool {
+        self.owned.as_ref().is_some_and(|o| o.pooler_port.is_some())
+    }
+
+    /// `url` (one of [`PgCluster::create_database`]'s) as a direct
+    /// connection to the server, bypassing PgBouncer: for what needs a
+    /// session, such as LISTEN. The URL itself when not pooled.
+    pub fn direct_url(&self, url: &str) -> String {
+        match &self.owned {
+            Some(Owned {
+                port,
+                pooler_port: Some(pooler),
+                ..
+            }) => url.replacen(&format!(":{pooler}/"), &format!(":{port}/"), 1),
+            _ => url.to_owned(),
         }
     }
 
@@ -268,6 +365,7 @@ impl PgCluster {
                 port: 0,
                 dir,
                 watchdog,
+                pooler_port: None,
             }),
         };
         let owned = cluster.owned.as_mut().expect("just set");
@@ -363,7 +461,7 @@ impl PgCluster {
         match &self.owned {
             Some(owned) => Ok(format!(
                 "postgres://postgres@127.0.0.1:{}/{name}",
-                owned.port
+                owned.pooler_port.unwrap_or(owned.port)
             )),
             None => with_database(&self.admin_url, name),
         }

@@ -18,6 +18,7 @@ mod faults;
 mod outbox;
 mod pg_restart;
 mod plans;
+mod pooler;
 mod retention;
 mod roles;
 mod schedules;
