@@ -159,6 +159,22 @@ pub struct PgStorage {
     wakeups: Wakeups,
 }
 
+/// `url` without a `pgbouncer=true` parameter, and whether it had one.
+fn without_pooler_flag(url: &str) -> (String, bool) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), false);
+    };
+    let (flags, rest): (Vec<&str>, Vec<&str>) = query
+        .split('&')
+        .partition(|p| p.eq_ignore_ascii_case("pgbouncer=true"));
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, !flags.is_empty())
+}
+
 /// Where an executor listens for `NOTIFY tandem_work`.
 #[derive(Debug, Clone)]
 enum Wakeups {
@@ -177,8 +193,15 @@ impl PgStorage {
     /// acquire timeout, so that a database outage surfaces as a retryable
     /// error instead of a long stall, and no ping before each acquire (a dead
     /// connection fails its first statement, which the engine retries).
+    ///
+    /// A URL with `pgbouncer=true` among its parameters (the convention
+    /// Prisma's URLs use) names a pooler in transaction mode: the
+    /// parameter is taken out, and this storage never LISTENs through it
+    /// (see [`PgStorage::listen_url`]): executors poll unless told where to
+    /// listen.
     pub async fn connect(url: &str) -> StorageResult<Self> {
-        let options = PgConnectOptions::from_str(url).map_err(map_err)?;
+        let (url, pooled) = without_pooler_flag(url);
+        let options = PgConnectOptions::from_str(&url).map_err(map_err)?;
         let pool = PgPoolOptions::new()
             .max_connections(20)
             .acquire_timeout(Duration::from_secs(5))
@@ -186,7 +209,12 @@ impl PgStorage {
             .connect_with(options)
             .await
             .map_err(map_err)?;
-        Ok(Self::from_pool(pool))
+        let storage = Self::from_pool(pool);
+        Ok(if pooled {
+            storage.without_listen()
+        } else {
+            storage
+        })
     }
 
     /// Uses an existing pool, for example the application's own.
@@ -201,11 +229,14 @@ impl PgStorage {
     /// Listens for wake-ups (`NOTIFY tandem_work`, sent by every enqueue)
     /// on a connection of its own to `url` instead of one of the pool's:
     /// for a pool that goes through a pooler in transaction mode (PgBouncer's
-    /// `pool_mode = transaction`), where LISTEN does not outlive the
-    /// statement's transaction. `url` is a direct connection to the server,
-    /// or a pooler database in session mode (docs/deployment.md).
+    /// `pool_mode = transaction`). There a LISTEN stays with the server
+    /// connection it ran on, which the pooler hands to other clients, and
+    /// the notifications then arrive in the middle of their statements
+    /// (sqlx fails them: "unexpected message: NotificationResponse").
+    /// `url` is a direct connection to the server, or a pooler database in
+    /// session mode (docs/deployment.md).
     pub fn listen_url(mut self, url: &str) -> Self {
-        self.wakeups = Wakeups::Url(url.into());
+        self.wakeups = Wakeups::Url(without_pooler_flag(url).0.into());
         self
     }
 
@@ -227,6 +258,16 @@ impl PgStorage {
         Self {
             pool: self.pool.clone(),
             hook: Hook::new(interceptor),
+            wakeups: self.wakeups.clone(),
+        }
+    }
+
+    /// Another storage on `pool` that listens where this one does, with
+    /// no interceptor: a new process's handle on the same database.
+    pub(crate) fn with_pool(&self, pool: PgPool) -> Self {
+        Self {
+            pool,
+            hook: Hook::default(),
             wakeups: self.wakeups.clone(),
         }
     }

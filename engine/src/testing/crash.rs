@@ -234,7 +234,7 @@ impl CrashStorage for crate::PgStorage {
             .connect_with(options)
             .await
             .map_err(|e| format!("reconnecting to {}: {e}", self.describe()))?;
-        Ok(crate::PgStorage::from_pool(pool))
+        Ok(self.with_pool(pool))
     }
 
     fn intercepted(&self, interceptor: Arc<dyn Interceptor>) -> Self {

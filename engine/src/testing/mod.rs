@@ -31,7 +31,9 @@ const DATABASE_URL: &str = "DATABASE_URL";
 
 /// Environment variable naming a `pgbouncer` binary (1.21 or later): the
 /// shared cluster then puts it in front of the server in transaction
-/// pooling mode, and every database URL it hands out goes through it.
+/// pooling mode, and every database URL it hands out goes through it
+/// (marked `pgbouncer=true`, so that `PgStorage::connect` polls instead
+/// of listening through the pooler).
 pub const PGBOUNCER: &str = "TANDEM_TEST_PGBOUNCER";
 
 /// The PgBouncer setup for [`PGBOUNCER`]: transaction pooling, with
@@ -45,6 +47,8 @@ max_client_conn = 2000
 default_pool_size = 10
 server_idle_timeout = 2
 auth_type = trust
+auth_user = postgres
+auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename = $1
 ignore_startup_parameters = extra_float_digits
 listen_addr = 127.0.0.1
 unix_socket_dir =
@@ -314,7 +318,9 @@ impl PgCluster {
                 port,
                 pooler_port: Some(pooler),
                 ..
-            }) => url.replacen(&format!(":{pooler}/"), &format!(":{port}/"), 1),
+            }) => url
+                .replacen(&format!(":{pooler}/"), &format!(":{port}/"), 1)
+                .replacen("?pgbouncer=true", "", 1),
             _ => url.to_owned(),
         }
     }
@@ -459,9 +465,17 @@ impl PgCluster {
     /// The URL of database `name` on this server.
     pub(crate) fn url_for(&self, name: &str) -> Result<String, TestingError> {
         match &self.owned {
+            // `pgbouncer=true`: PgStorage::connect then never LISTENs
+            // through the pooler.
+            Some(Owned {
+                pooler_port: Some(pooler),
+                ..
+            }) => Ok(format!(
+                "postgres://postgres@127.0.0.1:{pooler}/{name}?pgbouncer=true"
+            )),
             Some(owned) => Ok(format!(
                 "postgres://postgres@127.0.0.1:{}/{name}",
-                owned.pooler_port.unwrap_or(owned.port)
+                owned.port
             )),
             None => with_database(&self.admin_url, name),
         }

@@ -61,8 +61,8 @@ async fn enqueue_and_wait(storage: &PgStorage, n: i64, within: Duration) -> bool
         .await
         .unwrap();
     let admin = tandem::Admin::new(storage.clone());
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
+    let poll = Duration::from_millis(20);
+    for _ in 0..within.as_millis() / poll.as_millis() {
         let status = admin
             .get_workflow(&id)
             .await
@@ -71,7 +71,7 @@ async fn enqueue_and_wait(storage: &PgStorage, n: i64, within: Duration) -> bool
         if status == Some(tandem::Status::Success) {
             return true;
         }
-        support::sleep(Duration::from_millis(20)).await;
+        support::sleep(poll).await;
     }
     false
 }
@@ -107,6 +107,19 @@ async fn with_a_listen_url_an_sql_enqueue_wakes_the_executor_at_once() {
 async fn without_listen_executors_poll_and_never_listen() {
     let url = support::database().await;
     let storage = PgStorage::connect(&url).await.unwrap().without_listen();
+    polls_and_never_listens(&url, storage).await;
+}
+
+#[tokio::test]
+async fn a_pgbouncer_url_is_never_listened_on() {
+    // Direct, but marked as a pooler's: the mark alone must do it.
+    let url = cluster().await.direct_url(&support::database().await);
+    let marked = format!("{url}?pgbouncer=true");
+    polls_and_never_listens(&url, PgStorage::connect(&marked).await.unwrap()).await;
+}
+
+async fn polls_and_never_listens(url: &str, storage: PgStorage) {
+    let url = url.to_owned();
     storage.migrate().await.unwrap();
     let engine = Engine::builder(storage.clone())
         .register(Echo)
