@@ -192,7 +192,16 @@ pub async fn engine_launch(
         .test_before_acquire(false)
         .connect(url)
         .await?;
-    let engine = Engine::builder(PgStorage::from_pool(pool))
+    let storage = PgStorage::from_pool(pool);
+    // Through a transaction-mode pooler (`TANDEM_TEST_PGBOUNCER`): never
+    // LISTEN through it (docs/deployment.md); the benchmarks start their
+    // workflows in process, so no wake-up is waited for.
+    let storage = if url.contains("pgbouncer=true") {
+        storage.without_listen()
+    } else {
+        storage
+    };
+    let engine = Engine::builder(storage)
         .executor_id(executor_id)
         .register(ThreeSteps)
         .register(StepLoop)
@@ -281,7 +290,8 @@ pub fn pgbench_args(script: &str, clients: usize, seconds: u32, url: &str) -> Ve
         format!("--client={clients}"),
         format!("--jobs={threads}"),
         format!("--time={seconds}"),
-        url.into(),
+        // libpq refuses parameters it does not know.
+        url.replace("?pgbouncer=true", ""),
     ]
 }
 

@@ -181,8 +181,8 @@ enum Wakeups {
     /// On a connection of the pool: a direct connection to the server.
     Pool,
     /// On a connection of its own to this URL: the pool goes through a
-    /// pooler in transaction mode, where a session's LISTEN does not
-    /// survive its transaction.
+    /// pooler in transaction mode, which would hand a LISTENing server
+    /// connection to other clients.
     Url(Arc<str>),
     /// Nowhere: executors poll every `queue_poll_interval`.
     Off,
