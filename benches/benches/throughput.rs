@@ -7,7 +7,10 @@
 //!
 //! Criterion times Tandem; pgbench and the peers run once each after it, and
 //! the summary at the end puts everything side by side with the ratios the
-//! targets are stated in. `TANDEM_BENCH_PEERS=0` skips pgbench and the peers.
+//! targets are stated in. `TANDEM_BENCH_PEERS=0` skips pgbench and the
+//! peers, `TANDEM_BENCH_PEERS=pgbench` the peers only. Under
+//! `TANDEM_TEST_PGBOUNCER` every connection, pgbench's too, goes through
+//! PgBouncer in transaction mode (docs/deployment.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +62,9 @@ fn main() -> anyhow::Result<()> {
     // `cargo test --benches` runs this binary without `--bench`: criterion
     // then only checks each benchmark once, and the slow extras are skipped.
     let bench_mode = benches::bench_mode();
-    let extras = bench_mode && std::env::var("TANDEM_BENCH_PEERS").as_deref() != Ok("0");
+    let wanted = std::env::var("TANDEM_BENCH_PEERS").unwrap_or_default();
+    let extras = bench_mode && wanted != "0";
+    let peers_too = extras && wanted != "pgbench";
     let rt = tokio::runtime::Runtime::new()?;
     let server = rt.block_on(Server::start())?;
     println!("{}", rt.block_on(server.describe())?);
@@ -145,6 +150,12 @@ fn main() -> anyhow::Result<()> {
                 pgbench_runs.push((run, after - before));
             }
         }
+    }
+
+    if !peers_too {
+        print_ours(&ours, &pgbench_runs);
+        print_pgbench(&pgbench_runs);
+        return Ok(());
     }
 
     // underway, from its backlog. A database of its own, like DBOS below:
