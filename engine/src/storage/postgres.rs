@@ -630,6 +630,10 @@ impl Storage for PgStorage {
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tandem migrations'))")
                     .execute(&mut *tx)
                     .await?;
+                // `run_direct`, not `run`: sqlx's own way around `run`'s
+                // "Acquire is not general enough" on a borrowed connection
+                // in a `Send` future (doc-hidden, so checked at each sqlx
+                // upgrade by the migration tests).
                 migrator.run_direct(None, &mut *tx, false).await?;
                 tx.commit().await?;
                 Ok::<_, sqlx::migrate::MigrateError>(())

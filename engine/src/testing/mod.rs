@@ -295,8 +295,8 @@ impl PgCluster {
         } else {
             Command::new(bin)
         };
-        // Daemonized, so it outlives nothing: the watchdog kills it by its
-        // pidfile before it stops the server.
+        // Daemonized (it detaches from this process once it listens); the
+        // watchdog kills it by its pidfile before it stops the server.
         command.arg("-d").arg(&ini);
         run_async(command).await?;
         owned.pooler_port = Some(port);
