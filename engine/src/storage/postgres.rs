@@ -264,6 +264,7 @@ impl PgStorage {
 
     /// Another storage on `pool` that listens where this one does, with
     /// no interceptor: a new process's handle on the same database.
+    #[cfg(feature = "testing")]
     pub(crate) fn with_pool(&self, pool: PgPool) -> Self {
         Self {
             pool,
