@@ -1,7 +1,7 @@
 //! Workflow throughput: 3-step workflows (all transactional, all plain,
 //! mixed) completed per second at 1, 16 and 64 concurrent workflows, with
 //! commits and WAL flushes per workflow; pgbench's single-row UPDATE at the
-//! same client counts; and the peers (underway, DBOS Transact for Python)
+//! same client counts; and the peers (underway, durare, DBOS Transact for Python)
 //! running the same workflow on the same server. Run:
 //! `cargo bench -p benches --bench throughput`.
 //!
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use benches::durare_peer;
 use benches::peers::{self, PeerRun, RunParams};
 use benches::report::{self, Samples};
 use benches::server::{Counters, CpuTicks, Server, TICKS_PER_SECOND, database_name, load_average};
@@ -35,6 +36,11 @@ const PGBENCH_SECONDS: u32 = 8;
 /// Workflows per underway run: enough for a few seconds at its speed.
 fn underway_workflows(concurrency: usize) -> u64 {
     if concurrency == 1 { 150 } else { 400 }
+}
+
+/// Workflows per durare run (plus one warm-up workflow per task).
+fn durare_workflows(concurrency: usize) -> u64 {
+    if concurrency == 1 { 200 } else { 600 }
 }
 
 /// Workflows per DBOS run (plus one warm-up workflow per thread).
@@ -201,6 +207,45 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    // durare, on a database of its own too (its tables live in `dbos`).
+    let durare_url = rt.block_on(server.database())?;
+    let durare_database = database_name(&durare_url)?;
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&durare_url).await?;
+        accounts_create(&pool).await?;
+        pool.close().await;
+        anyhow::Ok(())
+    })?;
+    let mut durare_runs = Vec::new();
+    let mut first_index = 0;
+    for shape in Shape::ALL {
+        for concurrency in CONCURRENCY {
+            let workflows = durare_workflows(concurrency);
+            println!("{}", durare_peer::describe(shape, concurrency, workflows));
+            let run = rt.block_on(durare_peer::durare_run(
+                &durare_url,
+                &durare_database,
+                &mut counters,
+                RunParams {
+                    shape,
+                    concurrency,
+                    workflows,
+                    warmup: 0,
+                },
+                first_index,
+            ));
+            first_index += workflows + concurrency as u64;
+            match run {
+                Ok(run) => durare_runs.push(Peer {
+                    shape,
+                    concurrency,
+                    run,
+                }),
+                Err(e) => println!("durare run failed: {e:#}"),
+            }
+        }
+    }
+
     let dbos_runs = match peers::dbos_script() {
         None => {
             println!("python3 not found: skipping DBOS Transact for Python");
@@ -217,7 +262,13 @@ fn main() -> anyhow::Result<()> {
 
     print_ours(&ours, &pgbench_runs);
     print_pgbench(&pgbench_runs);
-    print_peers(&ours, &underway_runs, &dbos_runs.0, dbos_runs.1.as_deref());
+    print_peers(
+        &ours,
+        &underway_runs,
+        &durare_runs,
+        &dbos_runs.0,
+        dbos_runs.1.as_deref(),
+    );
     println!("\nload average at the end: {}", load_average());
     Ok(())
 }
@@ -377,9 +428,15 @@ fn print_pgbench(runs: &[(PgbenchRun, Counters)]) {
     );
 }
 
-fn print_peers(ours: &[Ours], underway: &[Peer], dbos: &[Peer], dbos_version: Option<&str>) {
+fn print_peers(
+    ours: &[Ours],
+    underway: &[Peer],
+    durare: &[Peer],
+    dbos: &[Peer],
+    dbos_version: Option<&str>,
+) {
     println!(
-        "\n## Peers: the same 3-step workflow on the same server (underway 0.2.0, DBOS Transact for Python {})\n",
+        "\n## Peers: the same 3-step workflow on the same server (underway 0.2.0, durare 0.5, DBOS Transact for Python {})\n",
         dbos_version.unwrap_or("not run")
     );
     let find = |peers: &[Peer], shape, concurrency| {
@@ -393,6 +450,7 @@ fn print_peers(ours: &[Ours], underway: &[Peer], dbos: &[Peer], dbos_version: Op
         for concurrency in CONCURRENCY {
             let tandem = our_rate(ours, shape, concurrency);
             let u = find(underway, shape, concurrency);
+            let r = find(durare, shape, concurrency);
             let d = find(dbos, shape, concurrency);
             let per_wf = |run: Option<PeerRun>| {
                 report::number(
@@ -412,6 +470,10 @@ fn print_peers(ours: &[Ours], underway: &[Peer], dbos: &[Peer], dbos_version: Op
                 report::ratio(tandem, u.map(|r| r.rate())),
                 per_wf(u),
                 flushes(u),
+                report::number(r.map(|r| r.rate())),
+                report::ratio(tandem, r.map(|r| r.rate())),
+                per_wf(r),
+                flushes(r),
                 report::number(d.map(|r| r.rate())),
                 report::ratio(tandem, d.map(|r| r.rate())),
                 per_wf(d),
@@ -430,6 +492,10 @@ fn print_peers(ours: &[Ours], underway: &[Peer], dbos: &[Peer], dbos_version: Op
                 "tandem ÷ underway",
                 "underway commits/wf",
                 "underway WAL flushes/wf",
+                "durare wf/s",
+                "tandem ÷ durare",
+                "durare commits/wf",
+                "durare WAL flushes/wf",
                 "DBOS wf/s",
                 "tandem ÷ DBOS",
                 "DBOS commits/wf",

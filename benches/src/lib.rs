@@ -12,6 +12,7 @@
 //! - [`peers`]: underway and DBOS Transact for Python running the same workflow.
 //! - [`report`]: per-benchmark records and the tables printed at the end of a run.
 
+pub mod durare_peer;
 pub mod peers;
 pub mod report;
 pub mod server;
