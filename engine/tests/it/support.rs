@@ -6,14 +6,13 @@
 //! generic test for each backend.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
-use tandem::env::BoxFuture;
 use tandem::storage::memory::{MemConn, MemError};
 use tandem::storage::{
     ErrorKind, ExecutorRegister, Status, StepKind, StepRecord, StepRecorded, StepRow, Storage,
@@ -21,9 +20,7 @@ use tandem::storage::{
     WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
 };
 use tandem::testing::PgCluster;
-use tandem::{
-    Env, MemStorage, PgStorage, RetryPolicy, TokioEnv, Workflow, WorkflowContext, WorkflowError,
-};
+use tandem::{MemStorage, PgStorage, RetryPolicy, Workflow, WorkflowContext, WorkflowError};
 
 /// Instantiates generic tests `name::<A: App>()` once per backend, as
 /// `name::pg` and `name::mem`: one source, both backends (River's
@@ -841,37 +838,6 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
     }
 }
 
-/// A tokio environment whose spawned tasks can all be aborted at once: an
-/// in-process crash at whatever await point each task is parked.
-#[derive(Clone, Default)]
-pub struct CrashEnv {
-    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl CrashEnv {
-    pub fn crash(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-}
-
-#[allow(clippy::disallowed_methods)] // a test environment wraps the real runtime
-impl Env for CrashEnv {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-
-    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
-        TokioEnv::new().sleep(duration)
-    }
-
-    fn spawn(&self, task: BoxFuture<()>) {
-        let handle = tokio::spawn(task);
-        self.tasks.lock().unwrap().push(handle.abort_handle());
-    }
-
-    fn seed(&self) -> u64 {
-        42
-    }
-}
+/// An environment whose spawned tasks can all be aborted at once (an
+/// in-process crash): the one `tandem::testing` gives users.
+pub use tandem::testing::CrashEnv;
