@@ -38,6 +38,54 @@ fn underway_workflows(concurrency: usize) -> u64 {
     if concurrency == 1 { 150 } else { 400 }
 }
 
+/// A fresh database with `accounts`, for one peer: its URL and name.
+async fn peer_database(server: &Server) -> anyhow::Result<(String, String)> {
+    let url = server.database().await?;
+    let pool = sqlx::PgPool::connect(&url).await?;
+    accounts_create(&pool).await?;
+    pool.close().await;
+    let database = database_name(&url)?;
+    Ok((url, database))
+}
+
+/// Runs a peer for every shape and concurrency, `workflows(concurrency)`
+/// timed workflows each, the `n`th run's workflows numbered from `first`
+/// (after the runs before it and their warm-ups); a failed run is
+/// reported and left out.
+fn each_cell(
+    name: &str,
+    workflows: fn(usize) -> u64,
+    mut run: impl FnMut(RunParams, u64) -> anyhow::Result<PeerRun>,
+) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    let mut first = 0;
+    for shape in Shape::ALL {
+        for concurrency in CONCURRENCY {
+            let workflows = workflows(concurrency);
+            println!(
+                "running {name}: {} × {workflows} at concurrency {concurrency}",
+                shape.name()
+            );
+            let params = RunParams {
+                shape,
+                concurrency,
+                workflows,
+                warmup: 0,
+            };
+            match run(params, first) {
+                Ok(run) => peers.push(Peer {
+                    shape,
+                    concurrency,
+                    run,
+                }),
+                Err(e) => println!("{name} run failed: {e:#}"),
+            }
+            first += workflows + concurrency as u64;
+        }
+    }
+    peers
+}
+
 /// Workflows per durare run (plus one warm-up workflow per task).
 fn durare_workflows(concurrency: usize) -> u64 {
     if concurrency == 1 { 200 } else { 600 }
@@ -164,87 +212,29 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    // underway, from its backlog. A database of its own, like DBOS below:
-    // its tables and triggers then stay out of Tandem's and pgbench's way.
-    let underway_url = rt.block_on(server.database())?;
-    let underway_database = database_name(&underway_url)?;
-    rt.block_on(async {
-        let pool = sqlx::PgPool::connect(&underway_url).await?;
-        accounts_create(&pool).await?;
-        pool.close().await;
-        anyhow::Ok(())
-    })?;
-    let mut underway_runs = Vec::new();
-    let mut first_index = 0;
-    for shape in Shape::ALL {
-        for concurrency in CONCURRENCY {
-            let workflows = underway_workflows(concurrency);
-            println!(
-                "running underway: {} × {workflows} at concurrency {concurrency}",
-                shape.name()
-            );
-            let run = rt.block_on(peers::underway_run(
-                &underway_url,
-                &underway_database,
-                &mut counters,
-                RunParams {
-                    shape,
-                    concurrency,
-                    workflows,
-                    warmup: 0,
-                },
-                first_index,
-            ));
-            first_index += workflows;
-            match run {
-                Ok(run) => underway_runs.push(Peer {
-                    shape,
-                    concurrency,
-                    run,
-                }),
-                Err(e) => println!("underway run failed: {e:#}"),
-            }
-        }
-    }
-
-    // durare, on a database of its own too (its tables live in `dbos`).
-    let durare_url = rt.block_on(server.database())?;
-    let durare_database = database_name(&durare_url)?;
-    rt.block_on(async {
-        let pool = sqlx::PgPool::connect(&durare_url).await?;
-        accounts_create(&pool).await?;
-        pool.close().await;
-        anyhow::Ok(())
-    })?;
-    let mut durare_runs = Vec::new();
-    let mut first_index = 0;
-    for shape in Shape::ALL {
-        for concurrency in CONCURRENCY {
-            let workflows = durare_workflows(concurrency);
-            println!("{}", durare_peer::describe(shape, concurrency, workflows));
-            let run = rt.block_on(durare_peer::durare_run(
-                &durare_url,
-                &durare_database,
-                &mut counters,
-                RunParams {
-                    shape,
-                    concurrency,
-                    workflows,
-                    warmup: 0,
-                },
-                first_index,
-            ));
-            first_index += workflows + concurrency as u64;
-            match run {
-                Ok(run) => durare_runs.push(Peer {
-                    shape,
-                    concurrency,
-                    run,
-                }),
-                Err(e) => println!("durare run failed: {e:#}"),
-            }
-        }
-    }
+    // underway, from its backlog, and durare, each on a database of its
+    // own, like DBOS below: their tables (durare's live in `dbos`) and
+    // triggers then stay out of Tandem's and pgbench's way.
+    let (url, database) = rt.block_on(peer_database(&server))?;
+    let underway_runs = each_cell("underway", underway_workflows, |params, first| {
+        rt.block_on(peers::underway_run(
+            &url,
+            &database,
+            &mut counters,
+            params,
+            first,
+        ))
+    });
+    let (url, database) = rt.block_on(peer_database(&server))?;
+    let durare_runs = each_cell("durare", durare_workflows, |params, first| {
+        rt.block_on(durare_peer::durare_run(
+            &url,
+            &database,
+            &mut counters,
+            params,
+            first,
+        ))
+    });
 
     let dbos_runs = match peers::dbos_script() {
         None => {

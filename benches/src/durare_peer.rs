@@ -13,7 +13,7 @@ use sqlx08 as sqlx8;
 
 use crate::peers::{PeerRun, RunParams};
 use crate::server::CounterReader;
-use crate::workloads::{self, Shape, ThreeStepsInput};
+use crate::workloads::{self, ThreeStepsInput};
 
 #[durare::transaction]
 async fn bench_update(
@@ -99,12 +99,4 @@ pub async fn durare_run(
         counters: after - before,
         counted_workflows: warmup + workflows,
     })
-}
-
-/// The shape's name, for progress lines.
-pub fn describe(shape: Shape, concurrency: usize, workflows: u64) -> String {
-    format!(
-        "running durare: {} × {workflows} at concurrency {concurrency}",
-        shape.name()
-    )
 }
