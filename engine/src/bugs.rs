@@ -134,11 +134,15 @@ pub enum Bug {
     /// recovered execution starts a trace of its own instead of continuing
     /// the caller's.
     TraceParentDroppedOnRecovery,
+    /// The group commit answers the writes queued behind its leader
+    /// ("recorded", "completed") before their statement runs: when that
+    /// statement fails, they were acknowledged and never committed.
+    GroupAcksBeforeCommit,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 37] = [
+    pub const ALL: [Bug; 38] = [
         Bug::SplitCheckpoint,
         Bug::ReplayRerunsPlain,
         Bug::ConnLossNotRetried,
@@ -176,6 +180,7 @@ impl Bug {
         Bug::StepFenceNotRechecked,
         Bug::MetricsCountBeforeCommit,
         Bug::TraceParentDroppedOnRecovery,
+        Bug::GroupAcksBeforeCommit,
     ];
 }
 

@@ -304,9 +304,9 @@ impl<S: Storage> WorkflowContext<S> {
                 outcome.clone(),
                 attempts,
             );
-            let storage = self.shared.storage().clone();
+            let shared = self.shared.clone();
             let recorded = self
-                .storage_retry(|| storage.step_record(params.clone()))
+                .storage_retry(|| shared.record_step(params.clone()))
                 .await?;
             if recorded == StepRecorded::Recorded {
                 let took = self.shared.now_ms() - started_ms;
@@ -841,8 +841,8 @@ impl<S: Storage> WorkflowContext<S> {
             recorded,
             1,
         );
-        let storage = self.shared.storage().clone();
-        self.storage_retry(|| storage.step_record(params.clone()))
+        let shared = self.shared.clone();
+        self.storage_retry(|| shared.record_step(params.clone()))
             .await?;
         // Recorded or recorded by a concurrent execution: either way, the
         // recorded outcome is the answer.
@@ -861,9 +861,9 @@ impl<S: Storage> WorkflowContext<S> {
     ) -> Result<T, WorkflowError> {
         let json = self.encode(value, step_id, name)?;
         let params = self.step_params(step_id, name, kind, started_ms, Ok(json.clone()), 1);
-        let storage = self.shared.storage().clone();
+        let shared = self.shared.clone();
         match self
-            .storage_retry(|| storage.step_record(params.clone()))
+            .storage_retry(|| shared.record_step(params.clone()))
             .await?
         {
             StepRecorded::Recorded => {
@@ -1203,9 +1203,9 @@ impl<S: Storage> WorkflowContext<S> {
             Err(message.clone()),
             attempts,
         );
-        let storage = self.shared.storage().clone();
+        let shared = self.shared.clone();
         match self
-            .storage_retry(|| storage.step_record(params.clone()))
+            .storage_retry(|| shared.record_step(params.clone()))
             .await?
         {
             StepRecorded::Recorded => Err(self.step_failed(step_id, name, message)),

@@ -126,7 +126,7 @@ pub mod workflow;
 
 pub use admin::{Admin, WorkflowDetail};
 pub use context::{ChildHandle, WorkflowContext};
-pub use engine::{Engine, EngineBuilder, StartOptions, WorkflowHandle};
+pub use engine::{Engine, EngineBuilder, GROUP_COMMIT_DEFAULT, StartOptions, WorkflowHandle};
 pub use env::{Env, TokioEnv};
 pub use error::{Error, WorkflowError};
 pub use queue::{EnqueueOptions, Queue};

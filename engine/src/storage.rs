@@ -26,7 +26,7 @@ pub use contract::{
     CONCURRENCY_KEY_MAX_CHARS, DEADLINE_EXCEEDED, DEFAULT_QUEUE, EPOCH_FIRST, EPOCH_NEVER_RAN,
     PAYLOAD_MAX_BYTES_DEFAULT, WORKFLOW_ID_MAX_CHARS, classify_sqlstate, fenced, jsonb_refuses,
 };
-pub(crate) use contract::{debug_check_completion, debug_check_step_record};
+pub(crate) use contract::{debug_check_completion, debug_check_many, debug_check_step_record};
 
 use std::fmt;
 use std::future::Future;
@@ -884,6 +884,34 @@ pub trait Storage: Clone + Send + Sync + 'static {
         }
     }
 
+    /// [`Transaction::step_record_many`] in its own commit: the executor's
+    /// group commit of plain checkpoints.
+    fn step_record_many(
+        &self,
+        params: Vec<StepRecord>,
+    ) -> impl Future<Output = StorageResult<Vec<StorageResult<StepRecorded>>>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            let recorded = tx.step_record_many(params).await?;
+            tx.commit().await?;
+            Ok(recorded)
+        }
+    }
+
+    /// [`Transaction::workflow_complete_many`] in its own commit: the
+    /// executor's group commit of completions.
+    fn workflow_complete_many(
+        &self,
+        params: Vec<WorkflowComplete>,
+    ) -> impl Future<Output = StorageResult<Vec<StorageResult<()>>>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            let done = tx.workflow_complete_many(params).await?;
+            tx.commit().await?;
+            Ok(done)
+        }
+    }
+
     /// [`Transaction::executor_register`] in its own commit.
     fn executor_register(
         &self,
@@ -1016,6 +1044,17 @@ pub trait Transaction: Send + Sized {
         params: WorkflowComplete,
     ) -> impl Future<Output = StorageResult<()>> + Send;
 
+    /// Completions of several workflows in one statement, for the
+    /// executor's group commit: entry `i` is what
+    /// [`workflow_complete`](Transaction::workflow_complete) would have
+    /// answered for `params[i]` alone (an `Err` only of kind
+    /// [`ErrorKind::Fenced`]); any other error fails the whole statement.
+    /// The entries name distinct workflows.
+    fn workflow_complete_many(
+        &mut self,
+        params: Vec<WorkflowComplete>,
+    ) -> impl Future<Output = StorageResult<Vec<StorageResult<()>>>> + Send;
+
     /// Takes back the executor's `RUNNING` workflows: bumps each owner epoch
     /// (fencing any older execution) and returns the rows.
     fn workflows_recover(
@@ -1046,6 +1085,18 @@ pub trait Transaction: Send + Sized {
         &mut self,
         params: StepRecord,
     ) -> impl Future<Output = StorageResult<StepRecorded>> + Send;
+
+    /// Checkpoints of several workflows in one statement, for the
+    /// executor's group commit: entry `i` of the answer is what
+    /// [`step_record`](Transaction::step_record) would have answered for
+    /// `params[i]` alone, an `Err` there only of kind
+    /// [`ErrorKind::Fenced`]. Any other error fails the whole statement (and
+    /// aborts the transaction): the caller then records each on its own.
+    /// The entries carry no `version` and name distinct workflows.
+    fn step_record_many(
+        &mut self,
+        params: Vec<StepRecord>,
+    ) -> impl Future<Output = StorageResult<Vec<StorageResult<StepRecorded>>>> + Send;
 
     /// Registers (or refreshes) an executor at launch: its lease, the
     /// workflow names it runs, its queues, and the settings the SQL functions

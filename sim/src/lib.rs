@@ -44,10 +44,12 @@ pub const OPERATIONS: &[&str] = &[
     "workflow_insert",
     "workflow_get",
     "workflow_complete",
+    "workflow_complete_many",
     "workflows_recover",
     "steps_load",
     "step_get",
     "step_record",
+    "step_record_many",
     "executor_register",
     "executor_heartbeat",
     "workflows_reclaim",
@@ -101,6 +103,10 @@ pub const OPERATIONS: &[&str] = &[
 /// deduplicated enqueue, a deadline cancelling a workflow, a receive timing
 /// out at the time an earlier execution's wait recorded.
 pub const ADMISSION_OBSERVED: &[&str] = &[
+    // Group commit: a statement carried several workflows' writes, and a
+    // group's statement failed (its writes went out alone).
+    "group.shared",
+    "group.failed",
     "claim.priority_over_age",
     "claim.rate_limit_reached",
     "claim.per_key_limit_reached",

@@ -740,6 +740,7 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
             .lease(LEASE)
             .queue_poll_interval(Duration::from_millis(50))
             .sleep_suspend_after(workload::SLEEP_SUSPEND_AFTER)
+            .group_commit(world.workload.group_commits[executor])
             .register(Bank {
                 world: world.clone(),
                 node: node.clone(),

@@ -16,8 +16,8 @@ use std::sync::atomic::Ordering;
 use tandem::MemStorage;
 use tandem::storage::memory::{MemConn, MemTx};
 use tandem::storage::{
-    ErrorKind, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageResult, Transaction,
-    WorkflowComplete, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    ErrorKind, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
+    Transaction, WorkflowComplete, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
 };
 
 use crate::faults::Site;
@@ -114,6 +114,16 @@ impl Drop for LockGuard {
 }
 
 impl SimTx {
+    /// Notes what a group's statement did, for the sweep's coverage.
+    fn group_answer<R>(&self, answer: StorageResult<Vec<R>>) -> StorageResult<Vec<R>> {
+        match &answer {
+            Ok(answers) if answers.len() > 1 => self.world.faults.observe("group.shared"),
+            Ok(_) => {}
+            Err(_) => self.world.faults.observe("group.failed"),
+        }
+        answer
+    }
+
     /// The simulated round trip before each operation, counted for the
     /// coverage table.
     async fn latency(&mut self, op: &'static str) {
@@ -123,13 +133,14 @@ impl SimTx {
         // release, a recovery, a fenced write): PostgreSQL keeps the lock of
         // a row whose re-check failed. The priority check skips claims that
         // overlap one.
-        const LOCKERS: [&str; 8] = [
+        const LOCKERS: [&str; 9] = [
             "workflows_cancel",
             "workflow_cancel_overdue",
             "workflows_reclaim",
             "workflows_release",
             "workflows_recover",
             "workflow_complete",
+            "workflow_complete_many",
             "workflow_suspend",
             "recv_deadline",
         ];
@@ -154,6 +165,24 @@ impl SimTx {
             node: self.node.label.clone(),
             statement_csn,
             what,
+        }
+    }
+}
+
+impl SimTx {
+    /// One entry of a group commit: a write to judge (`error` None), or one
+    /// the fence rejected.
+    fn log_fenced_write(&mut self, write: FencedWrite, error: Option<&StorageError>) {
+        match error {
+            None => self.writes.push(write),
+            Some(e) if e.kind() == ErrorKind::Fenced => {
+                self.world.faults.observe("fence.rejected_write");
+                self.world.log(format!(
+                    "{} {} of {} fenced in a group (epoch {})",
+                    write.node, write.what, write.workflow_id, write.epoch
+                ));
+            }
+            Some(_) => {}
         }
     }
 }
@@ -294,6 +323,50 @@ impl Transaction for SimTx {
             self.writes.push(write);
             if step.is_some() {
                 self.step_commit = step;
+            }
+        }
+        Ok(recorded)
+    }
+
+    async fn workflow_complete_many(
+        &mut self,
+        params: Vec<WorkflowComplete>,
+    ) -> StorageResult<Vec<StorageResult<()>>> {
+        self.latency("workflow_complete_many").await;
+        let csn = self.world.mem.commit_seq();
+        let writes: Vec<FencedWrite> = params
+            .iter()
+            .map(|p| self.fenced_write(&p.id, p.owner_epoch, csn, "complete".to_owned()))
+            .collect();
+        let done = self.tx.workflow_complete_many(params).await;
+        let done = self.group_answer(done)?;
+        for (write, done) in writes.into_iter().zip(&done) {
+            self.log_fenced_write(write, done.as_ref().err());
+        }
+        Ok(done)
+    }
+
+    async fn step_record_many(
+        &mut self,
+        params: Vec<StepRecord>,
+    ) -> StorageResult<Vec<StorageResult<StepRecorded>>> {
+        self.latency("step_record_many").await;
+        // No await between this read and the statement's snapshot.
+        let csn = self.world.mem.commit_seq();
+        let writes: Vec<FencedWrite> = params
+            .iter()
+            .map(|p| {
+                let what = format!("step {}", p.step_id);
+                self.fenced_write(&p.workflow_id, p.owner_epoch, csn, what)
+            })
+            .collect();
+        let recorded = self.tx.step_record_many(params).await;
+        let recorded = self.group_answer(recorded)?;
+        for (write, recorded) in writes.into_iter().zip(&recorded) {
+            match recorded {
+                Ok(StepRecorded::Recorded) => self.log_fenced_write(write, None),
+                Ok(StepRecorded::Exists) => {}
+                Err(e) => self.log_fenced_write(write, Some(e)),
             }
         }
         Ok(recorded)

@@ -77,11 +77,34 @@ pub enum Generation {
     /// by a node of its own, and a chaos phase long enough to hold a tick
     /// (`crate::schedules`).
     Schedules,
+    /// Plus group commit: each executor groups plain checkpoints and
+    /// completions (`EngineBuilder::group_commit`) with a size drawn from a
+    /// stream of its own: off (1), 2 (groups split) or 64. Before it every
+    /// executor writes each alone, as the engine did when the older
+    /// generations' regression seeds were found.
+    Groups,
 }
 
 impl Generation {
     /// The newest generation: what `cargo test -p sim` runs.
-    pub const LATEST: Generation = Generation::Schedules;
+    pub const LATEST: Generation = Generation::Groups;
+}
+
+/// Each executor's group-commit size, from a stream of its own: off in a
+/// quarter, 2 in a quarter (a group splits as soon as three wait), 64
+/// otherwise.
+fn draw_group_commits(seed: u64, generation: Generation, executors: usize) -> Vec<usize> {
+    if generation < Generation::Groups {
+        return vec![1; executors];
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_960a_9c01);
+    (0..executors)
+        .map(|_| match rng.gen_range(0..4) {
+            0 => 1,
+            1 => 2,
+            _ => 64,
+        })
+        .collect()
 }
 
 /// One step of a bank workflow.
@@ -283,6 +306,9 @@ pub struct Workload {
     /// The cron schedule (`crate::schedules`), since the schedules
     /// generation.
     pub schedule: Option<crate::schedules::ScheduleSpec>,
+    /// Each executor's group-commit size (all 1 before the groups
+    /// generation).
+    pub group_commits: Vec<usize>,
 }
 
 /// A workflow the workload starts (see [`Workload::all_workflows`]).
@@ -551,6 +577,7 @@ impl Workload {
             debounces: crate::debounce::draw(seed, generation),
             schedule: crate::schedules::draw(seed, generation, executors),
             skews_ms,
+            group_commits: draw_group_commits(seed, generation, executors),
         }
     }
 

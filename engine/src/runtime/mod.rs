@@ -9,6 +9,7 @@
 //! methods of [`Shared`], never its fields) for storage, clock and retries.
 
 mod executor;
+mod group;
 mod retention;
 mod schedules;
 mod watch;
@@ -30,9 +31,9 @@ use crate::error::Error;
 use crate::payload;
 use crate::queue::{DEFAULT_QUEUE, Queue};
 use crate::storage::{
-    EPOCH_FIRST, ErrorKind, Listener, Status, StepRow, Storage, Versions, WORKFLOW_ID_MAX_CHARS,
-    WorkflowComplete, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim,
-    WorkflowsRecover,
+    EPOCH_FIRST, ErrorKind, Listener, Status, StepRecord, StepRecorded, StepRow, Storage,
+    StorageResult, Versions, WORKFLOW_ID_MAX_CHARS, WorkflowComplete, WorkflowInsert,
+    WorkflowInserted, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
 };
 use crate::workflow::ErasedWorkflow;
 
@@ -60,6 +61,9 @@ pub(crate) struct Config {
     /// How often retention runs, and its batch size.
     pub(crate) gc_interval: Duration,
     pub(crate) gc_batch: u32,
+    /// At most this many plain checkpoints (and completions) share one
+    /// statement; 1 sends each alone.
+    pub(crate) group_commit: usize,
 }
 
 impl Config {
@@ -160,6 +164,9 @@ pub(crate) struct Shared<S: Storage> {
     shutdown: watch::Sender<bool>,
     /// The number of spawned tasks still alive; shutdown waits for zero.
     tasks: watch::Sender<usize>,
+    /// The group commits of plain checkpoints and of completions.
+    steps: group::Group<StepRecord>,
+    completions: group::Group<WorkflowComplete>,
 }
 
 impl<S: Storage> Shared<S> {
@@ -171,6 +178,7 @@ impl<S: Storage> Shared<S> {
         registry: HashMap<&'static str, Arc<dyn ErasedWorkflow<S>>>,
     ) -> Arc<Self> {
         let seed = env.seed();
+        let config_group = config.group_commit;
         let (shutdown, _) = watch::channel(false);
         let (tasks, _) = watch::channel(0);
         Arc::new(Shared {
@@ -185,15 +193,28 @@ impl<S: Storage> Shared<S> {
             messages: tokio::sync::Notify::new(),
             shutdown,
             tasks,
+            steps: group::Group::new(config_group),
+            completions: group::Group::new(config_group),
         })
     }
 
-    /// The storage.
     /// The registered workflow called `name`.
     pub(crate) fn workflow(&self, name: &str) -> Option<Arc<dyn ErasedWorkflow<S>>> {
         self.registry.get(name).cloned()
     }
 
+    /// Records a checkpoint in its own commit: through the group commit,
+    /// unless it changes the run's version (that one is strictly fenced
+    /// and rolled back unless recorded, so it never shares a statement).
+    pub(crate) async fn record_step(&self, params: StepRecord) -> StorageResult<StepRecorded> {
+        if params.version.is_some() {
+            self.storage.step_record(params).await
+        } else {
+            self.steps.submit(&self.storage, params).await
+        }
+    }
+
+    /// The storage.
     pub(crate) fn storage(&self) -> &S {
         &self.storage
     }
@@ -424,7 +445,7 @@ impl<S: Storage> Shared<S> {
             now_ms: self.now_ms(),
         };
         match self
-            .retry(|| self.storage.workflow_complete(params.clone()))
+            .retry(|| self.completions.submit(&self.storage, params.clone()))
             .await
         {
             Ok(()) => {

@@ -46,6 +46,21 @@ pub(crate) fn debug_check_step_record(p: &super::StepRecord) {
     );
 }
 
+/// Checks what every backend's `step_record_many` and
+/// `workflow_complete_many` assume: the entries name distinct workflows
+/// (one statement cannot report two inserts of one key apart), and no
+/// checkpoint changes the run's version (debug builds).
+pub(crate) fn debug_check_many<'a>(ids: impl Iterator<Item = &'a str>, versioned: bool) {
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        debug_assert!(seen.insert(id), "workflow {id} twice in one group commit");
+    }
+    debug_assert!(
+        !versioned,
+        "a version-changing checkpoint in a group commit"
+    );
+}
+
 /// Checks what every backend's `workflow_complete` assumes: the status it
 /// records is terminal (debug builds).
 pub(crate) fn debug_check_completion(p: &super::WorkflowComplete) {

@@ -69,6 +69,18 @@ macro_rules! forward_transaction {
             self.$inner.step_record(params).await
         }
     };
+    (@one $inner:ident, [$($before:ident)?], step_record_many) => {
+        async fn step_record_many(&mut self, params: ::std::vec::Vec<$crate::storage::StepRecord>) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::StorageResult<$crate::storage::StepRecorded>>> {
+            $( self.$before("step_record_many").await; )?
+            self.$inner.step_record_many(params).await
+        }
+    };
+    (@one $inner:ident, [$($before:ident)?], workflow_complete_many) => {
+        async fn workflow_complete_many(&mut self, params: ::std::vec::Vec<$crate::storage::WorkflowComplete>) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::StorageResult<()>>> {
+            $( self.$before("workflow_complete_many").await; )?
+            self.$inner.workflow_complete_many(params).await
+        }
+    };
     (@one $inner:ident, [$($before:ident)?], executor_register) => {
         async fn executor_register(&mut self, params: $crate::storage::ExecutorRegister) -> $crate::storage::StorageResult<()> {
             $( self.$before("executor_register").await; )?

@@ -715,6 +715,24 @@ impl Storage for PgStorage {
         step_record(&mut conn, params).await
     }
 
+    async fn step_record_many(
+        &self,
+        params: Vec<StepRecord>,
+    ) -> StorageResult<Vec<StorageResult<StepRecorded>>> {
+        intercepted!(self, |tx| tx.step_record_many(params));
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        step_record_many(&mut conn, params).await
+    }
+
+    async fn workflow_complete_many(
+        &self,
+        params: Vec<WorkflowComplete>,
+    ) -> StorageResult<Vec<StorageResult<()>>> {
+        intercepted!(self, |tx| tx.workflow_complete_many(params));
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        workflow_complete_many(&mut conn, params).await
+    }
+
     async fn executor_heartbeat(
         &self,
         executor_id: &str,
@@ -823,6 +841,25 @@ impl Transaction for PgTx {
         self.at("step_record", Some(&params.workflow_id), Some(&params.name))
             .await?;
         step_record(&mut self.tx, params).await
+    }
+
+    async fn step_record_many(
+        &mut self,
+        params: Vec<StepRecord>,
+    ) -> StorageResult<Vec<StorageResult<StepRecorded>>> {
+        let first = params.first().map(|p| p.workflow_id.clone());
+        self.at("step_record_many", first.as_deref(), None).await?;
+        step_record_many(&mut self.tx, params).await
+    }
+
+    async fn workflow_complete_many(
+        &mut self,
+        params: Vec<WorkflowComplete>,
+    ) -> StorageResult<Vec<StorageResult<()>>> {
+        let first = params.first().map(|p| p.id.clone());
+        self.at("workflow_complete_many", first.as_deref(), None)
+            .await?;
+        workflow_complete_many(&mut self.tx, params).await
     }
 
     async fn executor_register(&mut self, params: ExecutorRegister) -> StorageResult<()> {
@@ -1647,6 +1684,48 @@ async fn workflow_complete(conn: &mut PgConnection, p: WorkflowComplete) -> Stor
     }
 }
 
+async fn workflow_complete_many(
+    conn: &mut PgConnection,
+    ps: Vec<WorkflowComplete>,
+) -> StorageResult<Vec<StorageResult<()>>> {
+    super::debug_check_many(ps.iter().map(|p| p.id.as_str()), false);
+    ps.iter().for_each(super::debug_check_completion);
+    // `workflow_complete`'s fenced UPDATE for every row of the group in one
+    // statement (one round trip, one commit); the rows it returns are the
+    // completions that passed their fence. READ COMMITTED re-checks each row
+    // after waiting for a concurrent writer, as for one row.
+    let done: Vec<(String,)> = sqlx::query_as(
+        "UPDATE tandem.workflows w
+            SET status = u.status, output = u.output::jsonb, error = u.error,
+                updated_at = to_timestamp(u.now_ms::float8 / 1000),
+                completed_at = clock_timestamp()
+           FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[])
+                AS u(id, owner_epoch, status, output, error, now_ms)
+          WHERE w.id = u.id AND w.owner_epoch = u.owner_epoch AND w.status = 'RUNNING'
+      RETURNING w.id",
+    )
+    .bind(ps.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.owner_epoch).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.status.as_str()).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.output.as_deref()).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.error.as_deref()).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.now_ms).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)?;
+    let done: std::collections::HashSet<String> = done.into_iter().map(|(id,)| id).collect();
+    Ok(ps
+        .iter()
+        .map(|p| {
+            if done.contains(&p.id) {
+                Ok(())
+            } else {
+                Err(fenced(&p.id))
+            }
+        })
+        .collect())
+}
+
 async fn workflows_recover(
     conn: &mut PgConnection,
     p: WorkflowsRecover,
@@ -1898,6 +1977,88 @@ async fn step_record(conn: &mut PgConnection, p: StepRecord) -> StorageResult<St
     } else {
         Err(fenced(&p.workflow_id))
     }
+}
+
+async fn step_record_many(
+    conn: &mut PgConnection,
+    ps: Vec<StepRecord>,
+) -> StorageResult<Vec<StorageResult<StepRecorded>>> {
+    super::debug_check_many(
+        ps.iter().map(|p| p.workflow_id.as_str()),
+        ps.iter().any(|p| p.version.is_some()),
+    );
+    ps.iter().for_each(super::debug_check_step_record);
+    // `step_record`'s statement for every checkpoint of the group at once:
+    // each row's fence reads the statement's snapshot, the inserts wait for
+    // concurrent inserters of the same step and skip them, and the
+    // `steps_fence` trigger checks each inserted row again (its error fails
+    // the whole statement; the caller then records each on its own). The
+    // ordinality keeps the answers in the order of `ps`; the workflows are
+    // distinct, so (workflow, step) names one entry.
+    type Fenced = (Option<i64>, Option<String>, bool);
+    let rows: Vec<Fenced> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::int8[], $8::int4[], $9::int8[], $10::int8[])
+                    WITH ORDINALITY
+                    AS i(workflow_id, step_id, name, kind, output, error, owner_epoch,
+                         attempts, started_ms, now_ms, ord)
+         ), fence AS (
+             SELECT i.*, w.owner_epoch AS current_epoch, w.status AS current_status
+               FROM input i LEFT JOIN tandem.workflows w ON w.id = i.workflow_id
+         ), ins AS (
+             INSERT INTO tandem.steps
+                 (workflow_id, step_id, name, kind, output, error, owner_epoch, attempts,
+                  started_at, completed_at)
+             SELECT workflow_id, step_id, name, kind, output::jsonb, error, owner_epoch,
+                    attempts, to_timestamp(started_ms::float8 / 1000),
+                    to_timestamp(now_ms::float8 / 1000)
+               FROM fence
+              WHERE current_epoch = owner_epoch AND current_status = 'RUNNING'
+              ORDER BY workflow_id
+             ON CONFLICT (workflow_id, step_id) DO NOTHING
+             RETURNING workflow_id
+         )
+         SELECT f.current_epoch, f.current_status,
+                EXISTS (SELECT 1 FROM ins WHERE ins.workflow_id = f.workflow_id)
+           FROM fence f ORDER BY f.ord",
+    )
+    .bind(
+        ps.iter()
+            .map(|p| p.workflow_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(ps.iter().map(|p| p.step_id).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.name.as_str()).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.kind.as_str()).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.output.as_deref()).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.error.as_deref()).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.owner_epoch).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.attempts).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.started_ms).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.now_ms).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)?;
+    if rows.len() != ps.len() {
+        return Err(StorageError::new(
+            ErrorKind::Other,
+            format!("{} checkpoints answered {} rows", ps.len(), rows.len()),
+        ));
+    }
+    Ok(ps
+        .iter()
+        .zip(rows)
+        .map(|(p, (epoch, status, inserted))| {
+            if inserted {
+                Ok(StepRecorded::Recorded)
+            } else if epoch == Some(p.owner_epoch) && status.as_deref() == Some("RUNNING") {
+                Ok(StepRecorded::Exists)
+            } else {
+                Err(fenced(&p.workflow_id))
+            }
+        })
+        .collect())
 }
 
 async fn executor_register(conn: &mut PgConnection, p: ExecutorRegister) -> StorageResult<()> {

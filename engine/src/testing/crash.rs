@@ -381,7 +381,9 @@ impl std::str::FromStr for Schedule {
 const PROGRESS_OPS: &[&str] = &[
     "workflow_insert",
     "workflow_complete",
+    "workflow_complete_many",
     "step_record",
+    "step_record_many",
     "workflow_enqueue",
     "workflow_suspend",
     "message_send",

@@ -637,6 +637,12 @@ pub struct ProbeState {
     pub lose_commit_acks: AtomicUsize,
     /// How many acknowledgements were lost on purpose.
     pub acks_lost: AtomicUsize,
+    /// Writes that went out in a statement shared with other workflows'
+    /// (the group commit).
+    pub grouped: AtomicUsize,
+    /// Hold every autocommit checkpoint and completion this long before
+    /// sending it: writes arriving meanwhile queue behind it.
+    pub write_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A storage wrapping another that counts commits and can lose commit
@@ -657,6 +663,13 @@ impl<S> Probe<S> {
 
     fn commit(&self) {
         self.state.commits.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn write_delay(&self) {
+        let ms = self.state.write_delay_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            sleep(Duration::from_millis(ms)).await;
+        }
     }
 
     fn background(&self) {
@@ -709,6 +722,7 @@ impl<S: Storage> Storage for Probe<S> {
 
     async fn workflow_complete(&self, p: WorkflowComplete) -> StorageResult<()> {
         self.commit();
+        self.write_delay().await;
         self.inner.workflow_complete(p).await
     }
 
@@ -764,7 +778,28 @@ impl<S: Storage> Storage for Probe<S> {
 
     async fn step_record(&self, p: StepRecord) -> StorageResult<StepRecorded> {
         self.commit();
+        self.write_delay().await;
         self.inner.step_record(p).await
+    }
+
+    async fn step_record_many(
+        &self,
+        p: Vec<StepRecord>,
+    ) -> StorageResult<Vec<StorageResult<StepRecorded>>> {
+        self.commit();
+        self.state.grouped.fetch_add(p.len(), Ordering::SeqCst);
+        self.write_delay().await;
+        self.inner.step_record_many(p).await
+    }
+
+    async fn workflow_complete_many(
+        &self,
+        p: Vec<WorkflowComplete>,
+    ) -> StorageResult<Vec<StorageResult<()>>> {
+        self.commit();
+        self.state.grouped.fetch_add(p.len(), Ordering::SeqCst);
+        self.write_delay().await;
+        self.inner.workflow_complete_many(p).await
     }
 }
 
@@ -784,6 +819,8 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
         steps_load,
         step_get,
         step_record,
+        step_record_many,
+        workflow_complete_many,
         executor_register,
         executor_heartbeat,
         workflows_reclaim,

@@ -21,6 +21,7 @@ both!(
     a_zombie_execution_is_fenced_and_its_writes_roll_back,
     a_plain_step_retries_per_policy,
     a_step_failure_is_recorded_and_replayed_like_an_output,
+    concurrent_workflows_share_checkpoint_and_completion_commits,
 );
 
 fn input(from: i64, to: i64, amount: i64) -> TransferInput {
@@ -484,4 +485,78 @@ async fn a_step_failure_is_recorded_and_replayed_like_an_output<A: App>() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     engine.shutdown().await;
+}
+
+/// Three plain steps, each adding its position to the input.
+struct ThreeCalls;
+
+impl<S: Storage> Workflow<S> for ThreeCalls {
+    const NAME: &'static str = "three_calls";
+    type Input = i64;
+    type Output = i64;
+
+    async fn run(&self, ctx: &mut WorkflowContext<S>, input: i64) -> Result<i64, WorkflowError> {
+        let mut total = input;
+        for i in 0..3 {
+            total = ctx
+                .step(&format!("call-{i}"), || async move {
+                    Ok::<_, String>(total + i)
+                })
+                .await?;
+        }
+        Ok(total)
+    }
+}
+
+/// The group commit: with 16 workflows in flight, and each write held a
+/// little before it is sent, the checkpoints and completions that arrive
+/// meanwhile share one statement, so the workflows take fewer commits than
+/// one per write; every write still lands, once. With grouping off every
+/// write is its own commit (5 per workflow: start, 3 steps, completion).
+async fn concurrent_workflows_share_checkpoint_and_completion_commits<A: App>() {
+    const WORKFLOWS: i64 = 16;
+    for group in [1, tandem::GROUP_COMMIT_DEFAULT] {
+        let (storage, bank) = support::bank::<A>().await;
+        let probe = Probe::new(storage);
+        let engine = Engine::builder(probe.clone())
+            .group_commit(group)
+            .register(ThreeCalls)
+            .launch()
+            .await
+            .unwrap();
+        probe.state.commits.store(0, Ordering::SeqCst);
+        probe.state.write_delay_ms.store(20, Ordering::SeqCst);
+        let mut runs = tokio::task::JoinSet::new();
+        for n in 0..WORKFLOWS {
+            let engine = engine.clone();
+            runs.spawn(async move {
+                let handle = engine.start::<ThreeCalls>(n * 100).await.unwrap();
+                let id = handle.workflow_id().to_owned();
+                (n, id, handle.result().await.unwrap())
+            });
+        }
+        let mut ids = Vec::new();
+        while let Some(run) = runs.join_next().await {
+            let (n, id, total) = run.unwrap();
+            assert_eq!(total, n * 100 + 3, "{id}");
+            ids.push(id);
+        }
+        for id in &ids {
+            let steps: Vec<i32> = bank.steps_of(id).await.iter().map(|s| s.step_id).collect();
+            assert_eq!(steps, [0, 1, 2], "{id}");
+        }
+        let commits = probe.state.commits.load(Ordering::SeqCst);
+        let grouped = probe.state.grouped.load(Ordering::SeqCst);
+        let alone = WORKFLOWS as usize * 5;
+        if group == 1 {
+            assert_eq!((commits, grouped), (alone, 0));
+        } else {
+            assert!(grouped > 0, "no write shared a statement");
+            assert!(
+                commits < alone,
+                "{commits} commits, {alone} without grouping"
+            );
+        }
+        engine.shutdown().await;
+    }
 }

@@ -2,7 +2,7 @@
 //! within a bounded number of seeds (200, stopping at the first that
 //! catches it). `SIM_BUG_SEEDS=<n>` prints the detection rate per variant.
 
-use sim::{Bug, Options, run_seed};
+use sim::{Bug, Generation, Options, run_seed};
 
 use crate::env_u64;
 
@@ -36,9 +36,18 @@ fn every_planted_bug_is_caught() {
             Bug::StepFenceNotRechecked => &crate::sweep::STEP_FENCE_SEEDS,
             _ => &[],
         };
-        for seed in known.iter().copied().chain(0..seeds) {
+        // Known seeds replay under the generation that found them.
+        let found_with = Options {
+            generation: Generation::Schedules,
+            ..options.clone()
+        };
+        let runs = known
+            .iter()
+            .map(|&seed| (seed, &found_with))
+            .chain((0..seeds).map(|seed| (seed, &options)));
+        for (seed, options) in runs {
             tried += 1;
-            let report = run_seed(seed, &options);
+            let report = run_seed(seed, options);
             if !report.passed() {
                 failing.push(report);
                 if rates.is_none() {

@@ -554,6 +554,25 @@ impl Transaction for MemTx {
         self.conn.step_record(params).await
     }
 
+    async fn step_record_many(
+        &mut self,
+        params: Vec<StepRecord>,
+    ) -> StorageResult<Vec<StorageResult<StepRecorded>>> {
+        let first = params.first().map(|p| p.workflow_id.clone());
+        self.at("step_record_many", first.as_deref(), None).await?;
+        self.conn.step_record_many(params).await
+    }
+
+    async fn workflow_complete_many(
+        &mut self,
+        params: Vec<WorkflowComplete>,
+    ) -> StorageResult<Vec<StorageResult<()>>> {
+        let first = params.first().map(|p| p.id.clone());
+        self.at("workflow_complete_many", first.as_deref(), None)
+            .await?;
+        self.conn.workflow_complete_many(params).await
+    }
+
     async fn executor_register(&mut self, params: ExecutorRegister) -> StorageResult<()> {
         self.at("executor_register", None, None).await?;
         Ok(self.conn.executor_register(params).await?)

@@ -97,8 +97,35 @@ impl MemConn {
         // 'RUNNING': after waiting for a concurrent writer (an epoch bump)
         // the condition is checked again on the newest version.
         let snap = self.start("workflow_complete")?;
+        self.complete_at(&snap, p).await?
+    }
+
+    /// `workflow_complete_many`: one UPDATE of every row of the group, on
+    /// one snapshot, each row re-checked after a wait as for one row.
+    pub(super) async fn workflow_complete_many(
+        &mut self,
+        ps: Vec<WorkflowComplete>,
+    ) -> StorageResult<Vec<StorageResult<()>>> {
+        crate::storage::debug_check_many(ps.iter().map(|p| p.id.as_str()), false);
+        ps.iter().for_each(crate::storage::debug_check_completion);
+        let snap = self.start("workflow_complete_many")?;
+        let mut done = Vec::with_capacity(ps.len());
+        for p in ps {
+            done.push(self.complete_at(&snap, p).await?);
+        }
+        Ok(done)
+    }
+
+    /// One row of a completion's UPDATE under the statement snapshot
+    /// `snap`: the inner `Err` is the fence's answer, the outer one fails
+    /// the statement.
+    async fn complete_at(
+        &mut self,
+        snap: &Snapshot,
+        p: WorkflowComplete,
+    ) -> StorageResult<StorageResult<()>> {
         let updated = self
-            .update_row(&Workflows, &snap, &p.id, |w| {
+            .update_row(&Workflows, snap, &p.id, |w| {
                 (w.owner_epoch == p.owner_epoch && w.status == Status::Running).then(|| {
                     WorkflowRecord {
                         status: p.status,
@@ -111,10 +138,10 @@ impl MemConn {
                 })
             })
             .await?;
-        match updated {
+        Ok(match updated {
             Some(_) => Ok(()),
             None => Err(fenced(&p.id)),
-        }
+        })
     }
 
     pub(super) async fn workflows_recover(
@@ -212,17 +239,49 @@ impl MemConn {
                 return Err(fenced(&p.workflow_id));
             }
         }
+        self.step_insert(&snap, p).await?
+    }
+
+    /// `step_record_many`: the checkpoint statement for every entry of the
+    /// group on one snapshot (PostgreSQL's one multi-row statement). A
+    /// fence that fails answers its entry; the re-check's error (the
+    /// trigger's) fails the statement.
+    pub(super) async fn step_record_many(
+        &mut self,
+        ps: Vec<StepRecord>,
+    ) -> StorageResult<Vec<StorageResult<StepRecorded>>> {
+        crate::storage::debug_check_many(
+            ps.iter().map(|p| p.workflow_id.as_str()),
+            ps.iter().any(|p| p.version.is_some()),
+        );
+        ps.iter().for_each(crate::storage::debug_check_step_record);
+        let snap = self.start("step_record_many")?;
+        let mut recorded = Vec::with_capacity(ps.len());
+        for p in ps {
+            recorded.push(self.step_insert(&snap, p).await?);
+        }
+        Ok(recorded)
+    }
+
+    /// One checkpoint's fence and insert under the statement snapshot
+    /// `snap`: the inner `Err` is the fence's answer, the outer one fails
+    /// the statement.
+    async fn step_insert(
+        &mut self,
+        snap: &Snapshot,
+        p: StepRecord,
+    ) -> StorageResult<StorageResult<StepRecorded>> {
         let fence = {
             let mut db = self.storage.db();
             let (t, txs) = Workflows.split(&mut db);
-            t.visible(txs, &snap, &p.workflow_id).map(|i| {
+            t.visible(txs, snap, &p.workflow_id).map(|i| {
                 let w = t.data(&p.workflow_id, i);
                 (w.owner_epoch, w.status)
             })
         };
         let owned = fence == Some((p.owner_epoch, Status::Running));
         if !owned {
-            return Err(fenced(&p.workflow_id));
+            return Ok(Err(fenced(&p.workflow_id)));
         }
         let row = StepRecordRow {
             workflow_id: p.workflow_id.clone(),
@@ -238,10 +297,10 @@ impl MemConn {
         };
         let key = (p.workflow_id.clone(), p.step_id);
         if !self
-            .insert_row(&Steps, &snap, key, || row.clone(), true)
+            .insert_row(&Steps, snap, key, || row.clone(), true)
             .await?
         {
-            return Ok(StepRecorded::Exists);
+            return Ok(Ok(StepRecorded::Exists));
         }
         // The trigger `tandem.steps_fence`: the fence again, on a new
         // snapshot, after the insert (and any wait for a concurrent
@@ -266,7 +325,7 @@ impl MemConn {
                 return Err(self.s.fail(&mut db, e).into());
             }
         }
-        Ok(StepRecorded::Recorded)
+        Ok(Ok(StepRecorded::Recorded))
     }
 
     pub(super) async fn executor_register(&mut self, p: ExecutorRegister) -> Result<(), MemError> {

@@ -39,6 +39,10 @@ pub enum Op {
     StepGet(&'static str, i32),
     /// Workflow, step ID, owner epoch.
     StepRecord(&'static str, i32, i64),
+    /// Several checkpoints in one statement (the group commit).
+    StepRecordMany(&'static [(&'static str, i32, i64)]),
+    /// Several completions in one statement: workflow, owner epoch.
+    WfCompleteMany(&'static [(&'static str, i64)]),
     /// The same as a patch marker recorded by `v2` code, which also
     /// stamps the run `v2` once the checkpoint is in.
     PatchRecordV2(&'static str, i32, i64),
@@ -332,6 +336,62 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             })
             .await,
             |()| "ok".to_owned(),
+        ),
+        Op::WfCompleteMany(entries) => label(
+            tx.workflow_complete_many(
+                entries
+                    .iter()
+                    .map(|&(id, epoch)| WorkflowComplete {
+                        id: id.to_owned(),
+                        owner_epoch: epoch,
+                        status: Status::Success,
+                        output: Some("1".to_owned()),
+                        error: None,
+                        now_ms: 0,
+                    })
+                    .collect(),
+            )
+            .await,
+            |done| {
+                let each: Vec<String> = done
+                    .into_iter()
+                    .map(|d| label(d, |()| "ok".to_owned()))
+                    .collect();
+                format!("[{}]", each.join(", "))
+            },
+        ),
+        Op::StepRecordMany(entries) => label(
+            tx.step_record_many(
+                entries
+                    .iter()
+                    .map(|&(id, step_id, epoch)| StepRecord {
+                        version: None,
+                        workflow_id: id.to_owned(),
+                        step_id,
+                        name: "s".to_owned(),
+                        kind: StepKind::Plain,
+                        output: Some("1".to_owned()),
+                        error: None,
+                        owner_epoch: epoch,
+                        attempts: 1,
+                        started_ms: 0,
+                        now_ms: 0,
+                    })
+                    .collect(),
+            )
+            .await,
+            |recorded| {
+                let each: Vec<String> = recorded
+                    .into_iter()
+                    .map(|r| {
+                        label(r, |r| match r {
+                            StepRecorded::Recorded => "recorded".to_owned(),
+                            StepRecorded::Exists => "exists".to_owned(),
+                        })
+                    })
+                    .collect();
+                format!("[{}]", each.join(", "))
+            },
         ),
         Op::WfRecover(executor, id) | Op::WfRecoverV2(executor, id) => label(
             tx.workflows_recover(WorkflowsRecover {

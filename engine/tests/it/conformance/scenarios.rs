@@ -48,6 +48,9 @@ scenarios!(
     an_epoch_bump_fences_a_concurrent_completion,
     the_checkpoint_fence_reads_the_statement_snapshot,
     a_checkpoint_that_waited_checks_its_fence_again,
+    a_group_of_checkpoints_answers_each_by_its_own_fence,
+    a_group_of_completions_answers_each_by_its_own_fence,
+    a_group_whose_checkpoint_fails_its_recheck_fails_as_a_whole,
     enqueue_validates_in_order_and_is_idempotent_on_the_id,
     an_enqueue_with_a_held_dedup_key_waits_then_returns_the_holder,
     concurrent_claims_skip_each_others_rows,
@@ -490,6 +493,97 @@ s1 done: fenced
 s1 Commit: ok
 jobs 1:null 2:null
 workflows w1:CANCELLED:e2:
+steps 
+",
+    )
+}
+
+fn three() -> Setup {
+    Setup {
+        jobs: Vec::new(),
+        workflows: vec![("w1", "a"), ("w2", "a"), ("w3", "a")],
+        children: Vec::new(),
+    }
+}
+
+/// The group commit's statement: each checkpoint gets the answer it would
+/// get alone. w2's insert waits for a concurrent inserter of its step and
+/// then exists, w3's fence fails (wrong epoch), w1 is recorded, all in one
+/// statement that commits what it recorded.
+fn a_group_of_checkpoints_answers_each_by_its_own_fence() -> Scenario {
+    (
+        three(),
+        vec![
+            (0, Op::StepRecord("w2", 0, 1)),
+            (
+                1,
+                Op::StepRecordMany(&[("w1", 0, 1), ("w2", 0, 1), ("w3", 0, 9)]),
+            ),
+            (0, Op::Commit),
+            (1, Op::Commit),
+        ],
+        "\
+s1 StepRecord(\"w2\", 0, 1): recorded
+s2 StepRecordMany([(\"w1\", 0, 1), (\"w2\", 0, 1), (\"w3\", 0, 9)]): blocked
+s1 Commit: ok
+s2 done: [recorded, exists, fenced]
+s2 Commit: ok
+jobs 
+workflows w1:RUNNING:e1:a w2:RUNNING:e1:a w3:RUNNING:e1:a
+steps w1/0:e1 w2/0:e1
+",
+    )
+}
+
+/// Completions in one statement: each row's fence is re-checked after a
+/// wait (a concurrent recovery bumped w1's epoch), the others complete.
+fn a_group_of_completions_answers_each_by_its_own_fence() -> Scenario {
+    (
+        three(),
+        vec![
+            (0, Op::WfRecover("a", Some("w1"))),
+            (1, Op::WfCompleteMany(&[("w1", 1), ("w2", 1), ("w3", 2)])),
+            (0, Op::Commit),
+            (1, Op::Commit),
+        ],
+        "\
+s1 WfRecover(\"a\", Some(\"w1\")): [w1:e2]
+s2 WfCompleteMany([(\"w1\", 1), (\"w2\", 1), (\"w3\", 2)]): blocked
+s1 Commit: ok
+s2 done: [fenced, ok, fenced]
+s2 Commit: ok
+jobs 
+workflows w1:RUNNING:e2:a w2:SUCCESS:e1:a w3:RUNNING:e1:a
+steps 
+",
+    )
+}
+
+/// A checkpoint of a group that waited, and whose workflow was cancelled
+/// meanwhile, fails the fence's re-check after its insert: that error
+/// fails the whole statement (the engine then sends each alone), and
+/// nothing of the group is recorded.
+fn a_group_whose_checkpoint_fails_its_recheck_fails_as_a_whole() -> Scenario {
+    (
+        three(),
+        vec![
+            (1, Op::StepRecord("w1", 0, 1)),
+            (0, Op::StepRecordMany(&[("w2", 0, 1), ("w1", 0, 1)])),
+            (2, Op::Cancel("w1")),
+            (2, Op::Commit),
+            (1, Op::Rollback),
+            (0, Op::Commit),
+        ],
+        "\
+s2 StepRecord(\"w1\", 0, 1): recorded
+s1 StepRecordMany([(\"w2\", 0, 1), (\"w1\", 0, 1)]): blocked
+s3 Cancel(\"w1\"): [w1]
+s3 Commit: ok
+s2 Rollback: ok
+s1 done: fenced
+s1 Commit: ok
+jobs 
+workflows w1:CANCELLED:e2: w2:RUNNING:e1:a w3:RUNNING:e1:a
 steps 
 ",
     )
