@@ -22,7 +22,7 @@ use benches::report::{self, Samples};
 use benches::server::{Counters, CpuTicks, Server, TICKS_PER_SECOND, database_name, load_average};
 use benches::workloads::{
     PgbenchRun, Shape, ThreeSteps, ThreeStepsInput, accounts_create, closed_loop, engine_close,
-    engine_launch, pgbench, pgbench_args, pgbench_path,
+    engine_launch_grouped, pgbench, pgbench_args, pgbench_path,
 };
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 
@@ -96,10 +96,15 @@ fn dbos_workflows(concurrency: usize) -> u64 {
     if concurrency == 1 { 60 } else { 200 }
 }
 
-/// Tandem's figures for one shape and concurrency.
+/// The group-commit sizes Tandem runs with: the default, and off (each
+/// checkpoint and completion its own commit), for the ratio between them.
+const GROUPS: [usize; 2] = [tandem::GROUP_COMMIT_DEFAULT, 1];
+
+/// Tandem's figures for one shape, concurrency and group-commit size.
 struct Ours {
     shape: Shape,
     concurrency: usize,
+    group: usize,
     samples: Samples,
     counters: Counters,
     cpu: CpuTicks,
@@ -137,54 +142,64 @@ fn main() -> anyhow::Result<()> {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
         .configure_from_args();
-    let mut group = criterion.benchmark_group("workflow_throughput");
-    group.throughput(Throughput::Elements(1));
-    group.sampling_mode(SamplingMode::Flat);
+    let mut bench = criterion.benchmark_group("workflow_throughput");
+    bench.throughput(Throughput::Elements(1));
+    bench.sampling_mode(SamplingMode::Flat);
     let next_input = Arc::new(AtomicU64::new(0));
     let mut ours = Vec::new();
     for shape in Shape::ALL {
         for concurrency in CONCURRENCY {
-            // A pool a little larger than the number of workflows in flight
-            // (each holds at most one connection at a time).
-            let pool_size = u32::try_from(concurrency + 4)?;
-            let executor = format!("bench-{}-{concurrency}", shape.name());
-            let engine = rt.block_on(engine_launch(&url, pool_size, &executor))?;
-            let pool = engine.storage().pool().clone();
-            let samples = Samples::default();
-            let before = rt.block_on(counters.snapshot(&database, &pool))?;
-            let cpu_before = CpuTicks::now();
-            group.bench_function(BenchmarkId::new(shape.name(), concurrency), |b| {
-                b.iter_custom(|iters| {
-                    let first = next_input.fetch_add(iters, Ordering::Relaxed);
-                    let engine = engine.clone();
-                    let elapsed = rt
-                        .block_on(closed_loop(iters, concurrency, move |n| {
-                            let engine = engine.clone();
-                            async move {
-                                let input = ThreeStepsInput::nth(shape, first + n);
-                                engine.start::<ThreeSteps>(input).await?.result().await?;
-                                Ok(())
-                            }
-                        }))
-                        .expect("benchmark iteration");
-                    samples.record(iters, elapsed);
-                    elapsed
-                })
-            });
-            let cpu = CpuTicks::now() - cpu_before;
-            let after = rt.block_on(counters.snapshot(&database, &pool))?;
-            rt.block_on(engine_close(engine));
-            ours.push(Ours {
-                shape,
-                concurrency,
-                samples,
-                counters: after - before,
-                cpu,
-            });
+            for group in GROUPS {
+                // A pool a little larger than the number of workflows in flight
+                // (each holds at most one connection at a time).
+                let pool_size = u32::try_from(concurrency + 4)?;
+                let executor = format!("bench-{}-{concurrency}-{group}", shape.name());
+                let engine =
+                    rt.block_on(engine_launch_grouped(&url, pool_size, &executor, group))?;
+                let id = if group == 1 {
+                    format!("{}-alone", shape.name())
+                } else {
+                    shape.name().to_owned()
+                };
+                let pool = engine.storage().pool().clone();
+                let samples = Samples::default();
+                let before = rt.block_on(counters.snapshot(&database, &pool))?;
+                let cpu_before = CpuTicks::now();
+                bench.bench_function(BenchmarkId::new(id, concurrency), |b| {
+                    b.iter_custom(|iters| {
+                        let first = next_input.fetch_add(iters, Ordering::Relaxed);
+                        let engine = engine.clone();
+                        let elapsed = rt
+                            .block_on(closed_loop(iters, concurrency, move |n| {
+                                let engine = engine.clone();
+                                async move {
+                                    let input = ThreeStepsInput::nth(shape, first + n);
+                                    engine.start::<ThreeSteps>(input).await?.result().await?;
+                                    Ok(())
+                                }
+                            }))
+                            .expect("benchmark iteration");
+                        samples.record(iters, elapsed);
+                        elapsed
+                    })
+                });
+                let cpu = CpuTicks::now() - cpu_before;
+                let after = rt.block_on(counters.snapshot(&database, &pool))?;
+                rt.block_on(engine_close(engine));
+                ours.push(Ours {
+                    shape,
+                    concurrency,
+                    group,
+                    samples,
+                    counters: after - before,
+                    cpu,
+                });
+            }
         }
     }
-    group.finish();
+    bench.finish();
     criterion.final_summary();
+    print_grouping(&ours);
     if !extras {
         print_ours(&ours, &[]);
         return Ok(());
@@ -327,7 +342,7 @@ async fn dbos(
 
 fn our_rate(ours: &[Ours], shape: Shape, concurrency: usize) -> Option<f64> {
     ours.iter()
-        .find(|o| o.shape == shape && o.concurrency == concurrency)
+        .find(|o| o.shape == shape && o.concurrency == concurrency && o.group != 1)
         .and_then(|o| o.samples.rate(SAMPLES))
 }
 
@@ -335,6 +350,7 @@ fn print_ours(ours: &[Ours], pgbench_runs: &[(PgbenchRun, Counters)]) {
     println!("\n## Workflow throughput: 3-step workflows, closed loop\n");
     let rows: Vec<Vec<String>> = ours
         .iter()
+        .filter(|o| o.group != 1)
         .map(|o| {
             let workflows = o.samples.iterations();
             let rate = o.samples.rate(SAMPLES);
@@ -383,6 +399,54 @@ fn print_ours(ours: &[Ours], pgbench_runs: &[(PgbenchRun, Counters)]) {
     );
     println!(
         "\ntargets: commits/wf ≤ k + 2 = 5; commits/s ≥ 70% of pgbench tps at the same client count (concurrent runs)."
+    );
+}
+
+/// Grouped against alone, cell by cell: the group commit's gain under
+/// load and its cost at one in flight.
+fn print_grouping(ours: &[Ours]) {
+    println!("\n## Group commit: default size against each write alone\n");
+    let rows: Vec<Vec<String>> = ours
+        .iter()
+        .filter(|o| o.group != 1)
+        .filter_map(|g| {
+            let alone = ours
+                .iter()
+                .find(|a| a.group == 1 && a.shape == g.shape && a.concurrency == g.concurrency)?;
+            let rate = |o: &Ours| o.samples.rate(SAMPLES);
+            let commits = |o: &Ours| report::per(o.counters.commits, o.samples.iterations());
+            // Every shape starts with one commit of its own; the 3 steps and
+            // the completion are what may share commits (all of them in the
+            // plain shape; the transactional steps never do).
+            let per_write = |o: &Ours| commits(o).map(|c| (c - 1.0) / 4.0);
+            let ratio = rate(g).zip(rate(alone)).map(|(a, b)| a / b);
+            Some(vec![
+                g.shape.name().to_owned(),
+                g.concurrency.to_string(),
+                report::number(rate(g)),
+                report::number(rate(alone)),
+                ratio.map_or("n/a".into(), |r| format!("{r:.2}×")),
+                report::number(commits(g)),
+                report::number(commits(alone)),
+                report::number(per_write(g)),
+            ])
+        })
+        .collect();
+    print!(
+        "{}",
+        report::table(
+            &[
+                "shape",
+                "concurrent",
+                "wf/s grouped",
+                "wf/s alone",
+                "grouped ÷ alone",
+                "commits/wf grouped",
+                "commits/wf alone",
+                "commits per step or completion, grouped",
+            ],
+            &rows
+        )
     );
 }
 

@@ -184,6 +184,16 @@ pub async fn engine_launch(
     pool_size: u32,
     executor_id: &str,
 ) -> anyhow::Result<Engine<PgStorage>> {
+    engine_launch_grouped(url, pool_size, executor_id, tandem::GROUP_COMMIT_DEFAULT).await
+}
+
+/// [`engine_launch`] with group commits of at most `group` writes (1: off).
+pub async fn engine_launch_grouped(
+    url: &str,
+    pool_size: u32,
+    executor_id: &str,
+    group: usize,
+) -> anyhow::Result<Engine<PgStorage>> {
     // As `PgStorage::connect` sets it up: no ping before each acquire (an
     // extra round trip per step otherwise).
     let pool = PgPoolOptions::new()
@@ -203,6 +213,7 @@ pub async fn engine_launch(
     };
     let engine = Engine::builder(storage)
         .executor_id(executor_id)
+        .group_commit(group)
         .register(ThreeSteps)
         .register(StepLoop)
         .launch()
