@@ -325,17 +325,24 @@ pub const TICKS_PER_SECOND: f64 = 100.0;
 impl CpuTicks {
     /// Reads `/proc`. Zeroes where it cannot be read (not Linux).
     pub fn now() -> CpuTicks {
-        CpuTicks::sample(None)
+        CpuTicks::sample(None, false)
     }
 
     /// Like [`CpuTicks::now`], but `postgres` counts only the cluster whose
     /// postmaster is `postmaster` ([`Server::postmaster_pid`]) and its
     /// children, not other clusters running on the same machine.
     pub fn of_cluster(postmaster: Option<u32>) -> CpuTicks {
-        CpuTicks::sample(postmaster)
+        CpuTicks::sample(postmaster, false)
     }
 
-    fn sample(postmaster: Option<u32>) -> CpuTicks {
+    /// Like [`CpuTicks::of_cluster`], with this process's child processes
+    /// (other than PostgreSQL's) counted in `bench`: executors the bench
+    /// started. A child that exited before the reading is not counted.
+    pub fn of_cluster_and_children(postmaster: Option<u32>) -> CpuTicks {
+        CpuTicks::sample(postmaster, true)
+    }
+
+    fn sample(postmaster: Option<u32>, children: bool) -> CpuTicks {
         let own = std::process::id();
         let mut ticks = CpuTicks::default();
         let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -369,10 +376,12 @@ impl CpuTicks {
                     .unwrap_or(0);
             let ppid = fields.get(1).and_then(|p| p.parse::<u32>().ok());
             let in_cluster = postmaster.is_none_or(|p| pid == p || ppid == Some(p));
-            if pid == own {
+            if head.ends_with("(postgres") {
+                if in_cluster {
+                    ticks.postgres += used;
+                }
+            } else if pid == own || (children && ppid == Some(own)) {
                 ticks.bench += used;
-            } else if head.ends_with("(postgres") && in_cluster {
-                ticks.postgres += used;
             }
         }
         ticks

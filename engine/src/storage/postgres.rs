@@ -986,14 +986,18 @@ impl Transaction for PgTx {
         // SKIP LOCKED: a concurrent execution of the same workflow taking the
         // same message must not make this one wait; the step's checkpoint
         // (primary key) decides which of them commits. The fence makes a
-        // waiting receiver of a cancelled workflow stop.
+        // waiting receiver of a cancelled workflow stop. Every table is
+        // filtered by the workflow ID, the DELETE too (redundant here), so
+        // that a distributed PostgreSQL can route the statement to the one
+        // shard of that workflow (docs/scaling.md).
         let (owned, payload): (bool, Option<String>) = sqlx::query_as(
             "WITH fence AS (
                  SELECT 1 FROM tandem.workflows
                   WHERE id = $1 AND owner_epoch = $3 AND status = 'RUNNING'
              ), taken AS (
                  DELETE FROM tandem.messages
-                  WHERE id = (SELECT id FROM tandem.messages
+                  WHERE workflow_id = $1
+                    AND id = (SELECT id FROM tandem.messages
                                WHERE workflow_id = $1 AND topic = $2
                                ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
                     AND EXISTS (SELECT 1 FROM fence)
