@@ -171,9 +171,9 @@ impl<S: Storage> EngineBuilder<S> {
         self
     }
 
-    /// Group commit: at most this many plain-step checkpoints (or workflow
-    /// completions) of different workflows share one statement and one
-    /// commit. A write waits only while another group of its kind is in
+    /// Group commit: at most this many starts (of top-level workflows),
+    /// plain-step checkpoints or workflow completions of different
+    /// workflows share one statement and one commit. A write waits only while another group of its kind is in
     /// flight; with nothing in flight it goes out alone at once, so one
     /// workflow at a time costs what it did without grouping. Nobody is
     /// answered before the statement holding their write commits.

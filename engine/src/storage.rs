@@ -884,6 +884,20 @@ pub trait Storage: Clone + Send + Sync + 'static {
         }
     }
 
+    /// [`Transaction::workflow_insert_many`] in its own commit: the
+    /// executor's group commit of starts.
+    fn workflow_insert_many(
+        &self,
+        params: Vec<WorkflowInsert>,
+    ) -> impl Future<Output = StorageResult<Vec<StorageResult<WorkflowInserted>>>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            let inserted = tx.workflow_insert_many(params).await?;
+            tx.commit().await?;
+            Ok(inserted)
+        }
+    }
+
     /// [`Transaction::step_record_many`] in its own commit: the executor's
     /// group commit of plain checkpoints.
     fn step_record_many(
@@ -1085,6 +1099,17 @@ pub trait Transaction: Send + Sized {
         &mut self,
         params: StepRecord,
     ) -> impl Future<Output = StorageResult<StepRecorded>> + Send;
+
+    /// Starts of several top-level workflows (no parent) in one statement,
+    /// for the executor's group commit: entry `i` of the answer is what
+    /// [`workflow_insert`](Transaction::workflow_insert) would have
+    /// answered for `params[i]` alone (inserted, or the existing row, read
+    /// in a statement of its own). Any error fails them all. The entries
+    /// name distinct workflows.
+    fn workflow_insert_many(
+        &mut self,
+        params: Vec<WorkflowInsert>,
+    ) -> impl Future<Output = StorageResult<Vec<StorageResult<WorkflowInserted>>>> + Send;
 
     /// Checkpoints of several workflows in one statement, for the
     /// executor's group commit: entry `i` of the answer is what

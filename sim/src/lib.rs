@@ -42,6 +42,7 @@ pub const OPERATIONS: &[&str] = &[
     "commit",
     "rollback",
     "workflow_insert",
+    "workflow_insert_many",
     "workflow_get",
     "workflow_complete",
     "workflow_complete_many",

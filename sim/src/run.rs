@@ -700,6 +700,36 @@ fn spawn_node(handle: &Handle, world: &Arc<World>, name: String, executor: usize
         .build();
 }
 
+/// The client's start of one workflow, noting the acknowledgement.
+async fn start_one(
+    world: &World,
+    engine: &Engine<SimStorage>,
+    spec: &workload::WorkflowSpec,
+    label: &str,
+) {
+    let options = StartOptions::new()
+        .workflow_id(spec.id.clone())
+        .trace_parent(crate::traces::trace_parent_of(&spec.ops));
+    let started = match spec.deadline_ms {
+        None => {
+            world.faults.count("engine.start_with_id");
+            engine.start_with::<Bank>(spec.ops.clone(), options).await
+        }
+        Some(ms) => {
+            world.faults.count("engine.start_with_timeout");
+            let options = options.timeout(Duration::from_millis(ms));
+            engine.start_with::<Bank>(spec.ops.clone(), options).await
+        }
+    };
+    match started {
+        Ok(_) => {
+            world.log(format!("{label} started {}", spec.id));
+            world.state().acked.insert(spec.id.clone());
+        }
+        Err(e) => world.log(format!("{label} start {} failed: {e}", spec.id)),
+    }
+}
+
 /// One executor incarnation: launch the engine (which resumes its
 /// workflows), then act as the client that starts workflows.
 async fn node_main(world: Arc<World>, name: String, executor: usize, client: bool) {
@@ -765,6 +795,7 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
     }
     if client {
         let specs: Vec<_> = world.workload.workflows.clone();
+        let mut starts = Vec::new();
         for spec in &specs {
             let ours = spec.owner == executor;
             let start = if ours {
@@ -778,31 +809,28 @@ async fn node_main(world: Arc<World>, name: String, executor: usize, client: boo
             if !start {
                 continue;
             }
-            sleep(Duration::from_millis(
-                madsim::rand::thread_rng().gen_range(0..20),
-            ))
-            .await;
-            let options = StartOptions::new()
-                .workflow_id(spec.id.clone())
-                .trace_parent(crate::traces::trace_parent_of(&spec.ops));
-            let started = match spec.deadline_ms {
-                None => {
-                    world.faults.count("engine.start_with_id");
-                    engine.start_with::<Bank>(spec.ops.clone(), options).await
-                }
-                Some(ms) => {
-                    world.faults.count("engine.start_with_timeout");
-                    let options = options.timeout(Duration::from_millis(ms));
-                    engine.start_with::<Bank>(spec.ops.clone(), options).await
-                }
-            };
-            match started {
-                Ok(_) => {
-                    world.log(format!("{} started {}", node.label, spec.id));
-                    world.state().acked.insert(spec.id.clone());
-                }
-                Err(e) => world.log(format!("{} start {} failed: {e}", node.label, spec.id)),
+            let delay = Duration::from_millis(madsim::rand::thread_rng().gen_range(0..20));
+            if world.workload.generation >= Generation::Groups {
+                // Since the groups generation the client starts its
+                // workflows at once, each after its own delay, so that
+                // starts overlap and share the executor's group commits.
+                let (world, engine, spec, label) = (
+                    world.clone(),
+                    engine.clone(),
+                    spec.clone(),
+                    node.label.clone(),
+                );
+                starts.push(madsim::task::spawn(async move {
+                    sleep(delay).await;
+                    start_one(&world, &engine, &spec, &label).await;
+                }));
+            } else {
+                sleep(delay).await;
+                start_one(&world, &engine, spec, &node.label).await;
             }
+        }
+        for started in starts {
+            let _ = started.await;
         }
     }
     // The engine's tasks run on this node; keep it (and the engine) alive,

@@ -17,7 +17,8 @@ use tandem::MemStorage;
 use tandem::storage::memory::{MemConn, MemTx};
 use tandem::storage::{
     ErrorKind, StepKind, StepRecord, StepRecorded, StepRow, Storage, StorageError, StorageResult,
-    Transaction, WorkflowComplete, WorkflowRow, WorkflowsClaim, WorkflowsRecover,
+    Transaction, WorkflowComplete, WorkflowInsert, WorkflowInserted, WorkflowRow, WorkflowsClaim,
+    WorkflowsRecover,
 };
 
 use crate::faults::Site;
@@ -326,6 +327,15 @@ impl Transaction for SimTx {
             }
         }
         Ok(recorded)
+    }
+
+    async fn workflow_insert_many(
+        &mut self,
+        params: Vec<WorkflowInsert>,
+    ) -> StorageResult<Vec<StorageResult<WorkflowInserted>>> {
+        self.latency("workflow_insert_many").await;
+        let inserted = self.tx.workflow_insert_many(params).await;
+        self.group_answer(inserted)
     }
 
     async fn workflow_complete_many(

@@ -1,8 +1,8 @@
-//! Group commit: the plain checkpoints and the completions of many
-//! workflows of one executor share one statement, and so one commit.
+//! Group commit: the starts, the plain checkpoints and the completions of
+//! many workflows of one executor share one statement, and so one commit.
 //!
-//! A plain checkpoint (and a completion) is one autocommit statement on its
-//! own. Under load an executor sends many at once, each paying its own
+//! A start, a plain checkpoint and a completion are each one autocommit
+//! statement on their own. Under load an executor sends many at once, each paying its own
 //! round trip, commit and WAL flush. Here the first caller with nothing in
 //! flight becomes the *leader* and runs its own statement at once: at one
 //! in flight nothing waits and nothing changes. Callers arriving while a
@@ -23,7 +23,7 @@
 //!   commit: every entry goes back to its caller, who sends it alone, and
 //!   retries it as it would any write (each is idempotent: a checkpoint that
 //!   committed answers "exists", a completion that committed is found by
-//!   the fenced path's re-read);
+//!   the fenced path's re-read, a start that committed finds its row);
 //! - a leader whose future is dropped (its caller stopped waiting) still
 //!   hands the lead on, and its followers retry: their outcome is unknown,
 //!   as after a lost connection.
@@ -36,6 +36,7 @@ use tokio::sync::oneshot;
 
 use crate::storage::{
     ErrorKind, StepRecord, StepRecorded, Storage, StorageError, StorageResult, WorkflowComplete,
+    WorkflowInsert, WorkflowInserted,
 };
 
 /// A write that can join a group: one statement alone, or many in one.
@@ -107,6 +108,32 @@ impl Grouped for WorkflowComplete {
     }
 
     fn assumed() {}
+}
+
+impl Grouped for WorkflowInsert {
+    type Done = WorkflowInserted;
+
+    fn workflow_id(&self) -> &str {
+        &self.id
+    }
+
+    fn one<S: Storage>(
+        self,
+        storage: &S,
+    ) -> impl Future<Output = StorageResult<WorkflowInserted>> + Send {
+        storage.workflow_insert(self)
+    }
+
+    fn many<S: Storage>(
+        group: Vec<Self>,
+        storage: &S,
+    ) -> impl Future<Output = StorageResult<Vec<StorageResult<WorkflowInserted>>>> + Send {
+        storage.workflow_insert_many(group)
+    }
+
+    fn assumed() -> WorkflowInserted {
+        WorkflowInserted::Inserted
+    }
 }
 
 /// What a queued caller is told.

@@ -61,8 +61,8 @@ pub(crate) struct Config {
     /// How often retention runs, and its batch size.
     pub(crate) gc_interval: Duration,
     pub(crate) gc_batch: u32,
-    /// At most this many plain checkpoints (and completions) share one
-    /// statement; 1 sends each alone.
+    /// At most this many starts, plain checkpoints or completions share
+    /// one statement; 1 sends each alone.
     pub(crate) group_commit: usize,
 }
 
@@ -164,7 +164,9 @@ pub(crate) struct Shared<S: Storage> {
     shutdown: watch::Sender<bool>,
     /// The number of spawned tasks still alive; shutdown waits for zero.
     tasks: watch::Sender<usize>,
-    /// The group commits of plain checkpoints and of completions.
+    /// The group commits of top-level starts, of plain checkpoints and of
+    /// completions.
+    starts: group::Group<WorkflowInsert>,
     steps: group::Group<StepRecord>,
     completions: group::Group<WorkflowComplete>,
 }
@@ -193,6 +195,7 @@ impl<S: Storage> Shared<S> {
             messages: tokio::sync::Notify::new(),
             shutdown,
             tasks,
+            starts: group::Group::new(config_group),
             steps: group::Group::new(config_group),
             completions: group::Group::new(config_group),
         })
@@ -519,7 +522,15 @@ impl<S: Storage> Shared<S> {
             now_ms: self.now_ms(),
         };
         match self
-            .retry(|| self.storage.workflow_insert(params.clone()))
+            .retry(|| async {
+                // A child's start locks its parent's row, checked at the
+                // parent's epoch: it never shares a statement.
+                if params.parent_epoch.is_some() {
+                    self.storage.workflow_insert(params.clone()).await
+                } else {
+                    self.starts.submit(&self.storage, params.clone()).await
+                }
+            })
             .await?
         {
             WorkflowInserted::Inserted => {

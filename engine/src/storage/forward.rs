@@ -69,6 +69,12 @@ macro_rules! forward_transaction {
             self.$inner.step_record(params).await
         }
     };
+    (@one $inner:ident, [$($before:ident)?], workflow_insert_many) => {
+        async fn workflow_insert_many(&mut self, params: ::std::vec::Vec<$crate::storage::WorkflowInsert>) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::StorageResult<$crate::storage::WorkflowInserted>>> {
+            $( self.$before("workflow_insert_many").await; )?
+            self.$inner.workflow_insert_many(params).await
+        }
+    };
     (@one $inner:ident, [$($before:ident)?], step_record_many) => {
         async fn step_record_many(&mut self, params: ::std::vec::Vec<$crate::storage::StepRecord>) -> $crate::storage::StorageResult<::std::vec::Vec<$crate::storage::StorageResult<$crate::storage::StepRecorded>>> {
             $( self.$before("step_record_many").await; )?

@@ -715,6 +715,15 @@ impl Storage for PgStorage {
         step_record(&mut conn, params).await
     }
 
+    async fn workflow_insert_many(
+        &self,
+        params: Vec<WorkflowInsert>,
+    ) -> StorageResult<Vec<StorageResult<WorkflowInserted>>> {
+        intercepted!(self, |tx| tx.workflow_insert_many(params));
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        workflow_insert_many(&mut conn, params).await
+    }
+
     async fn step_record_many(
         &self,
         params: Vec<StepRecord>,
@@ -841,6 +850,16 @@ impl Transaction for PgTx {
         self.at("step_record", Some(&params.workflow_id), Some(&params.name))
             .await?;
         step_record(&mut self.tx, params).await
+    }
+
+    async fn workflow_insert_many(
+        &mut self,
+        params: Vec<WorkflowInsert>,
+    ) -> StorageResult<Vec<StorageResult<WorkflowInserted>>> {
+        let first = params.first().map(|p| p.id.clone());
+        self.at("workflow_insert_many", first.as_deref(), None)
+            .await?;
+        workflow_insert_many(&mut self.tx, params).await
     }
 
     async fn step_record_many(
@@ -1645,6 +1664,74 @@ async fn workflow_insert(
             )),
         },
     }
+}
+
+async fn workflow_insert_many(
+    conn: &mut PgConnection,
+    ps: Vec<WorkflowInsert>,
+) -> StorageResult<Vec<StorageResult<WorkflowInserted>>> {
+    super::debug_check_many(
+        ps.iter().map(|p| p.id.as_str()),
+        ps.iter()
+            .any(|p| p.parent_id.is_some() || p.parent_epoch.is_some()),
+    );
+    // `workflow_insert`'s statement for top-level workflows, every row of
+    // the group at once: ON CONFLICT DO NOTHING waits for a concurrent
+    // inserter of an ID and then skips it. In ID order, so that two groups
+    // sharing IDs wait for each other in one order.
+    let inserted: Vec<(String,)> = sqlx::query_as(
+        "INSERT INTO tandem.workflows
+             (id, name, status, input, executor_id, owner_epoch, created_at, updated_at,
+              started_at, deadline_at, app_version, trace_parent)
+         SELECT id, name, 'RUNNING', input::jsonb, executor_id, 1,
+                to_timestamp(now_ms::float8 / 1000), to_timestamp(now_ms::float8 / 1000),
+                clock_timestamp(), to_timestamp(deadline_ms::float8 / 1000), app_version,
+                trace_parent
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
+                       $7::text[], $8::text[])
+                AS i(id, name, input, executor_id, now_ms, deadline_ms, app_version, trace_parent)
+          ORDER BY id
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(ps.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.name.as_str()).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.input.as_str()).collect::<Vec<_>>())
+    .bind(
+        ps.iter()
+            .map(|p| p.executor_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(ps.iter().map(|p| p.now_ms).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.deadline_ms).collect::<Vec<_>>())
+    .bind(ps.iter().map(|p| p.version.as_str()).collect::<Vec<_>>())
+    .bind(
+        ps.iter()
+            .map(|p| p.trace_parent.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let inserted: std::collections::HashSet<String> =
+        inserted.into_iter().map(|(id,)| id).collect();
+    let mut answers = Vec::with_capacity(ps.len());
+    for p in &ps {
+        answers.push(if inserted.contains(&p.id) {
+            Ok(WorkflowInserted::Inserted)
+        } else {
+            // As for one: the INSERT's snapshot may predate the conflicting
+            // row's commit, so the row is read in a statement of its own.
+            match workflow_get(conn, &p.id).await? {
+                Some(row) => Ok(WorkflowInserted::Existing(Box::new(row))),
+                None => Err(StorageError::new(
+                    ErrorKind::Conflict,
+                    format!("workflow {:?} conflicted on insert but is gone", p.id),
+                )),
+            }
+        });
+    }
+    Ok(answers)
 }
 
 async fn workflow_get(conn: &mut PgConnection, id: &str) -> StorageResult<Option<WorkflowRow>> {

@@ -380,6 +380,7 @@ impl std::str::FromStr for Schedule {
 /// matters. Polls (heartbeats, empty claims, reads) do not count.
 const PROGRESS_OPS: &[&str] = &[
     "workflow_insert",
+    "workflow_insert_many",
     "workflow_complete",
     "workflow_complete_many",
     "step_record",

@@ -640,7 +640,9 @@ pub struct ProbeState {
     /// Writes that went out in a statement shared with other workflows'
     /// (the group commit).
     pub grouped: AtomicUsize,
-    /// Hold every autocommit checkpoint and completion this long before
+    /// Of those, starts.
+    pub grouped_starts: AtomicUsize,
+    /// Hold every autocommit start, checkpoint and completion this long before
     /// sending it: writes arriving meanwhile queue behind it.
     pub write_delay_ms: std::sync::atomic::AtomicU64,
 }
@@ -712,6 +714,7 @@ impl<S: Storage> Storage for Probe<S> {
 
     async fn workflow_insert(&self, p: WorkflowInsert) -> StorageResult<WorkflowInserted> {
         self.commit();
+        self.write_delay().await;
         self.inner.workflow_insert(p).await
     }
 
@@ -782,6 +785,19 @@ impl<S: Storage> Storage for Probe<S> {
         self.inner.step_record(p).await
     }
 
+    async fn workflow_insert_many(
+        &self,
+        p: Vec<WorkflowInsert>,
+    ) -> StorageResult<Vec<StorageResult<WorkflowInserted>>> {
+        self.commit();
+        self.state.grouped.fetch_add(p.len(), Ordering::SeqCst);
+        self.state
+            .grouped_starts
+            .fetch_add(p.len(), Ordering::SeqCst);
+        self.write_delay().await;
+        self.inner.workflow_insert_many(p).await
+    }
+
     async fn step_record_many(
         &self,
         p: Vec<StepRecord>,
@@ -821,6 +837,7 @@ impl<T: Transaction> Transaction for ProbeTx<T> {
         step_record,
         step_record_many,
         workflow_complete_many,
+        workflow_insert_many,
         executor_register,
         executor_heartbeat,
         workflows_reclaim,

@@ -21,7 +21,7 @@ both!(
     a_zombie_execution_is_fenced_and_its_writes_roll_back,
     a_plain_step_retries_per_policy,
     a_step_failure_is_recorded_and_replayed_like_an_output,
-    concurrent_workflows_share_checkpoint_and_completion_commits,
+    concurrent_workflows_share_start_checkpoint_and_completion_commits,
 );
 
 fn input(from: i64, to: i64, amount: i64) -> TransferInput {
@@ -509,11 +509,11 @@ impl<S: Storage> Workflow<S> for ThreeCalls {
 }
 
 /// The group commit: with 16 workflows in flight, and each write held a
-/// little before it is sent, the checkpoints and completions that arrive
+/// little before it is sent, the starts, checkpoints and completions that arrive
 /// meanwhile share one statement, so the workflows take fewer commits than
 /// one per write; every write still lands, once. With grouping off every
 /// write is its own commit (5 per workflow: start, 3 steps, completion).
-async fn concurrent_workflows_share_checkpoint_and_completion_commits<A: App>() {
+async fn concurrent_workflows_share_start_checkpoint_and_completion_commits<A: App>() {
     const WORKFLOWS: i64 = 16;
     for group in [1, tandem::GROUP_COMMIT_DEFAULT] {
         let (storage, bank) = support::bank::<A>().await;
@@ -552,6 +552,8 @@ async fn concurrent_workflows_share_checkpoint_and_completion_commits<A: App>() 
             assert_eq!((commits, grouped), (alone, 0));
         } else {
             assert!(grouped > 0, "no write shared a statement");
+            let starts = probe.state.grouped_starts.load(Ordering::SeqCst);
+            assert!(starts > 0, "no start shared a statement");
             assert!(
                 commits < alone,
                 "{commits} commits, {alone} without grouping"

@@ -554,6 +554,16 @@ impl Transaction for MemTx {
         self.conn.step_record(params).await
     }
 
+    async fn workflow_insert_many(
+        &mut self,
+        params: Vec<WorkflowInsert>,
+    ) -> StorageResult<Vec<StorageResult<WorkflowInserted>>> {
+        let first = params.first().map(|p| p.id.clone());
+        self.at("workflow_insert_many", first.as_deref(), None)
+            .await?;
+        self.conn.workflow_insert_many(params).await
+    }
+
     async fn step_record_many(
         &mut self,
         params: Vec<StepRecord>,

@@ -12,7 +12,48 @@ impl MemConn {
         // INSERT ... ON CONFLICT (id) DO NOTHING: waits for a concurrent
         // inserter of the same ID, then inserts nothing if it committed.
         let snap = self.start("workflow_insert")?;
-        let row = WorkflowRecord {
+        self.insert_at(&snap, p).await
+    }
+
+    /// `workflow_insert_many`: one INSERT of every top-level row of the
+    /// group on one snapshot, in ID order; then, for each one that was not
+    /// inserted, the existing row in a statement of its own.
+    pub(super) async fn workflow_insert_many(
+        &mut self,
+        ps: Vec<WorkflowInsert>,
+    ) -> StorageResult<Vec<StorageResult<WorkflowInserted>>> {
+        crate::storage::debug_check_many(
+            ps.iter().map(|p| p.id.as_str()),
+            ps.iter()
+                .any(|p| p.parent_id.is_some() || p.parent_epoch.is_some()),
+        );
+        let snap = self.start("workflow_insert_many")?;
+        let mut order: Vec<usize> = (0..ps.len()).collect();
+        order.sort_by(|&a, &b| ps[a].id.cmp(&ps[b].id));
+        let mut inserted = vec![false; ps.len()];
+        for i in order {
+            let row = Self::started_row(ps[i].clone());
+            inserted[i] = self
+                .insert_row(&Workflows, &snap, row.id.clone(), || row.clone(), true)
+                .await?;
+        }
+        let mut answers = Vec::with_capacity(ps.len());
+        for (p, inserted) in ps.iter().zip(inserted) {
+            answers.push(if inserted {
+                Ok(WorkflowInserted::Inserted)
+            } else {
+                match self.workflow_get(&p.id).await? {
+                    Some(row) => Ok(WorkflowInserted::Existing(Box::new(row))),
+                    None => Err(MemError::SerializationFailure.into()),
+                }
+            });
+        }
+        Ok(answers)
+    }
+
+    /// The row a start inserts.
+    fn started_row(p: WorkflowInsert) -> WorkflowRecord {
+        WorkflowRecord {
             id: p.id.clone(),
             name: p.name,
             status: Status::Running,
@@ -39,7 +80,16 @@ impl MemConn {
             wait_until_ms: None,
             version: Some(p.version.clone()),
             trace_parent: p.trace_parent.clone(),
-        };
+        }
+    }
+
+    /// One start under the statement snapshot `snap`.
+    async fn insert_at(
+        &mut self,
+        snap: &Snapshot,
+        p: WorkflowInsert,
+    ) -> StorageResult<WorkflowInserted> {
+        let row = Self::started_row(p.clone());
         // A child's row comes from its parent's, locked (FOR NO KEY UPDATE,
         // re-checked after a wait) while it runs at the starting epoch.
         let parent = match (&p.parent_id, p.parent_epoch) {
@@ -48,13 +98,13 @@ impl MemConn {
                 let idx = {
                     let mut db = self.storage.db();
                     let (t, txs) = Workflows.split(&mut db);
-                    t.visible(txs, &snap, &key)
+                    t.visible(txs, snap, &key)
                         .filter(|i| running_at(t.data(&key, *i), epoch))
                 };
                 let locked = match idx {
                     None => None,
                     Some(idx) => {
-                        self.lock_row(&Workflows, &snap, &key, idx, LockWait::Block, |w| {
+                        self.lock_row(&Workflows, snap, &key, idx, LockWait::Block, |w| {
                             running_at(w, epoch)
                         })
                         .await?
@@ -66,7 +116,7 @@ impl MemConn {
         };
         if parent.as_ref().is_none_or(|(_, live)| *live)
             && self
-                .insert_row(&Workflows, &snap, p.id.clone(), || row.clone(), true)
+                .insert_row(&Workflows, snap, p.id.clone(), || row.clone(), true)
                 .await?
         {
             return Ok(WorkflowInserted::Inserted);

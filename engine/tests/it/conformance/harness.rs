@@ -43,6 +43,8 @@ pub enum Op {
     StepRecordMany(&'static [(&'static str, i32, i64)]),
     /// Several completions in one statement: workflow, owner epoch.
     WfCompleteMany(&'static [(&'static str, i64)]),
+    /// Several top-level starts in one statement, by executor `b`.
+    WfInsertMany(&'static [&'static str]),
     /// The same as a patch marker recorded by `v2` code, which also
     /// stamps the run `v2` once the checkpoint is in.
     PatchRecordV2(&'static str, i32, i64),
@@ -336,6 +338,42 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
             })
             .await,
             |()| "ok".to_owned(),
+        ),
+        Op::WfInsertMany(ids) => label(
+            tx.workflow_insert_many(
+                ids.iter()
+                    .map(|id| WorkflowInsert {
+                        version: DEFAULT_VERSION.to_owned(),
+                        trace_parent: None,
+                        id: (*id).to_owned(),
+                        name: "wf".to_owned(),
+                        input: "null".to_owned(),
+                        executor_id: "b".to_owned(),
+                        parent_id: None,
+                        parent_epoch: None,
+                        deadline_ms: None,
+                        now_ms: 0,
+                    })
+                    .collect(),
+            )
+            .await,
+            |inserted| {
+                let each: Vec<String> = inserted
+                    .into_iter()
+                    .map(|r| {
+                        label(r, |r| match r {
+                            WorkflowInserted::Inserted => "inserted".to_owned(),
+                            WorkflowInserted::Existing(w) => format!(
+                                "existing e{} {} {}",
+                                w.owner_epoch,
+                                w.status,
+                                w.executor_id.unwrap_or_default()
+                            ),
+                        })
+                    })
+                    .collect();
+                format!("[{}]", each.join(", "))
+            },
         ),
         Op::WfCompleteMany(entries) => label(
             tx.workflow_complete_many(

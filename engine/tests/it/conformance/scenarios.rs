@@ -49,6 +49,7 @@ scenarios!(
     the_checkpoint_fence_reads_the_statement_snapshot,
     a_checkpoint_that_waited_checks_its_fence_again,
     a_group_of_checkpoints_answers_each_by_its_own_fence,
+    a_group_of_starts_waits_for_a_concurrent_start_then_attaches,
     a_group_of_completions_answers_each_by_its_own_fence,
     a_group_whose_checkpoint_fails_its_recheck_fails_as_a_whole,
     enqueue_validates_in_order_and_is_idempotent_on_the_id,
@@ -531,6 +532,32 @@ s2 Commit: ok
 jobs 
 workflows w1:RUNNING:e1:a w2:RUNNING:e1:a w3:RUNNING:e1:a
 steps w1/0:e1 w2/0:e1
+",
+    )
+}
+
+/// Starts in one statement: a new ID is inserted, an existing one answers
+/// with its row, and one a concurrent start holds waits for it and then
+/// answers with the row that start committed (read in a statement of its
+/// own, as for one start).
+fn a_group_of_starts_waits_for_a_concurrent_start_then_attaches() -> Scenario {
+    (
+        jobs(),
+        vec![
+            (0, Op::WfInsert("w2", "a")),
+            (1, Op::WfInsertMany(&["w3", "w2", "w1"])),
+            (0, Op::Commit),
+            (1, Op::Commit),
+        ],
+        "\
+s1 WfInsert(\"w2\", \"a\"): inserted
+s2 WfInsertMany([\"w3\", \"w2\", \"w1\"]): blocked
+s1 Commit: ok
+s2 done: [inserted, existing e1 RUNNING a, existing e1 RUNNING a]
+s2 Commit: ok
+jobs 1:null 2:null
+workflows w1:RUNNING:e1:a w2:RUNNING:e1:a w3:RUNNING:e1:b
+steps 
 ",
     )
 }
