@@ -22,6 +22,7 @@ use benches::report;
 use benches::server::{
     CounterReader, Counters, CpuTicks, Server, TICKS_PER_SECOND, database_name, load_average,
 };
+use benches::workloads::wait_succeeded;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -506,24 +507,16 @@ async fn drain(
     let cpu_before = CpuTicks::of_cluster(postmaster);
     let start = Instant::now();
     let engine = engine_launch(url, "drain", true, Duration::from_secs(1)).await?;
-    let mut polls = 0i64;
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        polls += 1;
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM tandem.workflows
-              WHERE id LIKE 'drain-%' AND status = 'SUCCESS'",
-        )
-        .fetch_one(&mut watcher)
-        .await?;
-        if u64::try_from(done)? >= workflows {
-            break;
-        }
-        anyhow::ensure!(
-            start.elapsed() < START_TIMEOUT,
-            "drain: only {done} of {workflows} workflows finished within {START_TIMEOUT:?}"
-        );
-    }
+    let every = Duration::from_millis(50);
+    let polls = wait_succeeded(
+        &mut watcher,
+        "drain-",
+        workflows,
+        every,
+        start,
+        START_TIMEOUT,
+    )
+    .await?;
     let wall = start.elapsed();
     let cpu = CpuTicks::of_cluster(postmaster) - cpu_before;
     let span: f64 = sqlx::query_scalar(

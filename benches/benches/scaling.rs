@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use benches::report;
 use benches::server::{Counters, CpuTicks, Server, TICKS_PER_SECOND, database_name};
-use benches::workloads::{Shape, ThreeStepsInput, accounts_create, engine_close, engine_launch};
+use benches::workloads::{
+    Shape, ThreeStepsInput, accounts_create, engine_close, engine_launch, wait_succeeded,
+};
 use sqlx::{Connection, PgConnection};
 
 /// Executor processes per run.
@@ -113,24 +115,8 @@ async fn drain(
     .bind(&inputs)
     .execute(&mut client)
     .await?;
-    let mut polls = 0i64;
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        polls += 1;
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM tandem.workflows
-              WHERE id LIKE 'scaling-%' AND status = 'SUCCESS'",
-        )
-        .fetch_one(&mut client)
-        .await?;
-        if u64::try_from(done)? >= workflows {
-            break;
-        }
-        anyhow::ensure!(
-            start.elapsed() < TIMEOUT,
-            "only {done} of {workflows} workflows finished within {TIMEOUT:?}"
-        );
-    }
+    let every = Duration::from_millis(20);
+    let polls = wait_succeeded(&mut client, "scaling-", workflows, every, start, TIMEOUT).await?;
     let wall = start.elapsed();
     let shares: Vec<i64> = sqlx::query_scalar(
         "SELECT count(*) FROM tandem.workflows WHERE id LIKE 'scaling-%'

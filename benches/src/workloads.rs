@@ -228,6 +228,38 @@ pub async fn engine_close(engine: Engine<PgStorage>) {
     engine.storage().pool().close().await;
 }
 
+/// Polls every `every` until `workflows` workflows whose ID starts with
+/// `prefix` are `SUCCESS`, for at most `timeout` from `start`; returns how
+/// many polls it took (each one a commit of the watcher's, not the engine's).
+pub async fn wait_succeeded(
+    watcher: &mut PgConnection,
+    prefix: &str,
+    workflows: u64,
+    every: Duration,
+    start: std::time::Instant,
+    timeout: Duration,
+) -> anyhow::Result<i64> {
+    let mut polls = 0i64;
+    loop {
+        tokio::time::sleep(every).await;
+        polls += 1;
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tandem.workflows
+              WHERE starts_with(id, $1) AND status = 'SUCCESS'",
+        )
+        .bind(prefix)
+        .fetch_one(&mut *watcher)
+        .await?;
+        if u64::try_from(done)? >= workflows {
+            return Ok(polls);
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "only {done} of {workflows} workflows {prefix}* finished within {timeout:?}"
+        );
+    }
+}
+
 /// Runs `total` jobs with `concurrency` of them in flight at any time (a
 /// closed loop: each slot starts the next job when its last one finished)
 /// and returns the wall time. `job` gets the job's index.

@@ -281,6 +281,31 @@ fn label<T>(r: StorageResult<T>, ok: impl FnOnce(T) -> String) -> String {
 
 /// The versions of the code running `op`: `v2` alone for the `V2` ops,
 /// the default otherwise.
+fn inserted_label(r: WorkflowInserted) -> String {
+    match r {
+        WorkflowInserted::Inserted => "inserted".to_owned(),
+        WorkflowInserted::Existing(w) => format!(
+            "existing e{} {} {}",
+            w.owner_epoch,
+            w.status,
+            w.executor_id.unwrap_or_default()
+        ),
+    }
+}
+
+fn recorded_label(r: StepRecorded) -> String {
+    match r {
+        StepRecorded::Recorded => "recorded".to_owned(),
+        StepRecorded::Exists => "exists".to_owned(),
+    }
+}
+
+/// A group's answers, one label each: `[recorded, fenced, ...]`.
+fn each_label<T>(answers: Vec<StorageResult<T>>, ok: impl Fn(T) -> String) -> String {
+    let each: Vec<String> = answers.into_iter().map(|a| label(a, &ok)).collect();
+    format!("[{}]", each.join(", "))
+}
+
 fn versions_of(op: Op) -> Versions {
     match op {
         Op::ClaimV2(..) | Op::WfInsertV2(..) | Op::WfRecoverV2(..) => Versions::only("v2"),
@@ -304,15 +329,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 now_ms: 0,
             })
             .await,
-            |r| match r {
-                WorkflowInserted::Inserted => "inserted".to_owned(),
-                WorkflowInserted::Existing(w) => format!(
-                    "existing e{} {} {}",
-                    w.owner_epoch,
-                    w.status,
-                    w.executor_id.unwrap_or_default()
-                ),
-            },
+            inserted_label,
         ),
         Op::WfTrace(id) => label(tx.workflow_get(id).await, |r| match r {
             None => "none".to_owned(),
@@ -357,23 +374,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                     .collect(),
             )
             .await,
-            |inserted| {
-                let each: Vec<String> = inserted
-                    .into_iter()
-                    .map(|r| {
-                        label(r, |r| match r {
-                            WorkflowInserted::Inserted => "inserted".to_owned(),
-                            WorkflowInserted::Existing(w) => format!(
-                                "existing e{} {} {}",
-                                w.owner_epoch,
-                                w.status,
-                                w.executor_id.unwrap_or_default()
-                            ),
-                        })
-                    })
-                    .collect();
-                format!("[{}]", each.join(", "))
-            },
+            |inserted| each_label(inserted, inserted_label),
         ),
         Op::WfCompleteMany(entries) => label(
             tx.workflow_complete_many(
@@ -390,13 +391,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                     .collect(),
             )
             .await,
-            |done| {
-                let each: Vec<String> = done
-                    .into_iter()
-                    .map(|d| label(d, |()| "ok".to_owned()))
-                    .collect();
-                format!("[{}]", each.join(", "))
-            },
+            |done| each_label(done, |()| "ok".to_owned()),
         ),
         Op::StepRecordMany(entries) => label(
             tx.step_record_many(
@@ -418,18 +413,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                     .collect(),
             )
             .await,
-            |recorded| {
-                let each: Vec<String> = recorded
-                    .into_iter()
-                    .map(|r| {
-                        label(r, |r| match r {
-                            StepRecorded::Recorded => "recorded".to_owned(),
-                            StepRecorded::Exists => "exists".to_owned(),
-                        })
-                    })
-                    .collect();
-                format!("[{}]", each.join(", "))
-            },
+            |recorded| each_label(recorded, recorded_label),
         ),
         Op::WfRecover(executor, id) | Op::WfRecoverV2(executor, id) => label(
             tx.workflows_recover(WorkflowsRecover {
@@ -472,10 +456,7 @@ async fn engine_op<T: Transaction>(tx: &mut T, op: Op) -> Option<String> {
                 now_ms: 0,
             })
             .await,
-            |r| match r {
-                StepRecorded::Recorded => "recorded".to_owned(),
-                StepRecorded::Exists => "exists".to_owned(),
-            },
+            recorded_label,
         ),
         Op::WfInsertChild(id, parent, executor) => label(
             tx.workflow_insert(WorkflowInsert {
