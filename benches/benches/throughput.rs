@@ -415,10 +415,10 @@ fn print_grouping(ours: &[Ours]) {
                 .find(|a| a.group == 1 && a.shape == g.shape && a.concurrency == g.concurrency)?;
             let rate = |o: &Ours| o.samples.rate(SAMPLES);
             let commits = |o: &Ours| report::per(o.counters.commits, o.samples.iterations());
-            // Every shape starts with one commit of its own; the 3 steps and
-            // the completion are what may share commits (all of them in the
-            // plain shape; the transactional steps never do).
-            let per_write = |o: &Ours| commits(o).map(|c| (c - 1.0) / 4.0);
+            // A workflow makes 5 writes: its start, 3 checkpoints and its
+            // completion (all may share commits in the plain shape; a
+            // transactional step's checkpoint never does).
+            let per_write = |o: &Ours| commits(o).map(|c| c / 5.0);
             let ratio = rate(g).zip(rate(alone)).map(|(a, b)| a / b);
             Some(vec![
                 g.shape.name().to_owned(),
@@ -443,7 +443,7 @@ fn print_grouping(ours: &[Ours]) {
                 "grouped ÷ alone",
                 "commits/wf grouped",
                 "commits/wf alone",
-                "commits per step or completion, grouped",
+                "commits per write, grouped",
             ],
             &rows
         )
