@@ -198,16 +198,49 @@ impl<P: Grouped> Group<P> {
         };
         let write = match queued {
             Ok(write) => write,
-            Err(answer) => match answer.await {
-                Ok(Reply::Done(done)) => return done,
-                Ok(Reply::Alone(write)) => return write.one(storage).await,
-                Ok(Reply::Lead(write)) => write,
-                Err(_) => return Err(leader_gone()),
-            },
+            Err(answer) => {
+                let mut waiting = Waiting {
+                    group: self,
+                    answer,
+                    answered: false,
+                };
+                let reply = (&mut waiting.answer).await;
+                waiting.answered = true;
+                match reply {
+                    Ok(Reply::Done(done)) => return done,
+                    Ok(Reply::Alone(write)) => return write.one(storage).await,
+                    Ok(Reply::Lead(write)) => write,
+                    Err(_) => return Err(leader_gone()),
+                }
+            }
         };
         let lead = Lead { group: self };
         let followers = lead.take(write.workflow_id());
         lead.run(storage, write, followers).await
+    }
+}
+
+/// A queued caller's wait. Dropped before its answer was taken (its
+/// caller stopped waiting), it takes the lead if one was handed to it and
+/// hands it on: a lead sent into a dropped wait would otherwise be lost,
+/// and every later write would queue behind a leader that does not exist.
+struct Waiting<'g, P: Grouped> {
+    group: &'g Group<P>,
+    answer: oneshot::Receiver<Reply<P>>,
+    answered: bool,
+}
+
+impl<P: Grouped> Drop for Waiting<'_, P> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        // After `close` no leader can hand this wait the lead; one handed
+        // before is still in the channel.
+        self.answer.close();
+        if let Ok(Reply::Lead(_)) = self.answer.try_recv() {
+            drop(Lead { group: self.group });
+        }
     }
 }
 
@@ -438,6 +471,30 @@ mod tests {
         drop(Lead { group: &group });
         assert_eq!(follower.await.unwrap(), StepRecorded::Recorded);
         assert!(!group.lock().leading);
+    }
+
+    /// A queued caller that is handed the lead but stops waiting before it
+    /// takes it hands the lead on: the writes behind it are not stranded.
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // a bound on a test that would hang
+    async fn a_lead_handed_to_a_caller_that_stopped_waiting_is_handed_on() {
+        let storage = storage(&["a", "b"]).await;
+        let group = Group::new(8);
+        group.lock().leading = true;
+        let (storage_ref, group_ref) = (&storage, &group);
+        let mut first = Box::pin(async move { group_ref.submit(storage_ref, step("a", 1)).await });
+        let mut second = Box::pin(async move { group_ref.submit(storage_ref, step("b", 1)).await });
+        assert!(futures_poll_once(&mut first).await.is_pending());
+        assert!(futures_poll_once(&mut second).await.is_pending());
+        // The leader finishes: the lead goes to `first`, which is dropped
+        // before it runs again.
+        drop(Lead { group: &group });
+        drop(first);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), second)
+            .await
+            .expect("the write behind the dropped caller is stranded");
+        assert_eq!(second.unwrap(), StepRecorded::Recorded);
+        assert!(!group.lock().leading, "the lead is released");
     }
 
     async fn futures_poll_once<F: Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
